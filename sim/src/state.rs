@@ -1,0 +1,277 @@
+//! The simulator's memory and the gate every partner call passes through:
+//! outage, rate limit, transient faults and bearer-token check, then counting.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::{ApiError, Outcome};
+use crate::model::{Faults, Product, SimConfig, Subscription};
+
+/// How many distinct unix seconds of accepted-call counts are kept, so a long-running
+/// demo does not grow without bound (the overall maxima are kept separately).
+const SECONDS_KEPT: usize = 86_400;
+
+/// The partner operations, named as they appear in counters and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Operation {
+    Token,
+    ListProducts,
+    CreateSubscription,
+    GetSubscription,
+    UpdateSubscription,
+    SetStatus,
+}
+
+impl Operation {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::ListProducts => "list_products",
+            Self::CreateSubscription => "create_subscription",
+            Self::GetSubscription => "get_subscription",
+            Self::UpdateSubscription => "update_subscription",
+            Self::SetStatus => "set_status",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a call must present a bearer token, and the one it presented.
+#[derive(Debug, Clone)]
+pub(crate) enum Auth {
+    /// `/oauth/token`: credentials travel in the body instead.
+    Exempt,
+    /// Every other partner call.
+    Bearer(Option<String>),
+}
+
+/// Everything the simulator remembers.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) client_id: String,
+    pub(crate) client_secret: String,
+    pub(crate) token_ttl: Duration,
+    pub(crate) faults: Faults,
+    pub(crate) catalogue: Vec<Product>,
+    /// Token → expiry (`None` when the ttl overflows the clock: never expires).
+    pub(crate) tokens: HashMap<String, Option<Instant>>,
+    pub(crate) subscriptions: BTreeMap<String, Subscription>,
+    pub(crate) counters: BTreeMap<(&'static str, u16), u64>,
+    pub(crate) anomalies: Vec<String>,
+    /// Instants of the calls accepted within the last second (the sliding window).
+    recent: VecDeque<Instant>,
+    pub(crate) accepted_per_second: BTreeMap<u64, u64>,
+    max_per_unix_second: u64,
+    max_sliding: u64,
+}
+
+impl State {
+    pub(crate) fn new(config: SimConfig) -> Self {
+        Self {
+            faults: config.faults(),
+            client_id: config.client_id,
+            client_secret: config.client_secret,
+            token_ttl: config.token_ttl,
+            catalogue: config.products,
+            tokens: HashMap::new(),
+            subscriptions: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            anomalies: Vec::new(),
+            recent: VecDeque::new(),
+            accepted_per_second: BTreeMap::new(),
+            max_per_unix_second: 0,
+            max_sliding: 0,
+        }
+    }
+
+    /// Runs one partner call: the gate, then `work` if the gate lets it through,
+    /// then the bookkeeping every answered call gets.
+    pub(crate) fn handle(
+        &mut self,
+        op: Operation,
+        auth: &Auth,
+        work: impl FnOnce(&mut Self) -> Outcome,
+    ) -> Outcome {
+        let outcome = self.gate(op, auth).and_then(|()| work(self));
+        let status = match &outcome {
+            Ok(reply) => reply.status,
+            Err(err) => err.status,
+        };
+        *self.counters.entry((op.as_str(), status.as_u16())).or_insert(0) += 1;
+        if let Err(err) = &outcome {
+            if err.status.as_u16() == 422 || err.code == "subscription_cancelled" {
+                self.anomaly(format!(
+                    "{op}: {} {}: {}",
+                    err.status.as_u16(),
+                    err.code,
+                    err.message
+                ));
+            }
+        }
+        outcome
+    }
+
+    pub(crate) fn anomaly(&mut self, description: String) {
+        tracing::warn!(anomaly = %description, "client made a call a correct client never makes");
+        self.anomalies.push(description);
+    }
+
+    fn gate(&mut self, op: Operation, auth: &Auth) -> Result<(), ApiError> {
+        if self.faults.down {
+            return Err(ApiError::unavailable(
+                "simulated outage: the partner API is down",
+            ));
+        }
+        self.admit(Instant::now(), unix_second())?;
+        if op != Operation::Token
+            && self.faults.error_rate > 0.0
+            && rand::random::<f64>() < self.faults.error_rate
+        {
+            return Err(ApiError::unavailable(
+                "simulated transient failure; try again later",
+            ));
+        }
+        match auth {
+            Auth::Exempt => Ok(()),
+            Auth::Bearer(token) => self.check_token(token.as_deref()),
+        }
+    }
+
+    /// The sliding-window rate limit; an accepted call is recorded for the
+    /// throughput figures a benchmark reads.
+    fn admit(&mut self, now: Instant, second: u64) -> Result<(), ApiError> {
+        while let Some(front) = self.recent.front() {
+            if now.duration_since(*front) >= Duration::from_secs(1) {
+                self.recent.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some(limit) = self.faults.rate_per_second {
+            if self.recent.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+                return Err(ApiError::rate_limited());
+            }
+        }
+        self.recent.push_back(now);
+        self.max_sliding = self.max_sliding.max(self.recent.len() as u64);
+        let count = self.accepted_per_second.entry(second).or_insert(0);
+        *count += 1;
+        self.max_per_unix_second = self.max_per_unix_second.max(*count);
+        while self.accepted_per_second.len() > SECONDS_KEPT {
+            self.accepted_per_second.pop_first();
+        }
+        Ok(())
+    }
+
+    /// The most partner calls accepted within any one second, sliding or aligned
+    /// to unix seconds (the sliding figure is never smaller, the max is for safety).
+    pub(crate) fn max_accepted_in_one_second(&self) -> u64 {
+        self.max_sliding.max(self.max_per_unix_second)
+    }
+
+    pub(crate) fn total_requests(&self) -> u64 {
+        self.counters.values().sum()
+    }
+
+    /// Forgets what happened, keeping configuration, catalogue, faults and tokens.
+    pub(crate) fn reset(&mut self) {
+        self.subscriptions.clear();
+        self.counters.clear();
+        self.anomalies.clear();
+        self.recent.clear();
+        self.accepted_per_second.clear();
+        self.max_per_unix_second = 0;
+        self.max_sliding = 0;
+    }
+}
+
+fn unix_second() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+/// Shared access to the state; the lock is only ever held for synchronous work.
+#[derive(Debug, Clone)]
+pub(crate) struct Sim(Arc<Mutex<State>>);
+
+impl Sim {
+    pub(crate) fn new(config: SimConfig) -> Self {
+        Self(Arc::new(Mutex::new(State::new(config))))
+    }
+
+    /// A panic while holding the lock cannot leave the state half-updated in a way
+    /// that matters for a simulator, so a poisoned lock is simply taken over.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Reply;
+    use serde_json::json;
+
+    fn state_with_rate(rate: Option<u32>) -> State {
+        State::new(SimConfig {
+            rate_per_second: rate,
+            ..SimConfig::default()
+        })
+    }
+
+    #[test]
+    fn sliding_window_refuses_beyond_the_rate() {
+        let mut state = state_with_rate(Some(2));
+        let start = Instant::now();
+        assert!(state.admit(start, 10).is_ok());
+        assert!(state.admit(start + Duration::from_millis(100), 10).is_ok());
+        let refused = state
+            .admit(start + Duration::from_millis(900), 11)
+            .expect_err("third call within one second");
+        assert_eq!(refused.code, "rate_limited");
+        // One second after the first call its slot frees up.
+        assert!(state.admit(start + Duration::from_millis(1000), 11).is_ok());
+        assert!(state.admit(start + Duration::from_millis(1050), 11).is_err());
+        assert_eq!(state.max_accepted_in_one_second(), 2);
+        assert_eq!(state.accepted_per_second.get(&10), Some(&2));
+        assert_eq!(state.accepted_per_second.get(&11), Some(&1));
+    }
+
+    #[test]
+    fn sliding_maximum_spans_unix_second_boundaries() {
+        let mut state = state_with_rate(None);
+        let start = Instant::now();
+        for i in 0..4 {
+            let second = if i < 2 { 20 } else { 21 };
+            state
+                .admit(start + Duration::from_millis(i * 100), second)
+                .expect("unlimited");
+        }
+        assert_eq!(state.max_accepted_in_one_second(), 4);
+    }
+
+    #[test]
+    fn handle_counts_and_records_422_as_anomaly() {
+        let mut state = state_with_rate(None);
+        let auth = Auth::Exempt;
+        let ok = state.handle(Operation::ListProducts, &auth, |_| Ok(Reply::ok(json!({}))));
+        assert!(ok.is_ok());
+        let bad = state.handle(Operation::CreateSubscription, &auth, |_| {
+            Err(ApiError::invalid_document())
+        });
+        assert!(bad.is_err());
+        assert_eq!(state.counters.get(&("list_products", 200)), Some(&1));
+        assert_eq!(state.counters.get(&("create_subscription", 422)), Some(&1));
+        assert_eq!(state.anomalies.len(), 1);
+        assert_eq!(state.total_requests(), 2);
+    }
+}
