@@ -298,6 +298,12 @@ impl Email {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An address as Skeelo stored it: taken as it is, since only our own input is
+    /// validated; comparing it with ours is what matters.
+    pub fn from_partner(s: &str) -> Email {
+        Email(s.to_string())
+    }
 }
 
 impl TryFrom<String> for Email {
@@ -339,6 +345,11 @@ impl Phone {
     /// The number, for Skeelo and the database only.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// A number as Skeelo stored it (see [`Email::from_partner`]).
+    pub fn from_partner(s: &str) -> Phone {
+        Phone(s.to_string())
     }
 }
 

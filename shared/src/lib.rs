@@ -5,6 +5,13 @@
 //! the adapters that talk to the world: RabbitMQ ([`broker`]), PostgreSQL ([`store`]) and
 //! the Skeelo partner API ([`skeelo`]). Binaries stay thin and build on these.
 
+pub mod broker;
 pub mod event;
 pub mod lifecycle;
 pub mod mask;
+pub mod metrics;
+pub mod outcome;
+pub mod sample;
+pub mod skeelo;
+pub mod store;
+pub mod telemetry;

@@ -25,7 +25,8 @@ impl State {
         self.tokens
             .retain(|_, expiry| expiry.is_none_or(|expiry| now < expiry));
         let token = uuid::Uuid::new_v4().simple().to_string();
-        self.tokens.insert(token.clone(), now.checked_add(self.token_ttl));
+        self.tokens
+            .insert(token.clone(), now.checked_add(self.token_ttl));
         Ok(Reply::ok(json!({
             "access_token": token,
             "token_type": "Bearer",
@@ -136,7 +137,10 @@ mod tests {
     fn bearer_requires_the_scheme() {
         let mut headers = HeaderMap::new();
         assert_eq!(bearer(&headers), None);
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
         assert_eq!(bearer(&headers).as_deref(), Some("abc"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&headers), None);

@@ -29,7 +29,8 @@ pub(crate) fn text(map: &Object, key: &str) -> Result<Option<String>, ApiError> 
 
 /// A string field that must be present and not blank.
 pub(crate) fn required_text(map: &Object, key: &str) -> Result<String, ApiError> {
-    let value = text(map, key)?.ok_or_else(|| ApiError::invalid_request(format!("{key} is required")))?;
+    let value =
+        text(map, key)?.ok_or_else(|| ApiError::invalid_request(format!("{key} is required")))?;
     not_blank(key, value)
 }
 
@@ -38,7 +39,9 @@ pub(crate) fn optional_text(map: &Object, key: &str) -> Result<Option<String>, A
     match map.get(key) {
         None => Ok(None),
         Some(Value::Null) => Err(ApiError::invalid_request(format!("{key} must not be null"))),
-        Some(_) => text(map, key)?.map(|value| not_blank(key, value)).transpose(),
+        Some(_) => text(map, key)?
+            .map(|value| not_blank(key, value))
+            .transpose(),
     }
 }
 
@@ -69,7 +72,9 @@ pub(crate) fn text_list(map: &Object, key: &str) -> Result<Option<Vec<String>>, 
 
 fn not_blank(key: &str, value: String) -> Result<String, ApiError> {
     if value.trim().is_empty() {
-        Err(ApiError::invalid_request(format!("{key} must not be empty")))
+        Err(ApiError::invalid_request(format!(
+            "{key} must not be empty"
+        )))
     } else {
         Ok(value)
     }
@@ -93,13 +98,19 @@ mod tests {
         assert_eq!(nullable_text(&map, "phone").expect("ok"), Some(None));
         assert_eq!(nullable_text(&map, "email").expect("ok"), None);
         assert!(optional_text(&map, "phone").is_err());
-        assert_eq!(optional_text(&map, "name").expect("ok").as_deref(), Some("A"));
+        assert_eq!(
+            optional_text(&map, "name").expect("ok").as_deref(),
+            Some("A")
+        );
     }
 
     #[test]
     fn lists_must_hold_strings() {
         let map = object(br#"{"a": ["x"], "b": [1], "c": null}"#).expect("object");
-        assert_eq!(text_list(&map, "a").expect("ok"), Some(vec!["x".to_owned()]));
+        assert_eq!(
+            text_list(&map, "a").expect("ok"),
+            Some(vec!["x".to_owned()])
+        );
         assert!(text_list(&map, "b").is_err());
         assert!(text_list(&map, "c").is_err());
         assert_eq!(text_list(&map, "d").expect("ok"), None);

@@ -104,7 +104,10 @@ impl State {
             Ok(reply) => reply.status,
             Err(err) => err.status,
         };
-        *self.counters.entry((op.as_str(), status.as_u16())).or_insert(0) += 1;
+        *self
+            .counters
+            .entry((op.as_str(), status.as_u16()))
+            .or_insert(0) += 1;
         if let Err(err) = &outcome {
             if err.status.as_u16() == 422 || err.code == "subscription_cancelled" {
                 self.anomaly(format!(
@@ -240,7 +243,9 @@ mod tests {
         assert_eq!(refused.code, "rate_limited");
         // One second after the first call its slot frees up.
         assert!(state.admit(start + Duration::from_millis(1000), 11).is_ok());
-        assert!(state.admit(start + Duration::from_millis(1050), 11).is_err());
+        assert!(state
+            .admit(start + Duration::from_millis(1050), 11)
+            .is_err());
         assert_eq!(state.max_accepted_in_one_second(), 2);
         assert_eq!(state.accepted_per_second.get(&10), Some(&2));
         assert_eq!(state.accepted_per_second.get(&11), Some(&1));

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use crate::error::{ApiError, Outcome, Reply};
 use crate::fields;
 use crate::model::Subscription;
-use crate::state::State;
+use crate::state::{Operation, State};
 
 const ACTIVE: &str = "active";
 const INACTIVE: &str = "inactive";
@@ -85,7 +85,12 @@ impl State {
         if let Some(phone) = phone {
             next.phone = phone;
         }
-        self.store_change(current, next, "PATCH changes nothing")
+        self.store_change(
+            Operation::UpdateSubscription,
+            current,
+            next,
+            "PATCH changes nothing",
+        )
     }
 
     /// `PUT /v1/subscriptions/{external_id}/status`.
@@ -102,7 +107,12 @@ impl State {
         }
         let mut next = current.clone();
         next.status = status;
-        self.store_change(current, next, "status is already the one requested")
+        self.store_change(
+            Operation::SetStatus,
+            current,
+            next,
+            "status is already the one requested",
+        )
     }
 
     fn existing(&self, external_id: &str) -> Result<Subscription, ApiError> {
@@ -114,13 +124,14 @@ impl State {
 
     /// Saves `next` if it differs from `current`; an unchanged write is answered
     /// normally but recorded as an anomaly, since a correct client diffs first.
-    fn store_change(&mut self, current: Subscription, mut next: Subscription, noop: &str) -> Outcome {
+    fn store_change(
+        &mut self,
+        op: Operation,
+        current: Subscription,
+        mut next: Subscription,
+        noop: &str,
+    ) -> Outcome {
         if next == current {
-            let op = if noop.starts_with("PATCH") {
-                "update_subscription"
-            } else {
-                "set_status"
-            };
             self.anomaly(format!("{op}: {:?}: {noop}", current.external_id));
             return Ok(Reply::ok(to_json(&current)));
         }
@@ -192,10 +203,14 @@ mod tests {
     #[test]
     fn create_then_noop_patch_is_an_anomaly() {
         let mut state = State::new(SimConfig::default());
-        let created = state.create_subscription(&create_body("c-1")).expect("created");
+        let created = state
+            .create_subscription(&create_body("c-1"))
+            .expect("created");
         assert_eq!(created.body["status"], "active");
         assert_eq!(created.body["products"], json!(["SKEELO-EBOOKS"]));
-        let dup = state.create_subscription(&create_body("c-1")).expect_err("dup");
+        let dup = state
+            .create_subscription(&create_body("c-1"))
+            .expect_err("dup");
         assert_eq!(dup.code, "already_exists");
         assert!(state.anomalies.is_empty());
         let same = state
@@ -213,7 +228,9 @@ mod tests {
     #[test]
     fn cancelled_is_terminal() {
         let mut state = State::new(SimConfig::default());
-        state.create_subscription(&create_body("c-2")).expect("created");
+        state
+            .create_subscription(&create_body("c-2"))
+            .expect("created");
         state
             .set_status("c-2", br#"{"status": "cancelled"}"#)
             .expect("cancelled");

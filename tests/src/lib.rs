@@ -1,1 +1,298 @@
-//! placeholder
+//! Test harness: every test gets its own RabbitMQ vhost, its own PostgreSQL database
+//! and its own simulator, so tests run in parallel and never see each other's
+//! messages. The broker and database are real; only Skeelo is simulated.
+//!
+//! `TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672`) and
+//! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) say
+//! where the servers are; the harness creates and drops what it uses on them.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+use skeelo_shared::broker::{self, Publisher, EVENTS_EXCHANGE, RESULTS_QUEUE};
+use skeelo_shared::event::EventType;
+use skeelo_shared::outcome::EventResult;
+use skeelo_shared::skeelo::{ClientConfig, Credentials};
+use skeelo_sim::{SimConfig, SimHandle};
+use skeelo_workers::{Running, Settings};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// One isolated world: vhost, database, simulator, and (once started) a fleet.
+pub struct World {
+    /// The vhost's name.
+    pub vhost: String,
+    /// `AMQP_URL` for this world.
+    pub amqp_url: String,
+    /// The database's name.
+    pub db_name: String,
+    /// `DATABASE_URL` for this world.
+    pub database_url: String,
+    /// The simulated Skeelo.
+    pub sim: SimHandle,
+    fleets: Vec<(oneshot::Sender<()>, Running)>,
+    erp: Option<(lapin::Connection, Publisher)>,
+    results: Arc<Mutex<Vec<EventResult>>>,
+}
+
+fn amqp_base() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+
+fn admin_db_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .context("running rabbitmqctl (is RabbitMQ installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "rabbitmqctl {:?} failed: {}",
+            args,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+async fn admin_db() -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(&admin_db_url(), tokio_postgres::NoTls)
+        .await
+        .context("connecting to PostgreSQL for the test database")?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+impl World {
+    /// A fresh vhost, database and simulator.
+    pub async fn new() -> anyhow::Result<World> {
+        Self::with_sim(SimConfig::default()).await
+    }
+
+    /// Same, with the simulator configured.
+    pub async fn with_sim(config: SimConfig) -> anyhow::Result<World> {
+        let id = Uuid::new_v4().simple().to_string();
+        let vhost = format!("skeelo-test-{}", &id[..12]);
+        rabbitmqctl(&["add_vhost", &vhost])?;
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])?;
+        let db_name = format!("skeelo_test_{}", &id[..12]);
+        admin_db()
+            .await?
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await?;
+        let base = admin_db_url();
+        let database_url = match base.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{db_name}"),
+            None => bail!("TEST_DATABASE_URL has no database part"),
+        };
+        let sim = skeelo_sim::spawn(config).await?;
+        Ok(World {
+            amqp_url: format!("{}/{}", amqp_base(), vhost),
+            vhost,
+            db_name,
+            database_url,
+            sim,
+            fleets: Vec::new(),
+            erp: None,
+            results: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Settings for a fleet process of this world (tests adjust them).
+    pub fn settings(&self) -> Settings {
+        Settings {
+            amqp_url: self.amqp_url.clone(),
+            database_url: self.database_url.clone(),
+            skeelo: ClientConfig {
+                base_url: self.sim.base_url(),
+                credentials: Credentials {
+                    client_id: "demo-client".into(),
+                    client_secret: "demo-secret".into(),
+                },
+                rate_per_second: None,
+                timeout: Duration::from_secs(5),
+            },
+            http_addr: "127.0.0.1:0".parse().expect("a valid address literal"),
+            consumers: EventType::ALL.to_vec(),
+            prefetch: 16,
+            db_pool_size: 16,
+            max_attempts: 6,
+            retry_base: Duration::from_millis(20),
+        }
+    }
+
+    /// Starts a fleet process (in this test process) and waits until its topology is
+    /// declared; then connects as the ERP and listens for results.
+    pub async fn start_fleet(
+        &mut self,
+        settings: Settings,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let (tx, rx) = oneshot::channel();
+        let running = skeelo_workers::start(settings, async {
+            let _ = rx.await;
+        })
+        .await?;
+        let addr = running.http_addr;
+        self.fleets.push((tx, running));
+        self.wait_ready(addr).await?;
+        if self.erp.is_none() {
+            self.connect_erp().await?;
+        }
+        Ok(addr)
+    }
+
+    async fn wait_ready(&self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://{addr}/readyz");
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the fleet never became ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn connect_erp(&mut self) -> anyhow::Result<()> {
+        let conn = broker::connect(&self.amqp_url, "erp-test").await?;
+        let publisher = Publisher::open(&conn).await?;
+        let channel = conn.create_channel().await?;
+        let mut consumer = channel
+            .basic_consume(
+                RESULTS_QUEUE.into(),
+                "erp-test-results".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let results = self.results.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                if let Ok(r) = serde_json::from_slice::<EventResult>(&d.data) {
+                    if let Ok(mut v) = results.lock() {
+                        v.push(r);
+                    }
+                }
+                let _ = d.ack(BasicAckOptions::default()).await;
+            }
+        });
+        self.erp = Some((conn, publisher));
+        Ok(())
+    }
+
+    /// Publishes an event body as the ERP does (routing key from its `type`).
+    pub async fn publish(&self, body: &Value) -> anyhow::Result<()> {
+        let t = body["type"].as_str().unwrap_or("sync");
+        let id = body["event_id"].as_str().unwrap_or("no-id");
+        self.publish_raw(&format!("contract.{t}"), id, body.to_string().as_bytes())
+            .await
+    }
+
+    /// Publishes any bytes with any routing key (for invalid input).
+    pub async fn publish_raw(
+        &self,
+        routing_key: &str,
+        message_id: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        let Some((_, publisher)) = &self.erp else {
+            bail!("start a fleet before publishing");
+        };
+        publisher
+            .publish_json(EVENTS_EXCHANGE, routing_key, message_id, body)
+            .await?;
+        Ok(())
+    }
+
+    /// The results received so far.
+    pub fn results(&self) -> Vec<EventResult> {
+        self.results.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Waits until at least `n` results arrived.
+    pub async fn wait_results(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<EventResult>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.results();
+            if r.len() >= n {
+                return Ok(r);
+            }
+            if Instant::now() > deadline {
+                bail!("only {} of {} results arrived in {:?}", r.len(), n, timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The result for one event id (the last one, if several).
+    pub fn result_for(&self, event: &Value) -> Option<EventResult> {
+        let id = event["event_id"].as_str()?;
+        self.results().into_iter().rev().find(|r| r.event_id == id)
+    }
+
+    /// Messages waiting in the dead-letter queue (reads them without removing).
+    pub async fn dead_queue_len(&self) -> anyhow::Result<u32> {
+        let Some((conn, _)) = &self.erp else {
+            bail!("no connection");
+        };
+        let ch = conn.create_channel().await?;
+        let q = ch
+            .queue_declare(
+                broker::DEAD_QUEUE.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(q.message_count())
+    }
+
+    /// A connection to this world's database.
+    pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// Stops the fleets (SIGTERM-like: in-flight work finishes) and drops the vhost and
+    /// the database. Tests call it at the end; a failed test leaves them for inspection.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        for (stop, running) in self.fleets.drain(..) {
+            let _ = stop.send(());
+            running.done.await??;
+        }
+        if let Some((conn, _)) = self.erp.take() {
+            let _ = conn.close(200, "test done".into()).await;
+        }
+        self.sim.shutdown();
+        rabbitmqctl(&["delete_vhost", &self.vhost])?;
+        admin_db()
+            .await?
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! The Prometheus metrics of CONTRACT §5, plus what SREs need to see a backlog move.
+//!
+//! One [`Metrics`] per process, handed to whoever records; no global registry, so tests
+//! can run several fleets in one process and read each one's figures.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::event::EventType;
+use crate::outcome::Outcome;
+
+/// Errors building the registry (only on a programming error such as a duplicate name).
+pub type Error = prometheus::Error;
+
+/// Every metric the fleet exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `skeelo_events_total{type,outcome}`: events handled, by how they ended.
+    pub events: IntCounterVec,
+    /// `skeelo_event_duration_seconds{type}`: from delivery to ack.
+    pub event_duration: HistogramVec,
+    /// `skeelo_api_requests_total{operation,status}`: calls to Skeelo by HTTP status
+    /// (or `timeout` / `error` when none came back).
+    pub api_requests: IntCounterVec,
+    /// `skeelo_api_request_duration_seconds{operation}`.
+    pub api_duration: HistogramVec,
+    /// `skeelo_retries_total{type}`: transient failures that sent an event round again.
+    pub retries: IntCounterVec,
+    /// `skeelo_dead_letters_total{type,reason}`.
+    pub dead_letters: IntCounterVec,
+    /// `skeelo_events_in_flight{type}`: deliveries being worked on now.
+    pub in_flight: IntGaugeVec,
+    /// `skeelo_last_processed_timestamp_seconds{type}`: alert on age, not only depth.
+    pub last_processed: GaugeVec,
+    /// `skeelo_token_refreshes_total`: OAuth tokens fetched.
+    pub token_refreshes: IntCounter,
+    /// `skeelo_rate_limit_wait_seconds_total`: time spent waiting for the partner rate.
+    pub rate_limit_wait: Gauge,
+    /// `skeelo_results_published_total`: result messages confirmed by the broker.
+    pub results_published: IntCounter,
+    /// `skeelo_api_throttled_total`: 429 answers from Skeelo.
+    pub throttled: IntCounter,
+}
+
+impl Metrics {
+    /// Registers every metric, with the label values known up front already present at
+    /// zero, so dashboards and `rate()` see a series before the first event.
+    pub fn new() -> Result<Metrics, Error> {
+        let registry = Registry::new();
+        let events = IntCounterVec::new(
+            Opts::new(
+                "skeelo_events_total",
+                "Events handled, by type and outcome.",
+            ),
+            &["type", "outcome"],
+        )?;
+        let event_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "skeelo_event_duration_seconds",
+                "Time from delivery to acknowledgement of an event.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["type"],
+        )?;
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "skeelo_api_requests_total",
+                "Requests to the Skeelo partner API, by operation and HTTP status.",
+            ),
+            &["operation", "status"],
+        )?;
+        let api_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "skeelo_api_request_duration_seconds",
+                "Latency of requests to the Skeelo partner API.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["operation"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "skeelo_retries_total",
+                "Transient failures after which an event is tried again.",
+            ),
+            &["type"],
+        )?;
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "skeelo_dead_letters_total",
+                "Events parked as dead letters, by type and reason.",
+            ),
+            &["type", "reason"],
+        )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new("skeelo_events_in_flight", "Deliveries being worked on now."),
+            &["type"],
+        )?;
+        let last_processed = GaugeVec::new(
+            Opts::new(
+                "skeelo_last_processed_timestamp_seconds",
+                "Unix time at which the last event of this type was acknowledged.",
+            ),
+            &["type"],
+        )?;
+        let token_refreshes = IntCounter::new(
+            "skeelo_token_refreshes_total",
+            "OAuth access tokens fetched from Skeelo.",
+        )?;
+        let rate_limit_wait = Gauge::new(
+            "skeelo_rate_limit_wait_seconds_total",
+            "Seconds spent waiting for the partner rate before calling Skeelo.",
+        )?;
+        let results_published = IntCounter::new(
+            "skeelo_results_published_total",
+            "Result messages to the ERP confirmed by the broker.",
+        )?;
+        let throttled = IntCounter::new(
+            "skeelo_api_throttled_total",
+            "429 answers from Skeelo (each one pauses calls for its Retry-After).",
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(event_duration.clone()))?;
+        registry.register(Box::new(api_requests.clone()))?;
+        registry.register(Box::new(api_duration.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(last_processed.clone()))?;
+        registry.register(Box::new(token_refreshes.clone()))?;
+        registry.register(Box::new(rate_limit_wait.clone()))?;
+        registry.register(Box::new(results_published.clone()))?;
+        registry.register(Box::new(throttled.clone()))?;
+        for t in EventType::ALL {
+            for o in Outcome::ALL {
+                events.with_label_values(&[t.as_str(), o.as_str()]);
+            }
+            retries.with_label_values(&[t.as_str()]);
+            in_flight.with_label_values(&[t.as_str()]);
+        }
+        Ok(Metrics {
+            registry,
+            events,
+            event_duration,
+            api_requests,
+            api_duration,
+            retries,
+            dead_letters,
+            in_flight,
+            last_processed,
+            token_refreshes,
+            rate_limit_wait,
+            results_published,
+            throttled,
+        })
+    }
+
+    /// The text exposition format served at `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for I/O; a malformed family would be a bug
+        // here, and an empty page says so to whoever scrapes it.
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// One event finished.
+    pub fn event_done(&self, t: &str, outcome: Outcome, seconds: f64) {
+        self.events.with_label_values(&[t, outcome.as_str()]).inc();
+        self.event_duration.with_label_values(&[t]).observe(seconds);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_processed.with_label_values(&[t]).set(now);
+    }
+
+    /// A single histogram handle, for hot paths that observe often.
+    pub fn api_timer(&self, operation: &str) -> Histogram {
+        self.api_duration.with_label_values(&[operation])
+    }
+}

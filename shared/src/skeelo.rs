@@ -1,0 +1,682 @@
+//! The Skeelo partner API (CONTRACT §4): the one place that knows its paths, bodies and
+//! status codes, so the real API can replace the model here and nowhere else.
+//!
+//! The client owns what every call needs: an OAuth token fetched once and shared (with
+//! one refresh when Skeelo answers 401), the partner rate (every call waits its turn),
+//! and a shared pause when Skeelo answers 429 (the whole process waits `Retry-After`,
+//! and a throttled call is sent again without counting as a failure). Errors say what
+//! the caller must do: [`SkeeloError::is_transient`] means "try again later".
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::event::{Email, Phone};
+use crate::lifecycle::{Changes, Held, Profile, Status};
+use crate::metrics::Metrics;
+
+/// Partner credentials. `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct Credentials {
+    /// `SKEELO_CLIENT_ID`.
+    pub client_id: String,
+    /// `SKEELO_CLIENT_SECRET`.
+    pub client_secret: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"***")
+            .finish()
+    }
+}
+
+/// How to reach Skeelo.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The supplier's *Servidor*, without a trailing slash.
+    pub base_url: String,
+    /// Partner credentials.
+    pub credentials: Credentials,
+    /// The partner rate for this process (requests per second); `None` for no limit.
+    pub rate_per_second: Option<NonZeroU32>,
+    /// Limit for one request, connect included.
+    pub timeout: Duration,
+}
+
+/// Why a call failed, sorted by what the caller must do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SkeeloError {
+    /// Skeelo is slow, down or unreachable (5xx, timeout, connection error, repeated
+    /// 429, credentials refused): the same call may work later.
+    #[error("Skeelo is unavailable: {0}")]
+    Transient(String),
+    /// Skeelo understood and refused (4xx other than those handled here): sending the
+    /// same request again cannot work.
+    #[error("Skeelo refused the request ({status} {code}): {message}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Skeelo's error code, e.g. `unknown_product`.
+        code: String,
+        /// Skeelo's message.
+        message: String,
+    },
+}
+
+impl SkeeloError {
+    /// `true` when trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SkeeloError::Transient(_))
+    }
+}
+
+/// A product of Skeelo's catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    /// The SKU events name.
+    pub sku: String,
+    /// The name operators read.
+    pub name: String,
+}
+
+/// A subscription as Skeelo returns it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Subscription {
+    /// Skeelo's own id.
+    #[serde(default)]
+    pub id: String,
+    /// Our contract id.
+    pub external_id: String,
+    /// CPF/CNPJ digits.
+    #[serde(default)]
+    pub document: String,
+    /// Full name.
+    #[serde(default)]
+    pub name: String,
+    /// Contact address.
+    #[serde(default)]
+    pub email: String,
+    /// Contact number.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// SKUs.
+    #[serde(default)]
+    pub products: Vec<String>,
+    /// `active`, `inactive` or `cancelled`.
+    pub status: String,
+    /// Last change at Skeelo.
+    #[serde(default)]
+    pub updated_at: Option<String>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("external_id", &self.external_id)
+            .field("status", &self.status)
+            .field("products", &self.products)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// What the lifecycle rules compare against. Values Skeelo stored are taken as they
+    /// are; an unknown status reads as inactive, which the next plan corrects.
+    pub fn held(&self) -> Held {
+        let mut products = self.products.clone();
+        products.sort();
+        products.dedup();
+        Held {
+            profile: Profile {
+                name: self.name.clone(),
+                email: Email::from_partner(&self.email),
+                phone: self.phone.as_deref().map(Phone::from_partner),
+                products,
+            },
+            status: Status::from_name(&self.status).unwrap_or(Status::Inactive),
+        }
+    }
+}
+
+/// What `POST /v1/subscriptions` needs.
+#[derive(Clone)]
+pub struct NewSubscription<'a> {
+    /// Our contract id.
+    pub external_id: &'a str,
+    /// CPF/CNPJ digits.
+    pub document: &'a str,
+    /// The profile to create.
+    pub profile: &'a Profile,
+}
+
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+/// A client of the Skeelo partner API. Cheap to clone; clones share token, rate and pause.
+#[derive(Clone)]
+pub struct SkeeloClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    credentials: Credentials,
+    token: Mutex<Option<Token>>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    paused_until: std::sync::Mutex<Option<Instant>>,
+    metrics: Metrics,
+}
+
+/// How many 429s in a row one call sits out before it reports Skeelo unavailable.
+const MAX_THROTTLED: u32 = 30;
+/// The longest `Retry-After` honoured as given (a larger one is capped, not ignored).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+impl SkeeloClient {
+    /// Builds a client; fails only when the TLS backend cannot start.
+    pub fn new(config: ClientConfig, metrics: Metrics) -> Result<SkeeloClient, SkeeloError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("skeelo-bridge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SkeeloError::Transient(format!("cannot build the HTTP client: {e}")))?;
+        let limiter = config
+            .rate_per_second
+            .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN)));
+        Ok(SkeeloClient {
+            inner: Arc::new(Inner {
+                http,
+                base: config.base_url.trim_end_matches('/').to_string(),
+                credentials: config.credentials,
+                token: Mutex::new(None),
+                limiter,
+                paused_until: std::sync::Mutex::new(None),
+                metrics,
+            }),
+        })
+    }
+
+    /// `GET /v1/products`: the catalogue.
+    pub async fn products(&self) -> Result<Vec<Product>, SkeeloError> {
+        #[derive(Deserialize)]
+        struct Catalogue {
+            products: Vec<Product>,
+        }
+        let (status, body) = self
+            .call("list_products", Method::GET, "/v1/products".into(), None)
+            .await?;
+        match status {
+            StatusCode::OK => serde_json::from_value::<Catalogue>(body)
+                .map(|c| c.products)
+                .map_err(|e| unreadable("list_products", e)),
+            _ => Err(refusal(status, &body)),
+        }
+    }
+
+    /// `POST /v1/subscriptions`. A `409 already_exists` means an earlier attempt got
+    /// through (a crash, a lost answer): the existing subscription is adopted, not failed.
+    pub async fn create(&self, new: &NewSubscription<'_>) -> Result<Subscription, SkeeloError> {
+        let body = serde_json::json!({
+            "external_id": new.external_id,
+            "document": new.document,
+            "name": new.profile.name,
+            "email": new.profile.email.as_str(),
+            "phone": new.profile.phone.as_ref().map(Phone::as_str),
+            "products": new.profile.products,
+        });
+        let (status, answer) = self
+            .call(
+                "create_subscription",
+                Method::POST,
+                "/v1/subscriptions".into(),
+                Some(body),
+            )
+            .await?;
+        match status {
+            StatusCode::CREATED | StatusCode::OK => subscription("create_subscription", answer),
+            StatusCode::CONFLICT if error_code(&answer) == "already_exists" => {
+                tracing::info!(
+                    contract_id = new.external_id,
+                    "subscription already existed at Skeelo; adopting it"
+                );
+                self.get(new.external_id).await?.ok_or_else(|| {
+                    SkeeloError::Transient(
+                        "Skeelo said the subscription exists but cannot find it".into(),
+                    )
+                })
+            }
+            _ => Err(refusal(status, &answer)),
+        }
+    }
+
+    /// `GET /v1/subscriptions/{external_id}`; `None` when Skeelo does not hold it.
+    pub async fn get(&self, external_id: &str) -> Result<Option<Subscription>, SkeeloError> {
+        let path = format!("/v1/subscriptions/{}", path_segment(external_id));
+        let (status, body) = self
+            .call("get_subscription", Method::GET, path, None)
+            .await?;
+        match status {
+            StatusCode::OK => subscription("get_subscription", body).map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(refusal(status, &body)),
+        }
+    }
+
+    /// `PATCH /v1/subscriptions/{external_id}`. `Ok(None)` when Skeelo no longer holds
+    /// it; a cancelled subscription is returned as Skeelo reports it, not as an error.
+    pub async fn update(
+        &self,
+        external_id: &str,
+        changes: &Changes,
+    ) -> Result<Option<Subscription>, SkeeloError> {
+        let mut body = serde_json::Map::new();
+        if let Some(n) = &changes.name {
+            body.insert("name".into(), Value::from(n.as_str()));
+        }
+        if let Some(e) = &changes.email {
+            body.insert("email".into(), Value::from(e.as_str()));
+        }
+        if let Some(p) = &changes.phone {
+            body.insert(
+                "phone".into(),
+                p.as_ref().map_or(Value::Null, |p| Value::from(p.as_str())),
+            );
+        }
+        if let Some(p) = &changes.products {
+            body.insert("products".into(), Value::from(p.clone()));
+        }
+        let path = format!("/v1/subscriptions/{}", path_segment(external_id));
+        let (status, answer) = self
+            .call(
+                "update_subscription",
+                Method::PATCH,
+                path,
+                Some(Value::Object(body)),
+            )
+            .await?;
+        self.changed("update_subscription", external_id, status, answer)
+            .await
+    }
+
+    /// `PUT /v1/subscriptions/{external_id}/status`. Same answers as [`Self::update`].
+    pub async fn set_status(
+        &self,
+        external_id: &str,
+        to: Status,
+    ) -> Result<Option<Subscription>, SkeeloError> {
+        let path = format!("/v1/subscriptions/{}/status", path_segment(external_id));
+        let body = serde_json::json!({ "status": to.as_str() });
+        let (status, answer) = self
+            .call("set_status", Method::PUT, path, Some(body))
+            .await?;
+        self.changed("set_status", external_id, status, answer)
+            .await
+    }
+
+    async fn changed(
+        &self,
+        operation: &'static str,
+        external_id: &str,
+        status: StatusCode,
+        answer: Value,
+    ) -> Result<Option<Subscription>, SkeeloError> {
+        match status {
+            StatusCode::OK => subscription(operation, answer).map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            StatusCode::CONFLICT if error_code(&answer) == "subscription_cancelled" => {
+                tracing::warn!(
+                    contract_id = external_id,
+                    operation,
+                    "Skeelo holds this subscription as cancelled already"
+                );
+                self.get(external_id).await
+            }
+            _ => Err(refusal(status, &answer)),
+        }
+    }
+
+    /// Sends one request: waits for the rate and any shared pause, adds the token,
+    /// refreshes it once on 401, and sits out 429s without failing.
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: String,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value), SkeeloError> {
+        let mut refreshed = false;
+        let mut throttled = 0;
+        loop {
+            let token = self.token().await?;
+            let mut request = self
+                .inner
+                .http
+                .request(method.clone(), format!("{}{}", self.inner.base, path))
+                .bearer_auth(&token);
+            if let Some(b) = &body {
+                request = request.json(b);
+            }
+            let (status, answer) = self.send(operation, request).await?;
+            match status {
+                StatusCode::UNAUTHORIZED if !refreshed => {
+                    refreshed = true;
+                    self.forget_token(&token).await;
+                }
+                StatusCode::UNAUTHORIZED => {
+                    return Err(SkeeloError::Transient(
+                        "Skeelo refused a freshly issued token".into(),
+                    ))
+                }
+                StatusCode::TOO_MANY_REQUESTS if throttled < MAX_THROTTLED => throttled += 1,
+                StatusCode::TOO_MANY_REQUESTS => {
+                    return Err(SkeeloError::Transient(
+                        "Skeelo kept answering 429 (partner rate exceeded)".into(),
+                    ))
+                }
+                s if s.is_server_error() => {
+                    return Err(SkeeloError::Transient(format!(
+                        "{operation} answered {}",
+                        s.as_u16()
+                    )))
+                }
+                _ => return Ok((status, answer)),
+            }
+        }
+    }
+
+    /// One HTTP exchange, paced and measured. A 429 sets the shared pause.
+    async fn send(
+        &self,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Value), SkeeloError> {
+        self.wait_turn().await;
+        let timer = self.inner.metrics.api_timer(operation);
+        let started = Instant::now();
+        let result = request.send().await;
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let label = if e.is_timeout() { "timeout" } else { "error" };
+                self.count(operation, label);
+                timer.observe(started.elapsed().as_secs_f64());
+                return Err(SkeeloError::Transient(format!(
+                    "{operation}: {label}: {}",
+                    without_url(&e)
+                )));
+            }
+        };
+        let status = response.status();
+        self.count(operation, status.as_str());
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let wait = retry_after(response.headers()).unwrap_or(Duration::from_secs(1));
+            self.pause_for(wait);
+            self.inner.metrics.throttled.inc();
+        }
+        let bytes = response.bytes().await;
+        timer.observe(started.elapsed().as_secs_f64());
+        let bytes = bytes.map_err(|e| {
+            SkeeloError::Transient(format!(
+                "{operation}: reading the answer: {}",
+                without_url(&e)
+            ))
+        })?;
+        let answer = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok((status, answer))
+    }
+
+    fn count(&self, operation: &str, status: &str) {
+        self.inner
+            .metrics
+            .api_requests
+            .with_label_values(&[operation, status])
+            .inc();
+    }
+
+    /// Waits for the shared 429 pause, then for this call's turn in the partner rate.
+    async fn wait_turn(&self) {
+        let started = Instant::now();
+        loop {
+            let until = self
+                .inner
+                .paused_until
+                .lock()
+                .map(|p| *p)
+                .unwrap_or_default();
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                _ => break,
+            }
+        }
+        if let Some(limiter) = &self.inner.limiter {
+            limiter.until_ready().await;
+        }
+        let waited = started.elapsed().as_secs_f64();
+        if waited > 0.0 {
+            self.inner.metrics.rate_limit_wait.add(waited);
+        }
+    }
+
+    fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait.min(MAX_RETRY_AFTER);
+        if let Ok(mut p) = self.inner.paused_until.lock() {
+            if p.is_none_or(|current| current < until) {
+                *p = Some(until);
+            }
+        }
+    }
+
+    /// The cached token, or a new one. One task fetches while the others wait for it.
+    async fn token(&self) -> Result<String, SkeeloError> {
+        let mut slot = self.inner.token.lock().await;
+        if let Some(t) = slot.as_ref() {
+            if t.expires > Instant::now() {
+                return Ok(t.value.clone());
+            }
+        }
+        let fresh = self.fetch_token().await?;
+        let value = fresh.value.clone();
+        *slot = Some(fresh);
+        Ok(value)
+    }
+
+    async fn forget_token(&self, stale: &str) {
+        let mut slot = self.inner.token.lock().await;
+        if slot.as_ref().is_some_and(|t| t.value == stale) {
+            *slot = None;
+        }
+    }
+
+    async fn fetch_token(&self) -> Result<Token, SkeeloError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            access_token: String,
+            #[serde(default)]
+            expires_in: Option<u64>,
+        }
+        let form = format!(
+            "grant_type=client_credentials&client_id={}&client_secret={}",
+            form_escape(&self.inner.credentials.client_id),
+            form_escape(&self.inner.credentials.client_secret)
+        );
+        let mut throttled = 0;
+        loop {
+            let request = self
+                .inner
+                .http
+                .post(format!("{}/oauth/token", self.inner.base))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form.clone());
+            let (status, body) = self.send("token", request).await?;
+            match status {
+                StatusCode::OK => {
+                    let a: Answer =
+                        serde_json::from_value(body).map_err(|e| unreadable("token", e))?;
+                    self.inner.metrics.token_refreshes.inc();
+                    // Refresh a little early, so a token never expires mid-request.
+                    let ttl = Duration::from_secs(a.expires_in.unwrap_or(300).max(1));
+                    let margin = (ttl / 10).min(Duration::from_secs(30));
+                    return Ok(Token {
+                        value: a.access_token,
+                        expires: Instant::now() + ttl - margin,
+                    });
+                }
+                StatusCode::TOO_MANY_REQUESTS if throttled < MAX_THROTTLED => throttled += 1,
+                StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST => {
+                    tracing::error!(
+                        client_id = %self.inner.credentials.client_id,
+                        "Skeelo refused the partner credentials: check SKEELO_CLIENT_ID and SKEELO_CLIENT_SECRET"
+                    );
+                    // Transient on purpose: a credentials mistake must park nothing;
+                    // events wait until the operator fixes the configuration.
+                    return Err(SkeeloError::Transient(
+                        "Skeelo refused the partner credentials".into(),
+                    ));
+                }
+                s => {
+                    return Err(SkeeloError::Transient(format!(
+                        "token endpoint answered {}",
+                        s.as_u16()
+                    )))
+                }
+            }
+        }
+    }
+}
+
+fn subscription(operation: &str, body: Value) -> Result<Subscription, SkeeloError> {
+    serde_json::from_value(body).map_err(|e| unreadable(operation, e))
+}
+
+fn unreadable(operation: &str, e: serde_json::Error) -> SkeeloError {
+    SkeeloError::Transient(format!("{operation}: unreadable answer from Skeelo: {e}"))
+}
+
+fn error_code(body: &Value) -> &str {
+    body.pointer("/error/code")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn refusal(status: StatusCode, body: &Value) -> SkeeloError {
+    let message = body
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let code = match error_code(body) {
+        "" => format!("http_{}", status.as_u16()),
+        c => c.to_string(),
+    };
+    if status.is_client_error() {
+        SkeeloError::Rejected {
+            status: status.as_u16(),
+            code,
+            message,
+        }
+    } else {
+        SkeeloError::Transient(format!("unexpected answer {} ({code})", status.as_u16()))
+    }
+}
+
+/// `Retry-After` in seconds or as an HTTP date (RFC 9110 §10.2.3).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let raw = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when =
+        time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc2822).ok()?;
+    let wait = when - time::OffsetDateTime::now_utc();
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+}
+
+/// Error text without the request URL (a URL may carry what a log must not).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "<skeelo>");
+    }
+    text
+}
+
+/// Percent-encodes a path segment (contract ids are the ERP's, not ours).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn form_escape(s: &str) -> String {
+    path_segment(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_escaped() {
+        assert_eq!(path_segment("48213"), "48213");
+        assert_eq!(path_segment("a b/c?"), "a%20b%2Fc%3F");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "3".parse().expect("header"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("header"),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO), "a date in the past");
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        let body = serde_json::json!({"error": {"code": "unknown_product", "message": "x"}});
+        let e = refusal(StatusCode::UNPROCESSABLE_ENTITY, &body);
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("unknown_product"));
+        assert!(refusal(StatusCode::BAD_GATEWAY, &Value::Null).is_transient());
+    }
+
+    #[test]
+    fn credentials_never_show_the_secret() {
+        let c = Credentials {
+            client_id: "id".into(),
+            client_secret: "s3cr3t".into(),
+        };
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+}

@@ -1,0 +1,387 @@
+//! PostgreSQL: contracts and their facts, processed event ids, what Skeelo holds, the
+//! catalogue and each contract's story.
+//!
+//! An event is applied inside one transaction that holds the contract's row lock
+//! (`SELECT … FOR UPDATE`) from reading the facts until the new facts are written, so
+//! two consumers with events of the same contract take turns and no update is lost.
+
+use std::collections::BTreeSet;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::NoTls;
+
+use crate::lifecycle::{Facts, Held, Status};
+use crate::outcome::Outcome;
+use crate::skeelo::Product;
+
+mod migrate;
+
+/// What went wrong talking to PostgreSQL. Always worth another try later, except
+/// [`StoreError::Config`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `DATABASE_URL` cannot be used.
+    #[error("DATABASE_URL is not usable: {0}")]
+    Config(String),
+    /// No connection from the pool.
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    /// A stored value no longer reads as this version of the code expects.
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// A pool of connections to the fleet's database.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// A contract as read under its row lock.
+#[derive(Debug, Clone, Default)]
+pub struct ContractState {
+    /// The lifecycle facts.
+    pub facts: Facts,
+    /// What Skeelo held after the last successful call.
+    pub held: Option<Held>,
+}
+
+/// The first decision about an event id, repeated to the ERP on redelivery.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Skeelo's status then.
+    pub skeelo_status: Option<Status>,
+    /// Why.
+    pub detail: String,
+}
+
+/// One line of a contract's story.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    /// The event id (or AMQP message id).
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// The contract version it carried.
+    pub version: Option<i64>,
+    /// Who acted in the ERP.
+    pub actor: Option<String>,
+    /// When the ERP acted.
+    pub occurred_at: Option<OffsetDateTime>,
+    /// When the fleet decided.
+    pub received_at: OffsetDateTime,
+    /// How it ended.
+    pub outcome: String,
+    /// Skeelo's status afterwards.
+    pub skeelo_status: Option<String>,
+    /// Calls made to Skeelo.
+    pub skeelo_calls: i32,
+    /// Why.
+    pub detail: String,
+}
+
+impl Store {
+    /// Opens a pool of at most `max_connections` to `url`; connects lazily.
+    pub fn connect(url: &str, max_connections: usize) -> Result<Store, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .wait_timeout(Some(std::time::Duration::from_secs(30)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(Store { pool })
+    }
+
+    /// Brings the schema up to date; safe when several replicas start at once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        migrate::run(&mut client).await
+    }
+
+    /// A pooled connection, for queries this module does not own (operators' reports).
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// `true` when a connection answers.
+    pub async fn ping(&self) -> bool {
+        match self.pool.get().await {
+            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Replaces the catalogue with Skeelo's.
+    pub async fn replace_catalogue(&self, products: &[Product]) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let skus: Vec<&str> = products.iter().map(|p| p.sku.as_str()).collect();
+        tx.execute("DELETE FROM catalogue WHERE sku <> ALL($1)", &[&skus])
+            .await?;
+        for p in products {
+            tx.execute(
+                "INSERT INTO catalogue (sku, name) VALUES ($1, $2)
+                 ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, refreshed_at = now()",
+                &[&p.sku, &p.name],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The SKUs in the catalogue.
+    pub async fn catalogue(&self) -> Result<BTreeSet<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client.query("SELECT sku FROM catalogue", &[]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The first decision about `event_id`, if there was one.
+    pub async fn processed(&self, event_id: uuid::Uuid) -> Result<Option<Processed>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT outcome, skeelo_status, detail FROM processed_events WHERE event_id = $1",
+                &[&event_id],
+            )
+            .await?;
+        row.map(|r| processed_from(&r)).transpose()
+    }
+
+    /// Records a line of a contract's story outside any event transaction (duplicates,
+    /// invalid input, failures).
+    pub async fn record_history(&self, entry: &NewHistory<'_>) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        insert_history(&**client, entry).await
+    }
+
+    /// A contract's story, oldest first.
+    pub async fn history(&self, contract_id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT event_id, type, version, actor, occurred_at, received_at, outcome,
+                        skeelo_status, skeelo_calls, detail
+                 FROM contract_events WHERE contract_id = $1 ORDER BY id",
+                &[&contract_id],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| HistoryEntry {
+                event_id: r.get(0),
+                event_type: r.get(1),
+                version: r.get(2),
+                actor: r.get(3),
+                occurred_at: r.get(4),
+                received_at: r.get(5),
+                outcome: r.get(6),
+                skeelo_status: r.get(7),
+                skeelo_calls: r.get(8),
+                detail: r.get(9),
+            })
+            .collect())
+    }
+
+    /// A contract's facts and Skeelo state, without locking (for reports).
+    pub async fn contract(&self, contract_id: &str) -> Result<Option<ContractState>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT facts, skeelo FROM contracts WHERE id = $1",
+                &[&contract_id],
+            )
+            .await?;
+        row.map(|r| state_from(r.get(0), r.get(1))).transpose()
+    }
+
+    /// Opens the transaction an event is applied in. Pass it to [`lock`], then
+    /// [`save`], then commit.
+    pub async fn begin(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Takes the contract's row lock (creating the row on first sight) and reads its state.
+pub async fn lock(tx: &Transaction<'_>, contract_id: &str) -> Result<ContractState, StoreError> {
+    tx.execute(
+        "INSERT INTO contracts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+        &[&contract_id],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT facts, skeelo FROM contracts WHERE id = $1 FOR UPDATE",
+            &[&contract_id],
+        )
+        .await?;
+    state_from(row.get(0), row.get(1))
+}
+
+/// `true` when this event id was decided before (read under the contract's lock, so
+/// two deliveries of one id cannot both pass).
+pub async fn seen(
+    tx: &Transaction<'_>,
+    event_id: uuid::Uuid,
+) -> Result<Option<Processed>, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT outcome, skeelo_status, detail FROM processed_events WHERE event_id = $1",
+            &[&event_id],
+        )
+        .await?;
+    row.map(|r| processed_from(&r)).transpose()
+}
+
+/// Everything an applied event writes.
+pub struct Applied<'a> {
+    /// The contract.
+    pub contract_id: &'a str,
+    /// Its new state.
+    pub state: &'a ContractState,
+    /// The history line (also the processed-event record).
+    pub history: NewHistory<'a>,
+}
+
+/// A line of history to write.
+pub struct NewHistory<'a> {
+    /// The contract.
+    pub contract_id: &'a str,
+    /// The event id (or AMQP message id).
+    pub event_id: &'a str,
+    /// Event type.
+    pub event_type: &'a str,
+    /// Contract version carried.
+    pub version: Option<i64>,
+    /// ERP actor.
+    pub actor: Option<&'a str>,
+    /// When the ERP acted.
+    pub occurred_at: Option<OffsetDateTime>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Skeelo's status afterwards.
+    pub skeelo_status: Option<Status>,
+    /// Calls made.
+    pub skeelo_calls: i32,
+    /// Why.
+    pub detail: &'a str,
+}
+
+/// Writes an event's effects: new facts, Skeelo state, the processed id and history.
+pub async fn save(
+    tx: &Transaction<'_>,
+    event_id: uuid::Uuid,
+    a: &Applied<'_>,
+) -> Result<(), StoreError> {
+    let facts =
+        serde_json::to_value(&a.state.facts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let held = a
+        .state
+        .held
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let f = &a.state.facts;
+    let subscriber_id = f.synced.as_ref().map(|s| s.details.subscriber.id.clone());
+    let status = a.state.held.as_ref().map(|h| h.status.as_str());
+    tx.execute(
+        "UPDATE contracts SET facts = $2, skeelo = $3, synced = $4, suspended = $5,
+                blocked = $6, cancelled = $7, subscriber_id = COALESCE($8, subscriber_id),
+                skeelo_status = $9, updated_at = now()
+         WHERE id = $1",
+        &[
+            &a.contract_id,
+            &facts,
+            &held,
+            &f.synced.is_some(),
+            &f.is_suspended(),
+            &f.is_blocked(),
+            &f.cancelled.is_some(),
+            &subscriber_id,
+            &status,
+        ],
+    )
+    .await?;
+    let h = &a.history;
+    tx.execute(
+        "INSERT INTO processed_events (event_id, contract_id, type, outcome, skeelo_status, detail)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &event_id,
+            &a.contract_id,
+            &h.event_type,
+            &h.outcome.as_str(),
+            &h.skeelo_status.map(Status::as_str),
+            &h.detail,
+        ],
+    )
+    .await?;
+    insert_history(&**tx, h).await
+}
+
+async fn insert_history(
+    client: &impl tokio_postgres::GenericClient,
+    h: &NewHistory<'_>,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO contract_events (contract_id, event_id, type, version, actor, occurred_at,
+                                          outcome, skeelo_status, skeelo_calls, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &h.contract_id,
+                &h.event_id,
+                &h.event_type,
+                &h.version,
+                &h.actor,
+                &h.occurred_at,
+                &h.outcome.as_str(),
+                &h.skeelo_status.map(Status::as_str),
+                &h.skeelo_calls,
+                &h.detail,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+fn state_from(facts: Value, held: Option<Value>) -> Result<ContractState, StoreError> {
+    Ok(ContractState {
+        facts: serde_json::from_value(facts).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        held: held
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+    })
+}
+
+fn processed_from(r: &tokio_postgres::Row) -> Result<Processed, StoreError> {
+    let outcome: String = r.get(0);
+    let status: Option<String> = r.get(1);
+    Ok(Processed {
+        outcome: Outcome::from_name(&outcome)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown outcome {outcome}")))?,
+        skeelo_status: status.as_deref().and_then(Status::from_name),
+        detail: r.get(2),
+    })
+}
