@@ -1,1 +1,94 @@
-fn main() {}
+//! `skeelo-ops`: the operators' command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod check;
+mod contract;
+mod publish;
+mod sample;
+mod subscribers;
+mod table;
+
+/// The operators' command line for the Skeelo bridge.
+///
+/// Reads the same environment as the fleet: DATABASE_URL for reports, AMQP_URL for
+/// publishing. Tables are for people; add --json for scripts.
+///
+/// Examples:
+///   skeelo-ops sample --contracts 20 > events.jsonl   # example ERP events
+///   skeelo-ops publish events.jsonl                    # publish them as the ERP does
+///   skeelo-ops subscribers --status active             # "Assinantes ativos"
+///   skeelo-ops subscribers --status cancelled,suspended
+///   skeelo-ops contract show 48213                     # facts, Skeelo state, history
+///   skeelo-ops check                                   # compare with Skeelo itself
+#[derive(Parser, Debug)]
+#[command(name = "skeelo-ops", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Publish events from a JSON-lines file (or - for stdin) to erp.contracts, with
+    /// publisher confirms: the ERP's side, for demos and tests.
+    Publish(publish::Args),
+    /// List subscribers by status (the ERP's "Assinantes ativos" and "cancelados ou
+    /// suspensos").
+    Subscribers(subscribers::Args),
+    /// One contract: its facts, what Skeelo holds and its history.
+    Contract {
+        #[command(subcommand)]
+        command: contract::Command,
+    },
+    /// Ask Skeelo (the partner API) for every contract the fleet knows and compare
+    /// with what it should hold: drift shows here first. Exits 1 on any difference.
+    Check(check::Args),
+    /// Print example ERP events (valid JSON lines) for random contract histories.
+    Sample(sample::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Publish(a) => publish::run(a).await,
+            Command::Subscribers(a) => subscribers::run(a).await,
+            Command::Contract { command } => contract::run(command).await,
+            Command::Sample(a) => sample::run(a),
+            Command::Check(a) => check::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Connects to the fleet's database named by `DATABASE_URL`.
+async fn database(url: &str) -> anyhow::Result<skeelo_shared::store::Store> {
+    use anyhow::Context;
+    let store = skeelo_shared::store::Store::connect(url, 2).context("DATABASE_URL")?;
+    drop(
+        store
+            .client()
+            .await
+            .context("cannot reach the database at DATABASE_URL")?,
+    );
+    Ok(store)
+}

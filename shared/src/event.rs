@@ -741,7 +741,8 @@ mod tests {
 
     #[test]
     fn each_rule_has_its_reason() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Case = (&'static str, Box<dyn Fn(&mut Value)>, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 "contract.sync",
                 Box::new(|v| v["subscriber"]["document"] = json!("529.982.247-26")),

@@ -38,7 +38,7 @@ async fn deliver_in_order(w: &World, events: &[Value]) -> Vec<Outcome> {
 async fn the_erp_syncs_a_new_contract_and_skeelo_has_it_active() {
     let w = world().await;
     let sync = sample::event(Sync, "48213", 1, &["SKEELO-EBOOKS", "SKEELO-AUDIOBOOKS"]);
-    let outcomes = deliver_in_order(&w, &[sync.clone()]).await;
+    let outcomes = deliver_in_order(&w, std::slice::from_ref(&sync)).await;
     assert_eq!(outcomes, vec![Outcome::Applied]);
     let r = w.result_for(&sync).expect("result");
     assert_eq!(r.contract_id.as_deref(), Some("48213"));
@@ -62,7 +62,7 @@ async fn the_erp_syncs_a_new_contract_and_skeelo_has_it_active() {
 #[tokio::test]
 async fn one_contracts_events_delivered_in_reverse_order_end_as_in_order() {
     let w = world().await;
-    let history = vec![
+    let history = [
         sample::event(Sync, "R1", 1, &["SKEELO-EBOOKS"]),
         ev(Suspend, "R1", 2),
         ev(Block, "R1", 3),

@@ -224,7 +224,7 @@ fn a_later_sync_changes_products_with_one_patch() {
 #[test]
 fn the_same_sync_twice_makes_no_second_call() {
     let first = sync_with(1, &["SKEELO-EBOOKS"]);
-    let mut w = run(&[first.clone()]);
+    let mut w = run(std::slice::from_ref(&first));
     assert_eq!(w.deliver(&first), None);
     assert_eq!(w.calls, vec![Call::Create]);
 }

@@ -12,7 +12,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
 )];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.
-const LOCK_KEY: i64 = 0x5_6b65_656c_6f;
+const LOCK_KEY: i64 = 0x056b_6565_6c6f;
 
 pub(super) async fn run(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
     client

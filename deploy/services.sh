@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Makes sure RabbitMQ (127.0.0.1:5672, guest/guest) and PostgreSQL (127.0.0.1:5432,
+# user postgres, trust) are running; installs them from Debian's packages when they
+# are missing. Safe to run again and again.
+set -euo pipefail
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "services: $1 needs root (run with sudo)" >&2
+    exit 1
+  fi
+}
+
+apt_updated=""
+apt_install() {
+  need_root "installing $*"
+  if [ -z "$apt_updated" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 name=$2
+  for _ in $(seq 1 120); do
+    port_open "$port" && return 0
+    sleep 0.5
+  done
+  echo "services: $name did not open port $port" >&2
+  exit 1
+}
+
+# --- RabbitMQ ---------------------------------------------------------------
+if ! command -v rabbitmqctl >/dev/null 2>&1; then
+  echo "services: installing RabbitMQ"
+  apt_install rabbitmq-server
+fi
+if ! port_open 5672; then
+  echo "services: starting RabbitMQ"
+  need_root "starting RabbitMQ"
+  rabbitmq-server -detached
+  wait_port 5672 RabbitMQ
+fi
+rabbitmqctl await_startup >/dev/null 2>&1 || true
+
+# --- PostgreSQL -------------------------------------------------------------
+if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+  echo "services: installing PostgreSQL"
+  apt_install postgresql postgresql-client
+fi
+if ! port_open 5432; then
+  echo "services: starting PostgreSQL"
+  need_root "starting PostgreSQL"
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  wait_port 5432 PostgreSQL
+fi
+if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; then
+  # A fresh Debian cluster asks for a password on TCP; local development and CI use
+  # trust on the loopback only.
+  echo "services: allowing local connections for user postgres (trust on 127.0.0.1)"
+  need_root "configuring PostgreSQL"
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  hba=/etc/postgresql/$version/main/pg_hba.conf
+  sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' "$hba"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+  sleep 1
+  psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null
+fi
+echo "services: RabbitMQ and PostgreSQL are up"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: starts RabbitMQ and PostgreSQL if needed, then runs every test of
+# the workspace against them (each test makes its own vhost and database).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deploy/services.sh
+cargo test --workspace --locked "$@"

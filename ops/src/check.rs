@@ -1,0 +1,162 @@
+//! `skeelo-ops check`: what Skeelo really holds, next to what it should hold.
+
+use std::num::NonZeroU32;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use skeelo_shared::lifecycle::{self, Target};
+use skeelo_shared::metrics::Metrics;
+use skeelo_shared::skeelo::{ClientConfig, Credentials, SkeeloClient};
+
+use crate::table;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Most contracts to check (newest change first).
+    #[arg(long, default_value_t = 1000)]
+    limit: i64,
+    /// One JSON array, for scripts.
+    #[arg(long)]
+    json: bool,
+    /// Print only the contracts that differ.
+    #[arg(long)]
+    drift_only: bool,
+    /// Requests per second to Skeelo (keep it well under the partner rate the
+    /// fleet uses).
+    #[arg(long, default_value_t = NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN))]
+    rate: NonZeroU32,
+    /// PostgreSQL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// The Skeelo partner API.
+    #[arg(long, env = "SKEELO_BASE_URL")]
+    skeelo_base_url: String,
+    /// Partner client id.
+    #[arg(long, env = "SKEELO_CLIENT_ID")]
+    skeelo_client_id: String,
+    /// Partner client secret.
+    #[arg(long, env = "SKEELO_CLIENT_SECRET", hide_env_values = true)]
+    skeelo_client_secret: String,
+}
+
+#[derive(Serialize)]
+struct Row {
+    contract_id: String,
+    should_be: String,
+    skeelo_has: String,
+    products_should_be: Vec<String>,
+    products_at_skeelo: Vec<String>,
+    ok: bool,
+}
+
+pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let store = crate::database(&a.database_url).await?;
+    let skeelo = SkeeloClient::new(
+        ClientConfig {
+            base_url: a.skeelo_base_url.clone(),
+            credentials: Credentials {
+                client_id: a.skeelo_client_id.clone(),
+                client_secret: a.skeelo_client_secret.clone(),
+            },
+            rate_per_second: Some(a.rate),
+            timeout: Duration::from_secs(10),
+        },
+        Metrics::new()?,
+    )?;
+    let client = store.client().await?;
+    let ids: Vec<String> = client
+        .query(
+            "SELECT id FROM contracts ORDER BY updated_at DESC, id LIMIT $1",
+            &[&a.limit.max(1)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut rows = Vec::new();
+    for id in ids {
+        let Some(state) = store.contract(&id).await? else {
+            continue;
+        };
+        let (should_be, products_should_be) = match lifecycle::target(&state.facts) {
+            Target::Absent => ("absent".to_string(), Vec::new()),
+            Target::Present(h) => (h.status.as_str().to_string(), h.profile.products),
+        };
+        let at_skeelo = ask(&skeelo, &id)
+            .await
+            .with_context(|| format!("asking Skeelo for contract {id}"))?;
+        let (skeelo_has, products_at_skeelo) = match at_skeelo {
+            None => ("absent".to_string(), Vec::new()),
+            Some(s) => {
+                let h = s.held();
+                (h.status.as_str().to_string(), h.profile.products)
+            }
+        };
+        let gone = |s: &str| s == "absent" || s == "cancelled";
+        let ok = (gone(&should_be) && gone(&skeelo_has))
+            || (should_be == skeelo_has && products_should_be == products_at_skeelo);
+        rows.push(Row {
+            contract_id: id,
+            should_be,
+            skeelo_has,
+            products_should_be,
+            products_at_skeelo,
+            ok,
+        });
+    }
+    let drift = rows.iter().filter(|r| !r.ok).count();
+    if a.drift_only {
+        rows.retain(|r| !r.ok);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.contract_id.clone(),
+                    r.should_be.clone(),
+                    r.skeelo_has.clone(),
+                    r.products_at_skeelo.join(","),
+                    if r.ok { "ok".into() } else { "DRIFT".into() },
+                ]
+            })
+            .collect();
+        table::print(
+            &[
+                "CONTRACT",
+                "SHOULD BE",
+                "AT SKEELO",
+                "PRODUCTS AT SKEELO",
+                "CHECK",
+            ],
+            &cells,
+        );
+        println!("{drift} contract(s) differ from Skeelo");
+    }
+    Ok(if drift == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// A read may be retried freely: a few tries ride out a passing failure.
+async fn ask(
+    skeelo: &SkeeloClient,
+    id: &str,
+) -> Result<Option<skeelo_shared::skeelo::Subscription>, skeelo_shared::skeelo::SkeeloError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match skeelo.get(id).await {
+            Err(e) if e.is_transient() && tries < 5 => {
+                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! 300 contracts with random histories, published in random order, against a Skeelo
+//! that fails 5 % of its calls: every contract ends right at Skeelo, every event gets a
+//! result, and Skeelo saw no call that a correct client would not make.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use serde_json::Value;
+use skeelo_sim::{Faults, SimConfig};
+use skeelo_tests::World;
+
+/// What Skeelo should hold at the end, worked out independently of the fleet's rules
+/// module: apply the history in version order, the way a person reads CONTRACT §2.
+#[derive(Debug, PartialEq, Eq)]
+enum Expected {
+    /// Never created, or cancelled: no access, ever again.
+    Gone,
+    Live {
+        status: &'static str,
+        products: Vec<String>,
+    },
+}
+
+fn expected(history: &[Value]) -> Expected {
+    let (mut synced, mut suspended, mut blocked, mut cancelled) = (false, false, false, false);
+    let mut products = Vec::new();
+    for e in history {
+        let t = e["type"].as_str().unwrap_or_default();
+        if cancelled {
+            continue; // nothing moves a cancelled contract
+        }
+        match t {
+            "sync" => {
+                synced = true;
+                products = e["contract"]["products"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            }
+            "suspend" => suspended = true,
+            "reactivate" => suspended = false,
+            "block" => blocked = true,
+            "unblock" => blocked = false,
+            "cancel" => cancelled = true,
+            _ => {}
+        }
+    }
+    products.sort();
+    if !synced || cancelled {
+        return Expected::Gone;
+    }
+    let status = if suspended || blocked {
+        "inactive"
+    } else {
+        "active"
+    };
+    Expected::Live { status, products }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_random_contracts_in_random_order_with_failing_skeelo_all_end_right() {
+    let mut w = World::with_sim(SimConfig::default()).await.expect("world");
+    w.sim.set_faults(Faults {
+        error_rate: 0.05,
+        latency_ms: 0,
+        down: false,
+        rate_per_second: None,
+    });
+    let settings = w.settings();
+    w.start_fleet(settings).await.expect("fleet");
+
+    let mut rng = rand::rng();
+    let mut histories = BTreeMap::new();
+    let mut all = Vec::new();
+    for c in 0..300 {
+        let id = format!("RND{c:04}");
+        let h = skeelo_shared::sample::history(&mut rng, &id, 7);
+        all.extend(h.iter().cloned());
+        histories.insert(id, h);
+    }
+    // A few redeliveries of the same event id, as a publisher retransmit would cause.
+    let dups: Vec<Value> = all.iter().step_by(37).cloned().collect();
+    all.extend(dups);
+    all.shuffle(&mut rng);
+    for e in &all {
+        w.publish(e).await.expect("published");
+    }
+    let results = w
+        .wait_results(all.len(), Duration::from_secs(240))
+        .await
+        .expect("every event gets a result");
+    assert_eq!(results.len(), all.len(), "exactly one result per delivery");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.outcome.as_str() != "dead_lettered"),
+        "no valid event may be dead-lettered: {:?}",
+        results
+            .iter()
+            .find(|r| r.outcome.as_str() == "dead_lettered")
+    );
+
+    let mut wrong = Vec::new();
+    for (id, h) in &histories {
+        let want = expected(h);
+        let got = match w.sim.subscription(id) {
+            None => Expected::Gone,
+            Some(s) if s.status == "cancelled" => Expected::Gone,
+            Some(s) => {
+                let mut products = s.products.clone();
+                products.sort();
+                let status = if s.status == "active" {
+                    "active"
+                } else {
+                    "inactive"
+                };
+                Expected::Live { status, products }
+            }
+        };
+        if got != want {
+            wrong.push(format!("{id}: want {want:?}, got {got:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} contracts wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert!(
+        w.sim.anomalies().is_empty(),
+        "calls a correct client never makes: {:?}",
+        w.sim.anomalies()
+    );
+    assert!(
+        w.sim.request_count("create_subscription", 503) + w.sim.request_count("set_status", 503)
+            > 0,
+        "the injected failures really happened"
+    );
+    w.close().await.expect("cleanup");
+}
