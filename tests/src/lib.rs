@@ -241,6 +241,32 @@ impl World {
         }
     }
 
+    /// Waits until every one of `events` has at least one result.
+    pub async fn wait_for_events(&self, events: &[Value], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let results = self.results();
+            let missing = events
+                .iter()
+                .filter(|e| {
+                    let id = e["event_id"].as_str().unwrap_or_default();
+                    !results.iter().any(|r| r.event_id == id)
+                })
+                .count();
+            if missing == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{missing} of {} events have no result after {:?}",
+                    events.len(),
+                    timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The result for one event id (the last one, if several).
     pub fn result_for(&self, event: &Value) -> Option<EventResult> {
         let id = event["event_id"].as_str()?;
@@ -274,13 +300,20 @@ impl World {
         Ok(client)
     }
 
-    /// Stops the fleets (SIGTERM-like: in-flight work finishes) and drops the vhost and
-    /// the database. Tests call it at the end; a failed test leaves them for inspection.
-    pub async fn close(mut self) -> anyhow::Result<()> {
+    /// Stops every fleet as SIGTERM does (stop taking work, finish what is in flight)
+    /// and waits until they have stopped; the ERP side stays connected.
+    pub async fn stop_fleets(&mut self) -> anyhow::Result<()> {
         for (stop, running) in self.fleets.drain(..) {
             let _ = stop.send(());
             running.done.await??;
         }
+        Ok(())
+    }
+
+    /// Stops the fleets (SIGTERM-like: in-flight work finishes) and drops the vhost and
+    /// the database. Tests call it at the end; a failed test leaves them for inspection.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.stop_fleets().await?;
         if let Some((conn, _)) = self.erp.take() {
             let _ = conn.close(200, "test done".into()).await;
         }

@@ -10,7 +10,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
-use lapin::Connection;
+use lapin::{Channel, Connection};
 use skeelo_shared::broker::{self, Publisher};
 use skeelo_shared::event::EventType;
 use tokio_util::sync::CancellationToken;
@@ -47,9 +47,12 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
         _ = lost.cancelled() => {}
     }
     let mut result = Ok(());
+    // The channels stay open until the work in flight is acked on them: closing a
+    // channel hands its unacked deliveries back to the broker.
+    let mut channels = Vec::new();
     for l in loops {
         match l.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(channel)) => channels.push(channel),
             Ok(Err(e)) => result = Err(e),
             Err(e) => result = Err(anyhow::anyhow!("consumer task failed: {e}")),
         }
@@ -57,6 +60,9 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
     // Stop taking work first, then let what is in flight finish and be acked.
     tracker.close();
     tracker.wait().await;
+    for channel in channels {
+        let _ = channel.close(200, "consumer stopped".into()).await;
+    }
     if stop.is_cancelled() {
         let _ = connection
             .close(200, "skeelo-workers stopping".into())
@@ -72,7 +78,7 @@ async fn consume(
     stop: CancellationToken,
     lost: CancellationToken,
     tracker: TaskTracker,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Channel> {
     let outcome = consume_until_stopped(&app, &connection, t, &stop, &tracker).await;
     if outcome.is_err() {
         lost.cancel();
@@ -86,7 +92,7 @@ async fn consume_until_stopped(
     t: EventType,
     stop: &CancellationToken,
     tracker: &TaskTracker,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Channel> {
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(app.settings.prefetch, BasicQosOptions::default())
@@ -111,7 +117,7 @@ async fn consume_until_stopped(
             _ = stop.cancelled() => {
                 let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                 tracing::info!(queue = %queue, "stopped taking work");
-                return Ok(());
+                return Ok(channel);
             }
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => {
