@@ -102,7 +102,9 @@ impl Store {
         );
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
-            .wait_timeout(Some(std::time::Duration::from_secs(30)))
+            // Waiting for a free connection is queueing, not failure: every task holds
+            // at most one connection, so the wait always ends.
+            .wait_timeout(None)
             .create_timeout(Some(std::time::Duration::from_secs(10)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
@@ -250,6 +252,11 @@ pub async fn seen(
         )
         .await?;
     row.map(|r| processed_from(&r)).transpose()
+}
+
+/// Records a line of history inside the event's transaction (a duplicate's, say).
+pub async fn record(tx: &Transaction<'_>, entry: &NewHistory<'_>) -> Result<(), StoreError> {
+    insert_history(&**tx, entry).await
 }
 
 /// Everything an applied event writes.

@@ -169,6 +169,7 @@ async fn handle_event(
         return dead_letter_invalid(app, &inv).await;
     }
 
+    let started = std::time::Instant::now();
     let mut attempt = 0;
     let result = loop {
         attempt += 1;
@@ -197,6 +198,8 @@ async fn handle_event(
         outcome = result.outcome.as_str(),
         skeelo_status = result.skeelo_status.map(|s| s.as_str()),
         detail = %result.detail,
+        attempt,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "event handled"
     );
     match app.publish_result(&result).await {
@@ -247,7 +250,6 @@ async fn apply(app: &App, event: &Event, redelivered: bool) -> Result<EventResul
     let id = event.event_id.to_string();
 
     if let Some(first) = store::seen(&tx, event.event_id).await? {
-        drop(tx);
         // A redelivery (the broker's hint) may mean the ERP never got the first result:
         // repeat it. A fresh copy of a known event id is a duplicate.
         let (outcome, status, detail) = if redelivered {
@@ -261,7 +263,8 @@ async fn apply(app: &App, event: &Event, redelivered: bool) -> Result<EventResul
             )
         };
         let entry = history(event, &id, Outcome::Duplicate, status, 0, &detail);
-        app.store.record_history(&entry).await?;
+        store::record(&tx, &entry).await?;
+        tx.commit().await?;
         return Ok(result_of(event, outcome, status, detail));
     }
 
