@@ -3,16 +3,20 @@
 //! Topology (declared idempotently by every worker at start):
 //!
 //! ```text
-//! erp.contracts (topic) ──contract.<type>──▶ erp.contracts.<type>  (quorum, one per type)
-//!                                              │ rejected without requeue
-//!                                              ▼
-//!                            erp.contracts.dead (fanout) ──▶ erp.contracts.dead (queue)
-//! skeelo.results (topic) ──result.#──▶ erp.results (queue the ERP reads)
+//! erp.contracts (topic) ──contract.<type>──▶ erp.contracts.<type>   quorum, one per type
+//! skeelo.retry  (direct) ──contract.<type>──▶ erp.contracts.<type>   (retries and requeues
+//!                                                                     reach only our queue)
+//! skeelo.delay  (headers, skeelo-delay=<ms>) ──▶ skeelo.delay.<ms>ms  TTL = <ms>, then
+//!                                          dead-lettered to skeelo.retry with its routing key
+//! erp.contracts.dead (fanout) ──▶ erp.contracts.dead   what RabbitMQ itself dead-letters
+//!                                                       (delivery limit); moved to PostgreSQL
+//! skeelo.results (topic) ──result.#──▶ erp.results     the results, waiting for the ERP
 //! ```
 //!
-//! Work queues are quorum queues with `x-dead-letter-strategy: at-least-once`, which
-//! (with `x-overflow: reject-publish`) is the only way RabbitMQ dead-letters without a
-//! window in which a message can vanish.
+//! Every queue is a quorum queue; those that dead-letter use
+//! `x-dead-letter-strategy: at-least-once` with `x-overflow: reject-publish`, the only way
+//! RabbitMQ dead-letters without a window in which a message can vanish. A delay is one
+//! queue per fixed TTL, because RabbitMQ expires messages only at the head of a queue.
 
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -35,6 +39,28 @@ pub const DEAD_EXCHANGE: &str = "erp.contracts.dead";
 pub const DEAD_QUEUE: &str = "erp.contracts.dead";
 /// Where results wait for the ERP, so none is lost while it is away.
 pub const RESULTS_QUEUE: &str = "erp.results";
+/// Routes retries and requeues back to our work queues only.
+pub const RETRY_EXCHANGE: &str = "skeelo.retry";
+/// Routes a message to the delay queue its `skeelo-delay` header names.
+pub const DELAY_EXCHANGE: &str = "skeelo.delay";
+/// Our header: attempts that failed so far (the broker owns `x-` headers).
+pub const ATTEMPTS_HEADER: &str = "skeelo-attempts";
+/// Our header: when the first attempt failed (RFC 3339).
+pub const FIRST_FAILURE_HEADER: &str = "skeelo-first-failure";
+/// Our header: the last error, in words.
+pub const LAST_ERROR_HEADER: &str = "skeelo-last-error";
+/// Our header: which delay queue (milliseconds), read by the headers exchange.
+pub const DELAY_HEADER: &str = "skeelo-delay";
+/// Our header: the dead letter an operator requeued this from.
+pub const REQUEUED_FROM_HEADER: &str = "skeelo-requeued-from";
+/// Deliveries of one message before RabbitMQ itself dead-letters it: only a message
+/// that kills its worker again and again gets there.
+pub const DELIVERY_LIMIT: i64 = 50;
+
+/// The delay queue for one delay.
+pub fn delay_queue_name(delay: std::time::Duration) -> String {
+    format!("skeelo.delay.{}ms", delay.as_millis())
+}
 
 /// The work queue of one event type.
 pub fn queue_name(t: EventType) -> String {
@@ -72,50 +98,91 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
 }
 
 /// Declares every exchange, queue and binding; safe to run from every process at once.
-pub async fn declare_topology(channel: &Channel) -> Result<(), BrokerError> {
+/// `delays` are the retry delays in use (each gets its queue).
+pub async fn declare_topology(
+    channel: &Channel,
+    delays: &[std::time::Duration],
+) -> Result<(), BrokerError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
-    channel
-        .exchange_declare(
-            EVENTS_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            RESULTS_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            DEAD_EXCHANGE.into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+    for (name, kind) in [
+        (EVENTS_EXCHANGE, ExchangeKind::Topic),
+        (RESULTS_EXCHANGE, ExchangeKind::Topic),
+        (DEAD_EXCHANGE, ExchangeKind::Fanout),
+        (RETRY_EXCHANGE, ExchangeKind::Direct),
+        (DELAY_EXCHANGE, ExchangeKind::Headers),
+    ] {
+        channel
+            .exchange_declare(name.into(), kind, durable, FieldTable::default())
+            .await?;
+    }
     let queue = QueueDeclareOptions::durable();
     channel
         .queue_declare(DEAD_QUEUE.into(), queue, quorum(None))
         .await?;
-    bind(channel, DEAD_QUEUE, DEAD_EXCHANGE, "").await?;
+    bind(
+        channel,
+        DEAD_QUEUE,
+        DEAD_EXCHANGE,
+        "",
+        FieldTable::default(),
+    )
+    .await?;
     channel
         .queue_declare(RESULTS_QUEUE.into(), queue, quorum(None))
         .await?;
-    bind(channel, RESULTS_QUEUE, RESULTS_EXCHANGE, "result.#").await?;
+    bind(
+        channel,
+        RESULTS_QUEUE,
+        RESULTS_EXCHANGE,
+        "result.#",
+        FieldTable::default(),
+    )
+    .await?;
     for t in EventType::ALL {
         let name = queue_name(t);
+        let mut args = quorum(Some(DEAD_EXCHANGE));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
         channel
-            .queue_declare(name.as_str().into(), queue, quorum(Some(DEAD_EXCHANGE)))
+            .queue_declare(name.as_str().into(), queue, args)
             .await?;
-        bind(channel, &name, EVENTS_EXCHANGE, &t.routing_key()).await?;
+        bind(
+            channel,
+            &name,
+            EVENTS_EXCHANGE,
+            &t.routing_key(),
+            FieldTable::default(),
+        )
+        .await?;
+        bind(
+            channel,
+            &name,
+            RETRY_EXCHANGE,
+            &t.routing_key(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    for delay in delays {
+        let name = delay_queue_name(*delay);
+        let mut args = quorum(Some(RETRY_EXCHANGE));
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        channel
+            .queue_declare(name.as_str().into(), queue, args)
+            .await?;
+        let mut matching = FieldTable::default();
+        matching.insert("x-match".into(), long_string("all"));
+        matching.insert(
+            DELAY_HEADER.into(),
+            long_string(&delay.as_millis().to_string()),
+        );
+        bind(channel, &name, DELAY_EXCHANGE, "", matching).await?;
     }
     Ok(())
 }
@@ -125,6 +192,7 @@ async fn bind(
     queue: &str,
     exchange: &str,
     key: &str,
+    args: FieldTable,
 ) -> Result<(), BrokerError> {
     channel
         .queue_bind(
@@ -132,7 +200,7 @@ async fn bind(
             exchange.into(),
             key.into(),
             QueueBindOptions::default(),
-            FieldTable::default(),
+            args,
         )
         .await?;
     Ok(())
@@ -152,7 +220,8 @@ fn quorum(dead_letter_exchange: Option<&str>) -> FieldTable {
     args
 }
 
-fn long_string(s: &str) -> AMQPValue {
+/// A header value as the broker and our headers exchange compare it.
+pub fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
 
@@ -186,10 +255,30 @@ impl Publisher {
         message_id: &str,
         body: &[u8],
     ) -> Result<(), BrokerError> {
+        self.publish(
+            exchange,
+            routing_key,
+            message_id,
+            body,
+            FieldTable::default(),
+        )
+        .await
+    }
+
+    /// Same, with headers.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message_id: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), BrokerError> {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"))
-            .with_message_id(message_id.into());
+            .with_message_id(message_id.into())
+            .with_headers(headers);
         let confirm = self
             .channel
             .basic_publish(
@@ -212,5 +301,27 @@ impl Publisher {
             }),
             Confirmation::Nack(_) => Err(BrokerError::Nacked),
         }
+    }
+}
+
+/// Reads one of our headers as text.
+pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// Reads one of our headers as a count (any integer type a publisher may have used).
+pub fn header_int(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).parse().ok(),
+        _ => None,
     }
 }

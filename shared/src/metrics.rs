@@ -43,6 +43,11 @@ pub struct Metrics {
     pub results_published: IntCounter,
     /// `skeelo_api_throttled_total`: 429 answers from Skeelo.
     pub throttled: IntCounter,
+    /// `skeelo_outage_mode{downstream}`: 1 while consumers are paused because Skeelo
+    /// or the database keeps failing.
+    pub outage_mode: IntGaugeVec,
+    /// `skeelo_dead_letters_parked{reason}`: dead letters waiting for an operator now.
+    pub dead_letters_parked: IntGaugeVec,
 }
 
 impl Metrics {
@@ -125,6 +130,28 @@ impl Metrics {
             "skeelo_api_throttled_total",
             "429 answers from Skeelo (each one pauses calls for its Retry-After).",
         )?;
+        let outage_mode = IntGaugeVec::new(
+            Opts::new(
+                "skeelo_outage_mode",
+                "1 while consumers are paused because a downstream keeps failing.",
+            ),
+            &["downstream"],
+        )?;
+        let dead_letters_parked = IntGaugeVec::new(
+            Opts::new(
+                "skeelo_dead_letters_parked",
+                "Dead letters waiting for an operator now, by reason.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(outage_mode.clone()))?;
+        registry.register(Box::new(dead_letters_parked.clone()))?;
+        for d in ["skeelo", "database"] {
+            outage_mode.with_label_values(&[d]);
+        }
+        for r in ["invalid", "refused", "exhausted", "broker"] {
+            dead_letters_parked.with_label_values(&[r]);
+        }
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(event_duration.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
@@ -158,6 +185,8 @@ impl Metrics {
             rate_limit_wait,
             results_published,
             throttled,
+            outage_mode,
+            dead_letters_parked,
         })
     }
 

@@ -60,6 +60,10 @@ pub enum SkeeloError {
     /// 429, credentials refused): the same call may work later.
     #[error("Skeelo is unavailable: {0}")]
     Transient(String),
+    /// Skeelo kept answering 429 past every `Retry-After`: the partner rate, not a
+    /// failure of the event (costs no retry attempt).
+    #[error("Skeelo kept throttling (429) this process")]
+    Throttled,
     /// Skeelo understood and refused (4xx other than those handled here): sending the
     /// same request again cannot work.
     #[error("Skeelo refused the request ({status} {code}): {message}")]
@@ -76,7 +80,16 @@ pub enum SkeeloError {
 impl SkeeloError {
     /// `true` when trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SkeeloError::Transient(_))
+        matches!(self, SkeeloError::Transient(_) | SkeeloError::Throttled)
+    }
+
+    /// A short, bounded class for dead letters and metrics.
+    pub fn class(&self) -> String {
+        match self {
+            SkeeloError::Transient(_) => "transient".into(),
+            SkeeloError::Throttled => "throttled".into(),
+            SkeeloError::Rejected { status, code, .. } => format!("http_{status}_{code}"),
+        }
     }
 }
 
@@ -383,11 +396,7 @@ impl SkeeloClient {
                     ))
                 }
                 StatusCode::TOO_MANY_REQUESTS if throttled < MAX_THROTTLED => throttled += 1,
-                StatusCode::TOO_MANY_REQUESTS => {
-                    return Err(SkeeloError::Transient(
-                        "Skeelo kept answering 429 (partner rate exceeded)".into(),
-                    ))
-                }
+                StatusCode::TOO_MANY_REQUESTS => return Err(SkeeloError::Throttled),
                 s if s.is_server_error() => {
                     return Err(SkeeloError::Transient(format!(
                         "{operation} answered {}",
@@ -541,6 +550,7 @@ impl SkeeloClient {
                     });
                 }
                 StatusCode::TOO_MANY_REQUESTS if throttled < MAX_THROTTLED => throttled += 1,
+                StatusCode::TOO_MANY_REQUESTS => return Err(SkeeloError::Throttled),
                 StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST => {
                     tracing::error!(
                         client_id = %self.inner.credentials.client_id,

@@ -16,6 +16,7 @@ use crate::lifecycle::{Facts, Held, Status};
 use crate::outcome::Outcome;
 use crate::skeelo::Product;
 
+pub mod dead;
 mod migrate;
 
 /// What went wrong talking to PostgreSQL. Always worth another try later, except

@@ -125,8 +125,20 @@ impl World {
             consumers: EventType::ALL.to_vec(),
             prefetch: 16,
             db_pool_size: 16,
-            max_attempts: 6,
-            retry_base: Duration::from_millis(20),
+            retry: skeelo_workers::Retry {
+                immediate: 2,
+                immediate_base: Duration::from_millis(10),
+                delays: vec![Duration::from_millis(100), Duration::from_millis(300)],
+                max_attempts: 6,
+            },
+            outage: skeelo_workers::Outage {
+                trip: skeelo_workers::Trip {
+                    consecutive: 8,
+                    window: Duration::from_secs(10),
+                    min_calls: 40,
+                },
+                probe_interval: Duration::from_millis(200),
+            },
         }
     }
 

@@ -248,12 +248,25 @@ async fn invalid_messages_are_dead_lettered_with_their_reason_and_never_reach_sk
         "no subscription call for invalid input"
     );
     // Parked where operators can find them, not lost and not blocking the queues.
-    let deadline = std::time::Instant::now() + WAIT;
-    while w.dead_queue_len().await.expect("dead queue") < 5 && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(w.dead_queue_len().await.expect("dead queue"), 5);
+    let db = w.db().await.expect("db");
+    let rows = db
+        .query("SELECT reason, error_class FROM dead_letters WHERE state = 'parked' ORDER BY error_class", &[])
+        .await
+        .expect("dead letters");
+    let parked: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        parked,
+        [
+            "invalid_document",
+            "missing_field",
+            "not_json",
+            "type_mismatch",
+            "unknown_product"
+        ]
+        .iter()
+        .map(|c| ("invalid".to_string(), c.to_string()))
+        .collect::<Vec<_>>()
+    );
     // The queue keeps flowing after them.
     let ok = ev(Sync, "I6", 1);
     assert_eq!(deliver_in_order(&w, &[ok]).await, vec![Outcome::Applied]);

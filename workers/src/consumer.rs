@@ -1,5 +1,6 @@
-//! The one consumer loop, shared by every event type: the dedicated consumers differ
-//! only in their queue, never in code.
+//! The one consumer loop, shared by every queue: the dedicated consumers differ only in
+//! their queue, never in code. A consumer stops taking work while a downstream is down
+//! (outage mode) and starts again when the prober says it answers.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,27 +17,59 @@ use skeelo_shared::event::EventType;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::handler::{self, Disposition, Timer};
+use crate::handler::{self, Disposition, Message};
 use crate::App;
 
-/// One broker connection's life: topology, publisher, a consumer per type. Returns
+/// Where a consumer takes its work from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The work queue of one event type.
+    Work(EventType),
+    /// What RabbitMQ dead-lettered by itself, to be parked in the database.
+    Dead,
+}
+
+impl Source {
+    fn queue(self) -> String {
+        match self {
+            Source::Work(t) => broker::queue_name(t),
+            Source::Dead => broker::DEAD_QUEUE.to_string(),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Source::Work(t) => t.as_str(),
+            Source::Dead => "dead",
+        }
+    }
+}
+
+/// One broker connection's life: topology, publisher, a consumer per queue. Returns
 /// `Ok` after a clean shutdown (in-flight work finished) and `Err` when the
 /// connection is lost and must be rebuilt.
 pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<()> {
     let connection = Arc::new(broker::connect(&app.settings.amqp_url, "skeelo-workers").await?);
     let publisher = Publisher::open(&connection).await?;
-    broker::declare_topology(publisher.channel()).await?;
+    broker::declare_topology(publisher.channel(), &app.settings.retry.delays).await?;
     *app.publisher.write().await = Some(publisher);
     app.broker_up.store(true, Ordering::Relaxed);
 
     let tracker = TaskTracker::new();
     let lost = CancellationToken::new();
+    let mut sources: Vec<Source> = app
+        .settings
+        .consumers
+        .iter()
+        .map(|t| Source::Work(*t))
+        .collect();
+    sources.push(Source::Dead);
     let mut loops = Vec::new();
-    for t in app.settings.consumers.clone() {
+    for source in sources {
         loops.push(tokio::spawn(consume(
             app.clone(),
             connection.clone(),
-            t,
+            source,
             stop.clone(),
             lost.clone(),
             tracker.clone(),
@@ -57,7 +90,6 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
             Err(e) => result = Err(anyhow::anyhow!("consumer task failed: {e}")),
         }
     }
-    // Stop taking work first, then let what is in flight finish and be acked.
     tracker.close();
     tracker.wait().await;
     for channel in channels {
@@ -74,80 +106,106 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
 async fn consume(
     app: Arc<App>,
     connection: Arc<Connection>,
-    t: EventType,
+    source: Source,
     stop: CancellationToken,
     lost: CancellationToken,
     tracker: TaskTracker,
 ) -> anyhow::Result<Channel> {
-    let outcome = consume_until_stopped(&app, &connection, t, &stop, &tracker).await;
+    let outcome = consume_until_stopped(&app, &connection, source, &stop, &lost, &tracker).await;
     if outcome.is_err() {
         lost.cancel();
     }
     outcome
 }
 
+fn paused(app: &App) -> bool {
+    app.skeelo_health.is_down() || app.db_health.is_down()
+}
+
 async fn consume_until_stopped(
     app: &Arc<App>,
     connection: &Connection,
-    t: EventType,
+    source: Source,
     stop: &CancellationToken,
+    lost: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<Channel> {
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(app.settings.prefetch, BasicQosOptions::default())
         .await?;
-    let queue = broker::queue_name(t);
-    let tag = format!(
-        "skeelo-workers.{}.{}",
-        t.as_str(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let mut deliveries = channel
-        .basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(queue = %queue, prefetch = app.settings.prefetch, "consuming");
+    let queue = source.queue();
+    let mut skeelo_down = app.skeelo_health.watch();
+    let mut db_down = app.db_health.watch();
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => {
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                tracing::info!(queue = %queue, "stopped taking work");
-                return Ok(channel);
+        // Outage mode: take no new work until every downstream answers again.
+        while paused(app) {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(channel),
+                _ = lost.cancelled() => return Ok(channel),
+                _ = skeelo_down.changed() => {}
+                _ = db_down.changed() => {}
             }
-            next = deliveries.next() => match next {
-                Some(Ok(delivery)) => {
-                    tracker.spawn(work(app.clone(), t, delivery));
+        }
+        let tag = format!(
+            "skeelo-workers.{}.{}",
+            source.label(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut deliveries = channel
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %queue, prefetch = app.settings.prefetch, "consuming");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    tracing::info!(queue = %queue, "stopped taking work");
+                    return Ok(channel);
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
-                    channel.wait_for_recovery(e).await?;
+                _ = lost.cancelled() => return Ok(channel),
+                _ = skeelo_down.changed() => {}
+                _ = db_down.changed() => {}
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        tracker.spawn(work(app.clone(), source, delivery));
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
+                        channel.wait_for_recovery(e).await?;
+                    }
+                    None => anyhow::bail!("the broker ended the consumer on {queue}"),
                 }
-                None => anyhow::bail!("the broker ended the consumer on {queue}"),
+            }
+            if paused(app) {
+                let _ = channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await;
+                tracing::warn!(queue = %queue, "outage mode: stopped taking work");
+                break;
             }
         }
     }
 }
 
-async fn work(app: Arc<App>, t: EventType, delivery: Delivery) {
-    let timer = Timer::start();
-    let gauge = app.metrics.in_flight.with_label_values(&[t.as_str()]);
+async fn work(app: Arc<App>, source: Source, delivery: Delivery) {
+    let started = std::time::Instant::now();
+    let gauge = app.metrics.in_flight.with_label_values(&[source.label()]);
     gauge.inc();
-    let (disposition, outcome) = handler::handle(&app, t, &delivery).await;
-    let acked = match disposition {
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Disposition::DeadLetter => {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    ..BasicNackOptions::default()
-                })
-                .await
+    let (disposition, outcome) = match source {
+        Source::Work(t) => {
+            let msg = Message::from_delivery(t.as_str(), &delivery);
+            handler::handle(&app, &msg).await
         }
+        Source::Dead => handler::handle_dead(&app, &delivery).await,
+    };
+    let settled = match disposition {
+        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
         Disposition::Requeue => {
             delivery
                 .nack(BasicNackOptions {
@@ -157,13 +215,16 @@ async fn work(app: Arc<App>, t: EventType, delivery: Delivery) {
                 .await
         }
     };
-    if let Err(e) = acked {
+    if let Err(e) = settled {
         // After a reconnect the old delivery tag is void; the broker redelivers the
         // message and idempotency makes that harmless.
         tracing::warn!(error = %e, "could not settle the delivery; the broker will redeliver it");
     }
-    if let Some(o) = outcome {
-        app.metrics.event_done(t.as_str(), o, timer.seconds());
+    // Broker dead letters are counted in skeelo_dead_letters_total; the `type` label
+    // of the event metrics stays an event type.
+    if let (Some(o), Source::Work(t)) = (outcome, source) {
+        app.metrics
+            .event_done(t.as_str(), o, started.elapsed().as_secs_f64());
     }
     gauge.dec();
 }

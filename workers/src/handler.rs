@@ -1,14 +1,27 @@
 //! What happens to one delivery, whatever its queue: parse, decide, bring Skeelo in
-//! line, commit, tell the ERP. The consumer loop acks only after this returns.
+//! line, commit, tell the ERP. The consumer loop acks only after this returns, and
+//! every path that acks has first made the message's fate durable: applied and
+//! committed, parked as a dead letter, or handed to a delay queue with confirms.
+//!
+//! Failures, by what the event needs:
+//! - invalid input, or Skeelo refusing (4xx): parked at once, never retried;
+//! - Skeelo failing (5xx, timeout): a few immediate tries, then delayed retries through
+//!   the broker, each costing one attempt; when attempts run out, parked;
+//! - throttling (429), a Skeelo outage, a database failure: postponed without costing
+//!   an attempt — none of them says anything about the event.
 
 use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
-use skeelo_shared::event::{self, Event, EventType, InvalidEvent};
+use lapin::types::FieldTable;
+use skeelo_shared::broker::{self, long_string, DELAY_EXCHANGE};
+use skeelo_shared::event::{self, Event, InvalidEvent};
 use skeelo_shared::lifecycle::{self, Call, Held, Target};
 use skeelo_shared::outcome::{EventResult, Outcome};
 use skeelo_shared::skeelo::{NewSubscription, SkeeloError};
+use skeelo_shared::store::dead::{NewDeadLetter, Reason};
 use skeelo_shared::store::{self, Applied, ContractState, NewHistory, StoreError};
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
@@ -17,12 +30,63 @@ use crate::App;
 /// What the consumer loop does with the delivery once the handler is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Disposition {
-    /// Done (the result is published): remove it from the queue.
+    /// Its fate is durable elsewhere (applied, parked, or in a delay queue): remove it.
     Ack,
-    /// Cannot ever be applied: reject to the dead-letter exchange.
-    DeadLetter,
-    /// Could not finish now (Skeelo or the database kept failing): give it back.
+    /// Nothing could be made durable (the broker or database refused): give it back.
     Requeue,
+}
+
+/// What the handler needs of a delivery.
+pub(crate) struct Message<'a> {
+    /// The type its queue stands for (labels and results when the body cannot say).
+    queue_type: &'static str,
+    routing_key: &'a str,
+    body: &'a [u8],
+    message_id: Option<String>,
+    redelivered: bool,
+    /// Attempts that failed before this delivery (our header).
+    attempts: i64,
+    /// When the first attempt failed (our header).
+    first_failure: Option<OffsetDateTime>,
+}
+
+impl<'a> Message<'a> {
+    pub(crate) fn from_delivery(queue_type: &'static str, d: &'a Delivery) -> Message<'a> {
+        let headers = d.properties.headers().as_ref();
+        Message {
+            queue_type,
+            routing_key: d.routing_key.as_str(),
+            body: &d.data,
+            message_id: d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_string()),
+            redelivered: d.redelivered,
+            attempts: broker::header_int(headers, broker::ATTEMPTS_HEADER)
+                .unwrap_or(0)
+                .max(0),
+            first_failure: broker::header_str(headers, broker::FIRST_FAILURE_HEADER)
+                .and_then(|s| OffsetDateTime::parse(&s, &Rfc3339).ok()),
+        }
+    }
+
+    /// Identity across redeliveries, for the dead-letter table.
+    fn key(&self, event_id: Option<&str>) -> String {
+        if let Some(id) = event_id {
+            return id.to_string();
+        }
+        if let Some(id) = &self.message_id {
+            return format!("message:{id}");
+        }
+        // FNV-1a over routing key and body: stable, and enough to tell copies apart.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.routing_key.bytes().chain(self.body.iter().copied()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("digest:{h:016x}")
+    }
 }
 
 /// Why applying an event stopped.
@@ -36,29 +100,9 @@ enum ApplyError {
     Db(#[from] tokio_postgres::Error),
 }
 
-impl ApplyError {
-    fn is_transient(&self) -> bool {
-        match self {
-            ApplyError::Skeelo(e) => e.is_transient(),
-            ApplyError::Store(StoreError::Corrupt(_)) => false,
-            _ => true,
-        }
-    }
-}
-
 /// Handles one delivery from the queue of `queue_type`.
-pub(crate) async fn handle(
-    app: &App,
-    queue_type: EventType,
-    delivery: &Delivery,
-) -> (Disposition, Option<Outcome>) {
-    let routing_key = delivery.routing_key.as_str();
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|m| m.as_str().to_string());
-    match event::parse(routing_key, &delivery.data) {
+pub(crate) async fn handle(app: &App, msg: &Message<'_>) -> (Disposition, Option<Outcome>) {
+    match event::parse(msg.routing_key, msg.body) {
         Ok(event) => {
             let span = tracing::info_span!(
                 "event",
@@ -66,131 +110,123 @@ pub(crate) async fn handle(
                 contract_id = %event.contract_id,
                 r#type = event.event_type.as_str(),
                 version = event.version.get(),
+                attempt = msg.attempts + 1,
             );
-            handle_event(app, event, delivery.redelivered)
-                .instrument(span)
-                .await
+            handle_event(app, msg, event).instrument(span).await
         }
         Err(invalid) => {
-            let event_id = event::peek_event_id(&delivery.data)
-                .map(|u| u.to_string())
-                .or(message_id)
-                .unwrap_or_else(|| "unknown".into());
-            let contract_id = event::peek_contract_id(&delivery.data);
+            let event_id = event::peek_event_id(msg.body).map(|u| u.to_string());
+            let contract_id = event::peek_contract_id(msg.body);
             let span = tracing::info_span!(
                 "event",
-                event_id = %event_id,
+                event_id = event_id
+                    .as_deref()
+                    .or(msg.message_id.as_deref())
+                    .unwrap_or("unknown"),
                 contract_id = contract_id.as_deref().unwrap_or("unknown"),
-                r#type = queue_type.as_str(),
+                r#type = msg.queue_type,
             );
-            let invalid = Invalid {
-                event_id: &event_id,
+            let park = Parking {
+                event_id: event_id.as_deref(),
                 contract_id: contract_id.as_deref(),
-                event_type: queue_type.as_str(),
-                error: &invalid,
+                event: None,
+                reason: Reason::Invalid,
+                class: invalid.reason().to_string(),
+                error: invalid.to_string(),
+                attempts: msg.attempts,
             };
-            dead_letter_invalid(app, &invalid).instrument(span).await
+            park_and_tell(app, msg, &park).instrument(span).await
         }
-    }
-}
-
-struct Invalid<'a> {
-    event_id: &'a str,
-    contract_id: Option<&'a str>,
-    event_type: &'a str,
-    error: &'a InvalidEvent,
-}
-
-async fn dead_letter_invalid(app: &App, inv: &Invalid<'_>) -> (Disposition, Option<Outcome>) {
-    tracing::warn!(reason = inv.error.reason(), error = %inv.error, "invalid event: dead-lettered");
-    app.metrics
-        .dead_letters
-        .with_label_values(&[inv.event_type, inv.error.reason()])
-        .inc();
-    let detail = format!("invalid event ({}): {}", inv.error.reason(), inv.error);
-    if let Some(contract_id) = inv.contract_id {
-        let entry = NewHistory {
-            contract_id,
-            event_id: inv.event_id,
-            event_type: inv.event_type,
-            version: None,
-            actor: None,
-            occurred_at: None,
-            outcome: Outcome::DeadLettered,
-            skeelo_status: None,
-            skeelo_calls: 0,
-            detail: &detail,
-        };
-        if let Err(e) = app.store.record_history(&entry).await {
-            tracing::warn!(error = %e, "could not record the invalid event in the history");
-        }
-    }
-    let result = EventResult {
-        event_id: inv.event_id.to_string(),
-        contract_id: inv.contract_id.map(str::to_string),
-        event_type: inv.event_type.to_string(),
-        outcome: Outcome::DeadLettered,
-        skeelo_status: None,
-        detail,
-        at: OffsetDateTime::now_utc(),
-    };
-    match app.publish_result(&result).await {
-        Ok(()) => (Disposition::DeadLetter, Some(Outcome::DeadLettered)),
-        Err(_) => (Disposition::Requeue, None),
     }
 }
 
 async fn handle_event(
     app: &App,
+    msg: &Message<'_>,
     event: Event,
-    redelivered: bool,
 ) -> (Disposition, Option<Outcome>) {
-    let unknown = match app
+    let started = Instant::now();
+    match app
         .catalogue
         .unknown_products(&app.store, &app.skeelo, &event)
         .await
     {
-        Ok(u) => u,
+        Ok(None) => {}
+        Ok(Some(unknown)) => {
+            let invalid = InvalidEvent::UnknownProduct(unknown);
+            let id = event.event_id.to_string();
+            let park = Parking {
+                event_id: Some(&id),
+                contract_id: Some(&event.contract_id),
+                event: Some(&event),
+                reason: Reason::Invalid,
+                class: invalid.reason().to_string(),
+                error: invalid.to_string(),
+                attempts: msg.attempts,
+            };
+            return park_and_tell(app, msg, &park).await;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot check the products against Skeelo's catalogue now");
-            tokio::time::sleep(app.settings.retry_base).await;
-            return (Disposition::Requeue, None);
+            app.skeelo_health.failure(&e.to_string());
+            return postpone(app, msg, &e.to_string()).await;
         }
-    };
-    if let Some(unknown) = unknown {
-        let error = InvalidEvent::UnknownProduct(unknown);
-        let id = event.event_id.to_string();
-        let inv = Invalid {
-            event_id: &id,
-            contract_id: Some(&event.contract_id),
-            event_type: event.event_type.as_str(),
-            error: &error,
-        };
-        return dead_letter_invalid(app, &inv).await;
     }
 
-    let started = std::time::Instant::now();
-    let mut attempt = 0;
+    let mut tries = 0;
     let result = loop {
-        attempt += 1;
-        match apply(app, &event, redelivered).await {
-            Ok(result) => break result,
-            Err(e) if e.is_transient() && attempt < app.settings.max_attempts => {
-                app.metrics
-                    .retries
-                    .with_label_values(&[event.event_type.as_str()])
-                    .inc();
-                let pause = backoff(app.settings.retry_base, attempt);
-                tracing::warn!(attempt, error = %e, pause_ms = pause.as_millis() as u64, "transient failure; trying again");
+        tries += 1;
+        match apply(app, &event, msg.redelivered).await {
+            Ok(result) => {
+                app.skeelo_health.success();
+                app.db_health.success();
+                break result;
+            }
+            Err(ApplyError::Skeelo(e @ SkeeloError::Throttled)) => {
+                return postpone(app, msg, &e.to_string()).await;
+            }
+            Err(ApplyError::Skeelo(e @ SkeeloError::Transient(_))) => {
+                app.db_health.success();
+                app.skeelo_health.failure(&e.to_string());
+                if app.skeelo_health.is_down() {
+                    return postpone(app, msg, &e.to_string()).await;
+                }
+                if tries > app.settings.retry.immediate {
+                    return retry_later(app, msg, &event, &e.to_string()).await;
+                }
+                let pause = backoff(app.settings.retry.immediate_base, tries);
+                tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "Skeelo failed; trying again");
                 tokio::time::sleep(pause).await;
             }
-            Err(e) if e.is_transient() => {
-                tracing::error!(attempt, error = %e, "still failing; giving the event back to the queue");
-                tokio::time::sleep(app.settings.retry_base).await;
-                return (Disposition::Requeue, None);
+            Err(ApplyError::Skeelo(e @ SkeeloError::Rejected { .. })) => {
+                let id = event.event_id.to_string();
+                let park = Parking {
+                    event_id: Some(&id),
+                    contract_id: Some(&event.contract_id),
+                    event: Some(&event),
+                    reason: Reason::Refused,
+                    class: e.class(),
+                    error: format!("Skeelo refused: {e}"),
+                    attempts: msg.attempts + 1,
+                };
+                return park_and_tell(app, msg, &park).await;
+            }
+            Err(ApplyError::Store(StoreError::Corrupt(e))) => {
+                let id = event.event_id.to_string();
+                let park = Parking {
+                    event_id: Some(&id),
+                    contract_id: Some(&event.contract_id),
+                    event: Some(&event),
+                    reason: Reason::Refused,
+                    class: "unreadable_state".into(),
+                    error: format!("the contract's stored state is unreadable: {e}"),
+                    attempts: msg.attempts + 1,
+                };
+                return park_and_tell(app, msg, &park).await;
             }
             Err(e) => {
-                return dead_letter_refused(app, &event, &e).await;
+                app.db_health.failure(&e.to_string());
+                return postpone(app, msg, &e.to_string()).await;
             }
         }
     };
@@ -198,48 +234,213 @@ async fn handle_event(
         outcome = result.outcome.as_str(),
         skeelo_status = result.skeelo_status.map(|s| s.as_str()),
         detail = %result.detail,
-        attempt,
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "event handled"
     );
-    match app.publish_result(&result).await {
-        Ok(()) => (Disposition::Ack, Some(result.outcome)),
+    tell(app, &result, Disposition::Ack).await
+}
+
+/// Publishes the result, then lets the delivery go; if the ERP cannot be told, the
+/// delivery goes back and its redelivery repeats the result.
+async fn tell(
+    app: &App,
+    result: &EventResult,
+    then: Disposition,
+) -> (Disposition, Option<Outcome>) {
+    match app.publish_result(result).await {
+        Ok(()) => (then, Some(result.outcome)),
         Err(_) => (Disposition::Requeue, None),
     }
 }
 
-/// Exponential back-off with full jitter, so retries of a wave do not arrive together.
+/// Exponential back-off with jitter, so retries of a wave do not arrive together.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let ceiling = base
         .saturating_mul(1 << attempt.min(8))
         .min(Duration::from_secs(10));
-    let jitter = rand::random_range(0.5..=1.0);
-    ceiling.mul_f64(jitter)
+    ceiling.mul_f64(rand::random_range(0.5..=1.0))
 }
 
-/// Skeelo refused for good (a 4xx that retrying cannot fix): park it and tell the ERP.
-async fn dead_letter_refused(
+/// A transient failure that costs an attempt: a delay queue, or parked when spent.
+async fn retry_later(
     app: &App,
+    msg: &Message<'_>,
     event: &Event,
-    e: &ApplyError,
+    error: &str,
 ) -> (Disposition, Option<Outcome>) {
-    tracing::error!(error = %e, "Skeelo refused the event: dead-lettered");
-    let t = event.event_type.as_str();
+    let attempts = msg.attempts + 1;
+    if attempts >= i64::from(app.settings.retry.max_attempts) {
+        let id = event.event_id.to_string();
+        let park = Parking {
+            event_id: Some(&id),
+            contract_id: Some(&event.contract_id),
+            event: Some(event),
+            reason: Reason::Exhausted,
+            class: "transient".into(),
+            error: format!("gave up after {attempts} attempts: {error}"),
+            attempts,
+        };
+        return park_and_tell(app, msg, &park).await;
+    }
+    let step = usize::try_from(attempts - 1).unwrap_or(0);
+    app.metrics
+        .retries
+        .with_label_values(&[event.event_type.as_str()])
+        .inc();
+    delay(app, msg, attempts, step, error).await
+}
+
+/// Not the event's fault (throttling, an outage): back later, no attempt spent.
+async fn postpone(app: &App, msg: &Message<'_>, why: &str) -> (Disposition, Option<Outcome>) {
+    delay(app, msg, msg.attempts, 0, why).await
+}
+
+/// Hands a copy to the delay queue of `step` (confirmed), then acks the original.
+async fn delay(
+    app: &App,
+    msg: &Message<'_>,
+    attempts: i64,
+    step: usize,
+    error: &str,
+) -> (Disposition, Option<Outcome>) {
+    let delays = &app.settings.retry.delays;
+    let Some(wait) = delays.get(step.min(delays.len().saturating_sub(1))) else {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return (Disposition::Requeue, None);
+    };
+    let first = msg.first_failure.unwrap_or_else(OffsetDateTime::now_utc);
+    let mut headers = FieldTable::default();
+    headers.insert(
+        broker::ATTEMPTS_HEADER.into(),
+        lapin::types::AMQPValue::LongLongInt(attempts),
+    );
+    headers.insert(
+        broker::FIRST_FAILURE_HEADER.into(),
+        long_string(&first.format(&Rfc3339).unwrap_or_default()),
+    );
+    let short: String = error.chars().take(500).collect();
+    headers.insert(broker::LAST_ERROR_HEADER.into(), long_string(&short));
+    headers.insert(
+        broker::DELAY_HEADER.into(),
+        long_string(&wait.as_millis().to_string()),
+    );
+    let message_id = msg.message_id.clone().unwrap_or_default();
+    let Some(publisher) = app.publisher().await else {
+        return (Disposition::Requeue, None);
+    };
+    match publisher
+        .publish(
+            DELAY_EXCHANGE,
+            msg.routing_key,
+            &message_id,
+            msg.body,
+            headers,
+        )
+        .await
+    {
+        Ok(()) => {
+            tracing::warn!(attempts, delay_ms = wait.as_millis() as u64, error = %short, "will try again later");
+            (Disposition::Ack, None)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not hand the event to its delay queue; requeueing");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            (Disposition::Requeue, None)
+        }
+    }
+}
+
+/// A dead letter to park.
+struct Parking<'a> {
+    event_id: Option<&'a str>,
+    contract_id: Option<&'a str>,
+    event: Option<&'a Event>,
+    reason: Reason,
+    class: String,
+    error: String,
+    attempts: i64,
+}
+
+/// Parks the message (durable first), records it in the contract's story, tells the ERP.
+async fn park_and_tell(
+    app: &App,
+    msg: &Message<'_>,
+    p: &Parking<'_>,
+) -> (Disposition, Option<Outcome>) {
+    let event_type = p.event.map_or(msg.queue_type, |e| e.event_type.as_str());
+    let key = msg.key(p.event_id);
+    let letter = NewDeadLetter {
+        message_key: &key,
+        event_id: p.event_id,
+        contract_id: p.contract_id,
+        event_type,
+        routing_key: msg.routing_key,
+        message_id: msg.message_id.as_deref(),
+        body: msg.body,
+        reason: p.reason,
+        error_class: &p.class,
+        last_error: &p.error,
+        attempts: i32::try_from(p.attempts).unwrap_or(i32::MAX),
+        first_failed_at: msg.first_failure,
+    };
+    let id = match app.store.park(&letter).await {
+        Ok(id) => id,
+        Err(e) => {
+            app.db_health.failure(&e.to_string());
+            tracing::error!(error = %e, "cannot park the dead letter now; it will come back");
+            return postpone(app, msg, &e.to_string()).await;
+        }
+    };
+    let label = match p.reason {
+        Reason::Invalid => p.class.as_str(),
+        other => other.as_str(),
+    };
     app.metrics
         .dead_letters
-        .with_label_values(&[t, "skeelo_rejected"])
+        .with_label_values(&[event_type, label])
         .inc();
-    let detail = format!("Skeelo refused: {e}");
-    let id = event.event_id.to_string();
-    let entry = history(event, &id, Outcome::DeadLettered, None, 0, &detail);
-    if let Err(err) = app.store.record_history(&entry).await {
-        tracing::warn!(error = %err, "could not record the refusal in the history");
+    tracing::warn!(dead_letter = id, reason = p.reason.as_str(), class = %p.class, error = %p.error, "dead-lettered");
+    let detail = format!(
+        "dead letter {id} ({}, {}): {}",
+        p.reason.as_str(),
+        p.class,
+        p.error
+    );
+    if let Some(contract_id) = p.contract_id {
+        let id_text = p
+            .event_id
+            .or(msg.message_id.as_deref())
+            .unwrap_or("unknown");
+        let entry = NewHistory {
+            contract_id,
+            event_id: id_text,
+            event_type,
+            version: p.event.map(|e| e.version.get()),
+            actor: p.event.and_then(|e| e.actor.as_deref()),
+            occurred_at: p.event.map(|e| e.occurred_at),
+            outcome: Outcome::DeadLettered,
+            skeelo_status: None,
+            skeelo_calls: 0,
+            detail: &detail,
+        };
+        if let Err(e) = app.store.record_history(&entry).await {
+            tracing::warn!(error = %e, "could not record the dead letter in the history");
+        }
     }
-    let result = result_of(event, Outcome::DeadLettered, None, detail);
-    match app.publish_result(&result).await {
-        Ok(()) => (Disposition::DeadLetter, Some(Outcome::DeadLettered)),
-        Err(_) => (Disposition::Requeue, None),
-    }
+    let result = EventResult {
+        event_id: p
+            .event_id
+            .map(str::to_string)
+            .or_else(|| msg.message_id.clone())
+            .unwrap_or_else(|| "unknown".into()),
+        contract_id: p.contract_id.map(str::to_string),
+        event_type: event_type.to_string(),
+        outcome: Outcome::DeadLettered,
+        skeelo_status: None,
+        detail,
+        at: OffsetDateTime::now_utc(),
+    };
+    tell(app, &result, Disposition::Ack).await
 }
 
 /// One attempt, in one transaction under the contract's row lock.
@@ -381,15 +582,74 @@ fn result_of(
     }
 }
 
-/// Times one delivery for the metrics.
-pub(crate) struct Timer(Instant);
+/// A message RabbitMQ dead-lettered by itself (a delivery limit reached by a message
+/// that keeps killing its worker, say): parked like any other, with the broker's reason.
+pub(crate) async fn handle_dead(app: &App, d: &Delivery) -> (Disposition, Option<Outcome>) {
+    let headers = d.properties.headers().as_ref();
+    let death = x_death(headers);
+    let routing_key = death
+        .as_ref()
+        .and_then(|x| x.routing_key.clone())
+        .unwrap_or_else(|| d.routing_key.as_str().to_string());
+    let queue_type =
+        event::EventType::from_routing_key(&routing_key).map_or("unknown", |t| t.as_str());
+    let mut msg = Message::from_delivery(queue_type, d);
+    msg.routing_key = &routing_key;
+    let event_id = event::peek_event_id(msg.body).map(|u| u.to_string());
+    let contract_id = event::peek_contract_id(msg.body);
+    let class = death
+        .as_ref()
+        .map_or("unknown".to_string(), |x| x.reason.clone());
+    let error = match &death {
+        Some(x) => format!(
+            "RabbitMQ dead-lettered it from {} ({}) after {} deliver{}",
+            x.queue,
+            x.reason,
+            x.count,
+            if x.count == 1 { "y" } else { "ies" }
+        ),
+        None => "RabbitMQ dead-lettered it".to_string(),
+    };
+    let park = Parking {
+        event_id: event_id.as_deref(),
+        contract_id: contract_id.as_deref(),
+        event: None,
+        reason: Reason::Broker,
+        class,
+        error,
+        attempts: msg.attempts,
+    };
+    park_and_tell(app, &msg, &park).await
+}
 
-impl Timer {
-    pub(crate) fn start() -> Timer {
-        Timer(Instant::now())
-    }
+struct Death {
+    reason: String,
+    queue: String,
+    routing_key: Option<String>,
+    count: i64,
+}
 
-    pub(crate) fn seconds(&self) -> f64 {
-        self.0.elapsed().as_secs_f64()
-    }
+/// The newest `x-death` entry RabbitMQ added.
+fn x_death(headers: Option<&FieldTable>) -> Option<Death> {
+    use lapin::types::AMQPValue;
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let text = |k: &str| broker::header_str(Some(first), k);
+    let routing_key = match first.inner().get("routing-keys") {
+        Some(AMQPValue::FieldArray(keys)) => keys.as_slice().iter().find_map(|k| match k {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            _ => None,
+        }),
+        _ => None,
+    };
+    Some(Death {
+        reason: text("reason").unwrap_or_else(|| "unknown".into()),
+        queue: text("queue").unwrap_or_else(|| "?".into()),
+        routing_key,
+        count: broker::header_int(Some(first), "count").unwrap_or(1),
+    })
 }

@@ -24,6 +24,9 @@ mod catalogue;
 mod consumer;
 mod handler;
 mod http;
+mod outage;
+
+pub use outage::Trip;
 
 /// Everything a fleet process needs to know; the binary reads it from the environment.
 #[derive(Debug, Clone)]
@@ -43,10 +46,33 @@ pub struct Settings {
     pub prefetch: u16,
     /// Database connections in the pool.
     pub db_pool_size: usize,
-    /// Attempts at a transient failure before the event goes back to its queue.
+    /// How transient failures are retried.
+    pub retry: Retry,
+    /// When a downstream counts as down, and how often to ask it while it is.
+    pub outage: Outage,
+}
+
+/// Retries of transient failures: a few at once in the process, then delayed through
+/// the broker (one queue per delay), each delayed round costing one attempt.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// Immediate tries after the first, in the process, before a delayed retry.
+    pub immediate: u32,
+    /// First pause between immediate tries (doubles, with jitter).
+    pub immediate_base: Duration,
+    /// Delays of the delayed rounds; the last one repeats.
+    pub delays: Vec<Duration>,
+    /// Rounds before the event is parked as a dead letter.
     pub max_attempts: u32,
-    /// First back-off pause; it doubles per attempt (with jitter).
-    pub retry_base: Duration,
+}
+
+/// Outage mode settings.
+#[derive(Debug, Clone)]
+pub struct Outage {
+    /// When a downstream trips.
+    pub trip: Trip,
+    /// How often the prober asks a downstream that is down.
+    pub probe_interval: Duration,
 }
 
 /// A running fleet's shared parts.
@@ -58,17 +84,23 @@ pub(crate) struct App {
     catalogue: catalogue::Catalogue,
     publisher: RwLock<Option<Publisher>>,
     broker_up: AtomicBool,
+    skeelo_health: outage::Downstream,
+    db_health: outage::Downstream,
 }
 
 impl App {
+    /// The confirm-mode publisher of the current broker session.
+    async fn publisher(&self) -> Option<Publisher> {
+        self.publisher.read().await.clone()
+    }
+
     /// Publishes a result with confirms; failures are logged and returned so the
     /// delivery goes back to the queue (its redelivery repeats the result).
     async fn publish_result(&self, result: &EventResult) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(result).map_err(|e| {
             BrokerError::Amqp(lapin::Error::from(std::io::Error::other(e.to_string())))
         })?;
-        let publisher = self.publisher.read().await.clone();
-        let Some(publisher) = publisher else {
+        let Some(publisher) = self.publisher().await else {
             return Err(BrokerError::Nacked);
         };
         let outcome = publisher
@@ -108,6 +140,7 @@ pub async fn start(
     let skeelo = SkeeloClient::new(settings.skeelo.clone(), metrics.clone())
         .context("building the Skeelo client")?;
     let catalogue = catalogue::Catalogue::load(&store, &skeelo).await?;
+    let trip = settings.outage.trip;
     let app = Arc::new(App {
         settings,
         store,
@@ -116,6 +149,8 @@ pub async fn start(
         catalogue,
         publisher: RwLock::new(None),
         broker_up: AtomicBool::new(false),
+        skeelo_health: outage::Downstream::new("skeelo", trip),
+        db_health: outage::Downstream::new("database", trip),
     });
     let stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(app.settings.http_addr)
@@ -130,6 +165,9 @@ pub async fn start(
             stop.cancel();
         });
     }
+    tokio::spawn(probe(app.clone(), Probe::Skeelo, stop.clone()));
+    tokio::spawn(probe(app.clone(), Probe::Database, stop.clone()));
+    tokio::spawn(count_parked(app.clone(), stop.clone()));
     tracing::info!(%http_addr, consumers = ?app.settings.consumers.iter().map(|t| t.as_str()).collect::<Vec<_>>(), "skeelo-workers started");
     let done = tokio::spawn(supervise(app, stop));
     Ok(Running { http_addr, done })
@@ -159,6 +197,82 @@ async fn migrate_with_patience(store: &Store) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Probe {
+    Skeelo,
+    Database,
+}
+
+/// Waits for its downstream to go down, then asks it until it answers.
+async fn probe(app: Arc<App>, which: Probe, stop: CancellationToken) {
+    let health = match which {
+        Probe::Skeelo => &app.skeelo_health,
+        Probe::Database => &app.db_health,
+    };
+    let gauge = app.metrics.outage_mode.with_label_values(&[health.name]);
+    let mut down = health.watch();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = down.wait_for(|d| *d) => if changed.is_err() { return },
+        }
+        gauge.set(1);
+        let mut pause = app.settings.outage.probe_interval;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            let answered = match which {
+                Probe::Skeelo => app
+                    .skeelo
+                    .products()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Probe::Database => {
+                    if app.store.ping().await {
+                        Ok(())
+                    } else {
+                        Err("no answer".to_string())
+                    }
+                }
+            };
+            match answered {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(downstream = health.name, error = %e, "still down");
+                    pause = (pause * 2).min(app.settings.outage.probe_interval * 8);
+                }
+            }
+        }
+        health.recovered();
+        gauge.set(0);
+    }
+}
+
+/// Keeps `skeelo_dead_letters_parked` current (what waits for operators now).
+async fn count_parked(app: Arc<App>, stop: CancellationToken) {
+    loop {
+        if let Ok(counts) = app.store.parked_by_reason().await {
+            for reason in ["invalid", "refused", "exhausted", "broker"] {
+                let n = counts
+                    .iter()
+                    .find(|(r, _)| r == reason)
+                    .map_or(0, |(_, n)| *n);
+                app.metrics
+                    .dead_letters_parked
+                    .with_label_values(&[reason])
+                    .set(n);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
 }
 
 /// Keeps a broker session alive until shutdown: connects, declares the topology,

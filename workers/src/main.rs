@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use skeelo_shared::event::EventType;
 use skeelo_shared::skeelo::{ClientConfig, Credentials};
-use skeelo_workers::Settings;
+use skeelo_workers::{Outage, Retry, Settings, Trip};
 
 /// Consumes the ERP's contract events from RabbitMQ and makes Skeelo match them.
 ///
@@ -73,13 +73,69 @@ struct Cli {
     #[arg(long, env = "SKEELO_DB_POOL_SIZE", default_value_t = 16)]
     db_pool_size: usize,
 
-    /// Attempts at a transiently failing event before it goes back to its queue.
-    #[arg(long, env = "SKEELO_MAX_ATTEMPTS", default_value_t = 5)]
+    /// Delivery rounds of an event that keeps failing transiently (Skeelo 5xx or
+    /// timeouts) before it is parked as a dead letter. Throttling, outages and database
+    /// failures never count.
+    #[arg(long, env = "SKEELO_MAX_ATTEMPTS", default_value_t = 8)]
     max_attempts: u32,
 
-    /// First pause after a transient failure, in milliseconds (doubles per attempt).
-    #[arg(long, env = "SKEELO_RETRY_BASE_MS", default_value_t = 200)]
+    /// Delays between rounds, through the broker's delay queues (the last repeats).
+    /// Units: ms, s, m, h.
+    #[arg(long, env = "SKEELO_RETRY_DELAYS", default_value = "1s,5s,30s,2m,10m", value_parser = parse_delays)]
+    retry_delays: Delays,
+
+    /// Immediate tries within a round, in the process, before the round ends.
+    #[arg(long, env = "SKEELO_IMMEDIATE_RETRIES", default_value_t = 2)]
+    immediate_retries: u32,
+
+    /// First pause between immediate tries, in milliseconds (doubles, with jitter).
+    #[arg(long, env = "SKEELO_RETRY_BASE_MS", default_value_t = 100)]
     retry_base_ms: u64,
+
+    /// Outage mode: this many failures of Skeelo (or the database) in a row pause the
+    /// consumers until a probe gets an answer.
+    #[arg(long, env = "SKEELO_OUTAGE_AFTER", default_value_t = 5)]
+    outage_after: u32,
+
+    /// Outage mode also trips when more than half of the calls in this window failed
+    /// (with at least 20 calls in it), in seconds.
+    #[arg(long, env = "SKEELO_OUTAGE_WINDOW_SECONDS", default_value_t = 30)]
+    outage_window_seconds: u64,
+
+    /// How often a downstream in outage is probed, in milliseconds (backs off to 8x).
+    #[arg(long, env = "SKEELO_PROBE_INTERVAL_MS", default_value_t = 2000)]
+    probe_interval_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Delays(Vec<Duration>);
+
+fn parse_delays(raw: &str) -> Result<Delays, String> {
+    let mut out = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let split = part
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("`{part}` needs a unit: ms, s, m or h"))?;
+        let (n, unit) = part.split_at(split);
+        let n: u64 = n
+            .parse()
+            .map_err(|_| format!("`{part}` is not a number and a unit"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(format!("`{part}`: the unit must be ms, s, m or h")),
+        };
+        if d.is_zero() {
+            return Err(format!("`{part}`: a delay must be more than zero"));
+        }
+        out.push(d);
+    }
+    if out.is_empty() {
+        return Err("give at least one delay, e.g. 1s,5s,30s".into());
+    }
+    Ok(Delays(out))
 }
 
 #[derive(Debug, Clone)]
@@ -127,8 +183,20 @@ fn main() -> ExitCode {
         consumers: cli.consumers.0,
         prefetch: cli.prefetch.max(1),
         db_pool_size: cli.db_pool_size.max(1),
-        max_attempts: cli.max_attempts.max(1),
-        retry_base: Duration::from_millis(cli.retry_base_ms),
+        retry: Retry {
+            immediate: cli.immediate_retries,
+            immediate_base: Duration::from_millis(cli.retry_base_ms),
+            delays: cli.retry_delays.0,
+            max_attempts: cli.max_attempts.max(1),
+        },
+        outage: Outage {
+            trip: Trip {
+                consecutive: cli.outage_after.max(1),
+                window: Duration::from_secs(cli.outage_window_seconds.max(1)),
+                min_calls: 20,
+            },
+            probe_interval: Duration::from_millis(cli.probe_interval_ms.max(50)),
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

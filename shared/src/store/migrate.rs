@@ -5,11 +5,18 @@
 use super::StoreError;
 
 /// The migrations, in order. A file is never edited once released; changes get a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "contracts",
-    include_str!("../../../migrations/0001_contracts.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "contracts",
+        include_str!("../../../migrations/0001_contracts.sql"),
+    ),
+    (
+        2,
+        "dead_letters",
+        include_str!("../../../migrations/0002_dead_letters.sql"),
+    ),
+];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.
 const LOCK_KEY: i64 = 0x056b_6565_6c6f;
