@@ -205,6 +205,36 @@ impl World {
         Ok(())
     }
 
+    /// One sample from a fleet's `/metrics`, e.g. `skeelo_outage_mode{downstream="skeelo"}`
+    /// (labels in the order Prometheus prints them: sorted); 0 when absent.
+    pub async fn metric(addr: std::net::SocketAddr, series: &str) -> anyhow::Result<f64> {
+        let text = reqwest::get(format!("http://{addr}/metrics"))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// Dead letters by state, as (reason, error_class) pairs, sorted.
+    pub async fn dead_letters(&self, state: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT reason, error_class FROM dead_letters WHERE state = $1 ORDER BY reason, error_class",
+                &[&state],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Publishes an event body as the ERP does (routing key from its `type`).
     pub async fn publish(&self, body: &Value) -> anyhow::Result<()> {
         let t = body["type"].as_str().unwrap_or("sync");

@@ -1,0 +1,233 @@
+//! Each failure class, through the real broker and database: what is retried, what
+//! waits without spending attempts, what is parked, and that nothing is lost.
+
+use std::time::Duration;
+
+use skeelo_shared::event::EventType::*;
+use skeelo_shared::outcome::Outcome;
+use skeelo_shared::sample;
+use skeelo_sim::{Faults, SimConfig};
+use skeelo_tests::World;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn faults(error_rate: f64, down: bool, rate: Option<u32>) -> Faults {
+    Faults {
+        error_rate,
+        latency_ms: 0,
+        down,
+        rate_per_second: rate,
+    }
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_and_then_applies() {
+    let mut w = World::new().await.expect("world");
+    let settings = w.settings();
+    let addr = w.start_fleet(settings).await.expect("fleet");
+    w.sim.set_faults(faults(1.0, false, None));
+    let sync = sample::event(Sync, "TR1", 1, &["SKEELO-EBOOKS"]);
+    w.publish(&sync).await.expect("published");
+    // Wait until it has failed a few times, then let Skeelo answer.
+    for _ in 0..200 {
+        if w.sim.request_count("create_subscription", 503) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(w.sim.request_count("create_subscription", 503) >= 4);
+    w.sim.set_faults(faults(0.0, false, None));
+    w.wait_for_events(std::slice::from_ref(&sync), WAIT)
+        .await
+        .expect("applied at last");
+    assert_eq!(
+        w.result_for(&sync).map(|r| r.outcome),
+        Some(Outcome::Applied)
+    );
+    assert!(
+        World::metric(addr, r#"skeelo_retries_total{type="sync"}"#)
+            .await
+            .expect("metric")
+            >= 1.0
+    );
+    assert!(w.dead_letters("parked").await.expect("dead").is_empty());
+    assert_eq!(w.results().len(), 1, "one result, once it applied");
+    w.close().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_failure_that_never_ends_is_parked_after_the_last_attempt() {
+    let mut w = World::new().await.expect("world");
+    let mut settings = w.settings();
+    settings.retry.max_attempts = 3;
+    // A failure of this one event, not an outage: keep outage mode out of the way.
+    settings.outage.trip.consecutive = 10_000;
+    settings.outage.trip.min_calls = 10_000;
+    let addr = w.start_fleet(settings).await.expect("fleet");
+    w.sim.set_faults(faults(1.0, false, None));
+    let sync = sample::event(Sync, "EX1", 1, &["SKEELO-EBOOKS"]);
+    w.publish(&sync).await.expect("published");
+    w.wait_for_events(std::slice::from_ref(&sync), WAIT)
+        .await
+        .expect("a result");
+    let r = w.result_for(&sync).expect("result");
+    assert_eq!(r.outcome, Outcome::DeadLettered);
+    assert!(
+        r.detail.contains("gave up after 3 attempts"),
+        "{}",
+        r.detail
+    );
+    assert_eq!(
+        w.dead_letters("parked").await.expect("dead"),
+        vec![("exhausted".into(), "transient".into())]
+    );
+    // 3 rounds of 3 tries each (1 + 2 immediate).
+    assert_eq!(w.sim.request_count("create_subscription", 503), 9);
+    assert_eq!(
+        World::metric(addr, r#"skeelo_retries_total{type="sync"}"#)
+            .await
+            .expect("metric"),
+        2.0
+    );
+    let db = w.db().await.expect("db");
+    let row = db
+        .query_one(
+            "SELECT attempts, first_failed_at < last_failed_at, routing_key FROM dead_letters",
+            &[],
+        )
+        .await
+        .expect("row");
+    assert_eq!(row.get::<_, i32>(0), 3);
+    assert!(
+        row.get::<_, bool>(1),
+        "first and last failure times are kept"
+    );
+    assert_eq!(row.get::<_, String>(2), "contract.sync");
+    w.close().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_refusal_from_skeelo_is_parked_at_once() {
+    let mut w = World::new().await.expect("world");
+    let settings = w.settings();
+    w.start_fleet(settings).await.expect("fleet");
+    // Skeelo stops selling a product the fleet's catalogue still lists.
+    w.sim.remove_product("SKEELO-MINIBOOKS");
+    let sync = sample::event(Sync, "RF1", 1, &["SKEELO-MINIBOOKS"]);
+    w.publish(&sync).await.expect("published");
+    w.wait_for_events(std::slice::from_ref(&sync), WAIT)
+        .await
+        .expect("a result");
+    let r = w.result_for(&sync).expect("result");
+    assert_eq!(r.outcome, Outcome::DeadLettered);
+    assert!(r.detail.contains("unknown_product"), "{}", r.detail);
+    assert_eq!(
+        w.sim.request_count("create_subscription", 422),
+        1,
+        "tried once, never again"
+    );
+    assert_eq!(
+        w.dead_letters("parked").await.expect("dead"),
+        vec![("refused".into(), "http_422_unknown_product".into())]
+    );
+    w.close().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn throttling_waits_without_spending_attempts() {
+    let mut w = World::new().await.expect("world");
+    let mut settings = w.settings();
+    settings.retry.max_attempts = 1; // one spent attempt would park the event
+    let addr = w.start_fleet(settings).await.expect("fleet");
+    w.sim.set_faults(faults(0.0, false, Some(5)));
+    let events: Vec<_> = (0..20)
+        .map(|i| sample::event(Sync, &format!("TH{i:02}"), 1, &["SKEELO-EBOOKS"]))
+        .collect();
+    for e in &events {
+        w.publish(e).await.expect("published");
+    }
+    w.wait_for_events(&events, WAIT).await.expect("all results");
+    assert!(w.results().iter().all(|r| r.outcome == Outcome::Applied));
+    assert!(
+        w.sim.request_count("create_subscription", 429) + w.sim.request_count("token", 429) > 0,
+        "Skeelo did throttle"
+    );
+    assert_eq!(
+        World::metric(addr, r#"skeelo_retries_total{type="sync"}"#)
+            .await
+            .expect("metric"),
+        0.0
+    );
+    assert!(
+        World::metric(addr, "skeelo_api_throttled_total")
+            .await
+            .expect("metric")
+            > 0.0
+    );
+    w.close().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_thirty_second_outage_dead_letters_nothing_and_loses_nothing() {
+    let mut w = World::with_sim(SimConfig::default()).await.expect("world");
+    let mut settings = w.settings();
+    settings.retry.max_attempts = 2;
+    let addr = w.start_fleet(settings).await.expect("fleet");
+    w.sim.set_faults(faults(0.0, true, None));
+    let events: Vec<_> = (0..40)
+        .map(|i| {
+            sample::event(
+                if i % 4 == 0 { Sync } else { Suspend },
+                &format!("OU{:02}", i / 4),
+                1 + (i % 4) as i64,
+                &["SKEELO-EBOOKS"],
+            )
+        })
+        .collect();
+    for e in &events {
+        w.publish(e).await.expect("published");
+    }
+    let mut saw_outage = false;
+    for _ in 0..300 {
+        if World::metric(addr, r#"skeelo_outage_mode{downstream="skeelo"}"#)
+            .await
+            .expect("metric")
+            == 1.0
+        {
+            saw_outage = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_outage, "outage mode is visible in the metrics");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during: Vec<_> = w
+        .results()
+        .into_iter()
+        .filter(|r| r.outcome == Outcome::DeadLettered)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "dead-lettered during the outage: {during:?}"
+    );
+    w.sim.set_faults(faults(0.0, false, None));
+    w.wait_for_events(&events, WAIT)
+        .await
+        .expect("everything applied after");
+    assert!(w.dead_letters("parked").await.expect("dead").is_empty());
+    assert_eq!(
+        World::metric(addr, r#"skeelo_outage_mode{downstream="skeelo"}"#)
+            .await
+            .expect("metric"),
+        0.0
+    );
+    for c in 0..10 {
+        let id = format!("OU{c:02}");
+        assert_eq!(
+            w.sim.subscription(&id).map(|s| s.status).as_deref(),
+            Some("inactive"),
+            "{id}"
+        );
+    }
+    w.close().await.expect("cleanup");
+}
