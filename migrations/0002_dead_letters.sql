@@ -46,3 +46,13 @@ CREATE TABLE operator_actions (
     count    integer NOT NULL,
     detail   jsonb NOT NULL DEFAULT '{}'::jsonb
 );
+
+-- Contracts whose Skeelo state is in doubt: marked (in its own transaction) before the
+-- first Skeelo call of an event and cleared by the commit that records the answers. A
+-- mark that survives means calls were made whose answers were never recorded (a crash,
+-- a failed commit, a failure mid-plan): the next event of that contract asks Skeelo
+-- what it holds before planning.
+CREATE TABLE skeelo_uncertain (
+    contract_id text PRIMARY KEY,
+    since       timestamptz NOT NULL DEFAULT now()
+);

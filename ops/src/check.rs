@@ -82,6 +82,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         };
         let (should_be, products_should_be) = match lifecycle::target(&state.facts) {
             Target::Absent => ("absent".to_string(), Vec::new()),
+            Target::Withdrawn => ("cancelled".to_string(), Vec::new()),
             Target::Present(h) => (h.status.as_str().to_string(), h.profile.products),
         };
         let at_skeelo = ask(&skeelo, &id)

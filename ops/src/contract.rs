@@ -42,7 +42,10 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let history = store.history(&id).await?;
     let f = &state.facts;
     let want = match lifecycle::target(f) {
-        Target::Absent => "not at Skeelo".to_string(),
+        Target::Absent => "not at Skeelo (not synced yet)".to_string(),
+        Target::Withdrawn => {
+            "not at Skeelo, or cancelled there (cancelled before its sync)".to_string()
+        }
         Target::Present(h) => h.status.as_str().to_string(),
     };
     let subscriber = f.synced.as_ref().map(|s| {

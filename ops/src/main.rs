@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod contract;
+mod dead;
 mod publish;
 mod sample;
 mod subscribers;
@@ -23,6 +24,8 @@ mod table;
 ///   skeelo-ops subscribers --status cancelled,suspended
 ///   skeelo-ops contract show 48213                     # facts, Skeelo state, history
 ///   skeelo-ops check                                   # compare with Skeelo itself
+///   skeelo-ops dead groups                             # what failed, grouped
+///   skeelo-ops dead requeue --class unknown_product --dry-run
 #[derive(Parser, Debug)]
 #[command(name = "skeelo-ops", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -42,6 +45,11 @@ enum Command {
     Contract {
         #[command(subcommand)]
         command: contract::Command,
+    },
+    /// The dead letters: list, groups, show, requeue, purge, restore.
+    Dead {
+        #[command(subcommand)]
+        command: dead::Command,
     },
     /// Ask Skeelo (the partner API) for every contract the fleet knows and compare
     /// with what it should hold: drift shows here first. Exits 1 on any difference.
@@ -69,6 +77,7 @@ fn main() -> ExitCode {
             Command::Contract { command } => contract::run(command).await,
             Command::Sample(a) => sample::run(a),
             Command::Check(a) => check::run(a).await,
+            Command::Dead { command } => dead::run(command).await,
         }
     });
     match result {

@@ -372,8 +372,8 @@ impl fmt::Debug for Phone {
     }
 }
 
-/// The person behind the contract, as Skeelo needs them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The person behind the contract, as Skeelo needs them. `Debug` masks the name.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscriber {
     /// The ERP's customer id (kept for operators; Skeelo keys by contract).
     pub id: String,
@@ -385,6 +385,18 @@ pub struct Subscriber {
     pub email: Email,
     /// Optional contact number.
     pub phone: Option<Phone>,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("id", &self.id)
+            .field("name", &mask::name(&self.name))
+            .field("document", &self.document)
+            .field("email", &self.email)
+            .field("phone", &self.phone)
+            .finish()
+    }
 }
 
 /// The SVA plan the contract is on (kept for operators; Skeelo only sees the products).
@@ -462,16 +474,11 @@ pub fn parse(routing_key: &str, body: &[u8]) -> Result<Event, InvalidEvent> {
             .map_err(|_| invalid("occurred_at", "not an RFC 3339 timestamp"))?;
 
     let contract = req_obj(&root, "contract", "contract")?;
-    let contract_id = req_str(contract, "id", "contract.id")?.trim();
-    if contract_id.is_empty() || contract_id.len() > MAX_CONTRACT_ID_LEN {
-        return Err(invalid("contract.id", "must be 1 to 64 characters"));
-    }
-    if contract_id.chars().any(|c| c.is_control() || c == '/') {
-        return Err(invalid(
-            "contract.id",
-            "must not contain `/` or control characters",
-        ));
-    }
+    let contract_id = non_empty(
+        req_str(contract, "id", "contract.id")?,
+        "contract.id",
+        MAX_CONTRACT_ID_LEN,
+    )?;
     let version = match present(contract, "version") {
         None => return Err(InvalidEvent::MissingField("contract.version")),
         Some(v) => v
@@ -480,35 +487,28 @@ pub fn parse(routing_key: &str, body: &[u8]) -> Result<Event, InvalidEvent> {
             .ok_or_else(|| invalid("contract.version", "must be an integer ≥ 1"))?,
     };
 
-    // Optional on other types, but validated wherever present: a malformed field is a
-    // bug on the ERP's side that its team wants to hear about.
-    let plan = opt_plan(contract)?;
-    let products = opt_products(contract)?;
-    let subscriber = opt_subscriber(&root)?;
+    // Plan, products and subscriber matter only to a sync; on other types they are
+    // ignored, so a stale CPF carried by a cancel can never keep a customer's access.
     let sync = match event_type {
         EventType::Sync => Some(SyncDetails {
-            plan: plan.ok_or(InvalidEvent::MissingField("contract.plan"))?,
-            products: products.ok_or(InvalidEvent::MissingField("contract.products"))?,
-            subscriber: subscriber.ok_or(InvalidEvent::MissingField("subscriber"))?,
+            plan: opt_plan(contract)?.ok_or(InvalidEvent::MissingField("contract.plan"))?,
+            products: opt_products(contract)?
+                .ok_or(InvalidEvent::MissingField("contract.products"))?,
+            subscriber: opt_subscriber(&root)?.ok_or(InvalidEvent::MissingField("subscriber"))?,
         }),
         _ => None,
     };
     let actor = match present(&root, "actor") {
         None => None,
-        Some(Value::String(s)) if s.len() <= 128 => Some(s.clone()),
-        Some(_) => {
-            return Err(invalid(
-                "actor",
-                "must be a string of at most 128 characters",
-            ))
-        }
+        Some(Value::String(s)) => Some(non_empty(s, "actor", 128)?),
+        Some(_) => return Err(invalid("actor", "must be a string")),
     };
 
     Ok(Event {
         event_id,
         event_type,
         occurred_at,
-        contract_id: contract_id.to_string(),
+        contract_id,
         version,
         sync,
         actor,
@@ -533,7 +533,10 @@ pub fn peek_event_id(body: &[u8]) -> Option<Uuid> {
 pub fn peek_contract_id(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let id = v.get("contract")?.get("id")?.as_str()?.trim();
-    (!id.is_empty() && id.len() <= MAX_CONTRACT_ID_LEN).then(|| id.to_string())
+    let plausible = !id.is_empty()
+        && id.chars().count() <= MAX_CONTRACT_ID_LEN
+        && !id.chars().any(char::is_control);
+    plausible.then(|| id.to_string())
 }
 
 fn invalid(field: &'static str, why: impl Into<String>) -> InvalidEvent {
@@ -576,6 +579,9 @@ fn non_empty(s: &str, path: &'static str, max: usize) -> Result<String, InvalidE
     let t = s.trim();
     if t.is_empty() || t.chars().count() > max {
         return Err(invalid(path, format!("must be 1 to {max} characters")));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(invalid(path, "must not contain control characters"));
     }
     Ok(t.to_string())
 }
@@ -824,6 +830,21 @@ mod tests {
             (
                 "contract.sync",
                 Box::new(|v| v["contract"]["plan"]["monthly_value"] = json!("9,90")),
+                "invalid_field",
+            ),
+            (
+                "contract.sync",
+                Box::new(|v| v["subscriber"]["name"] = json!("Maria\u{0}da Silva")),
+                "invalid_field",
+            ),
+            (
+                "contract.sync",
+                Box::new(|v| v["contract"]["id"] = json!("48\u{0}213")),
+                "invalid_field",
+            ),
+            (
+                "contract.sync",
+                Box::new(|v| v["actor"] = json!("op\u{7}")),
                 "invalid_field",
             ),
         ];

@@ -273,8 +273,12 @@ pub struct Held {
 /// What Skeelo should hold for a contract: nothing, or a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// Never synced, or cancelled before its sync: Skeelo must not know it.
+    /// Not synced yet: nothing to do at Skeelo.
     Absent,
+    /// Cancelled before its sync was applied: Skeelo must not give access. Nothing is
+    /// created for it; a subscription left there by an interrupted earlier attempt
+    /// is cancelled.
+    Withdrawn,
     /// The subscription Skeelo should hold.
     Present(Held),
 }
@@ -282,7 +286,11 @@ pub enum Target {
 /// The Skeelo status the facts call for (CONTRACT §2).
 pub fn target(facts: &Facts) -> Target {
     let Some(synced) = &facts.synced else {
-        return Target::Absent;
+        return if facts.cancelled.is_some() {
+            Target::Withdrawn
+        } else {
+            Target::Absent
+        };
     };
     let status = if facts.cancelled.is_some() {
         Status::Cancelled
@@ -326,8 +334,17 @@ pub enum Call {
 /// Nothing is ever created only to be cancelled, and nothing is sent to a cancelled
 /// subscription: Skeelo refuses both, and a correct client does not try.
 pub fn plan(held: Option<&Held>, target: &Target) -> Vec<Call> {
-    let Target::Present(want) = target else {
-        return Vec::new();
+    let want = match target {
+        Target::Present(want) => want,
+        Target::Absent => return Vec::new(),
+        Target::Withdrawn => {
+            return match held {
+                Some(h) if h.status != Status::Cancelled => {
+                    vec![Call::SetStatus(Status::Cancelled)]
+                }
+                _ => Vec::new(),
+            }
+        }
     };
     match held {
         None => match want.status {
@@ -364,16 +381,15 @@ fn diff(have: &Profile, want: &Profile) -> Changes {
 /// What Skeelo holds after `calls` succeed, starting from `held` (used to check plans).
 pub fn after(held: Option<&Held>, target: &Target, calls: &[Call]) -> Option<Held> {
     let mut now = held.cloned();
-    let Target::Present(want) = target else {
-        return now;
-    };
     for call in calls {
         match call {
             Call::Create => {
-                now = Some(Held {
-                    profile: want.profile.clone(),
-                    status: Status::Active,
-                })
+                if let Target::Present(want) = target {
+                    now = Some(Held {
+                        profile: want.profile.clone(),
+                        status: Status::Active,
+                    })
+                }
             }
             Call::Update(c) => {
                 if let Some(h) = now.as_mut() {

@@ -56,17 +56,22 @@ pub struct ClientConfig {
 /// Why a call failed, sorted by what the caller must do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum SkeeloError {
-    /// Skeelo is slow, down or unreachable (5xx, timeout, connection error, repeated
-    /// 429, credentials refused): the same call may work later.
+    /// Skeelo is down or unreachable (connection error, timeout, 502/503/504, the token
+    /// endpoint failing, credentials refused): counts toward outage mode.
     #[error("Skeelo is unavailable: {0}")]
+    Unavailable(String),
+    /// Skeelo failed this request (500, an unreadable answer): the same call may work
+    /// later, but it says nothing about Skeelo as a whole.
+    #[error("Skeelo failed: {0}")]
     Transient(String),
     /// Skeelo kept answering 429 past every `Retry-After`: the partner rate, not a
     /// failure of the event (costs no retry attempt).
     #[error("Skeelo kept throttling (429) this process")]
     Throttled,
     /// Skeelo understood and refused (4xx other than those handled here): sending the
-    /// same request again cannot work.
-    #[error("Skeelo refused the request ({status} {code}): {message}")]
+    /// same request again cannot work. (Its message is kept but not displayed: it may
+    /// echo personal data.)
+    #[error("Skeelo refused the request ({status} {code})")]
     Rejected {
         /// HTTP status.
         status: u16,
@@ -80,12 +85,13 @@ pub enum SkeeloError {
 impl SkeeloError {
     /// `true` when trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SkeeloError::Transient(_) | SkeeloError::Throttled)
+        !matches!(self, SkeeloError::Rejected { .. })
     }
 
     /// A short, bounded class for dead letters and metrics.
     pub fn class(&self) -> String {
         match self {
+            SkeeloError::Unavailable(_) => "unavailable".into(),
             SkeeloError::Transient(_) => "transient".into(),
             SkeeloError::Throttled => "throttled".into(),
             SkeeloError::Rejected { status, code, .. } => format!("http_{status}_{code}"),
@@ -193,8 +199,12 @@ struct Inner {
     metrics: Metrics,
 }
 
-/// How many 429s in a row one call sits out before it reports Skeelo unavailable.
-const MAX_THROTTLED: u32 = 30;
+/// How long one call sits out 429s before it gives up (as `Throttled`, which costs the
+/// event nothing): long enough to ride a burst, short enough not to hold a database
+/// connection and the contract's lock for minutes.
+const MAX_THROTTLED_WAIT: Duration = Duration::from_secs(15);
+/// Longest token lifetime believed (guards the arithmetic against absurd answers).
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// The longest `Retry-After` honoured as given (a larger one is capped, not ignored).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
@@ -373,7 +383,7 @@ impl SkeeloClient {
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), SkeeloError> {
         let mut refreshed = false;
-        let mut throttled = 0;
+        let started = Instant::now();
         loop {
             let token = self.token().await?;
             let mut request = self
@@ -391,12 +401,35 @@ impl SkeeloClient {
                     self.forget_token(&token).await;
                 }
                 StatusCode::UNAUTHORIZED => {
-                    return Err(SkeeloError::Transient(
+                    return Err(SkeeloError::Unavailable(
                         "Skeelo refused a freshly issued token".into(),
                     ))
                 }
-                StatusCode::TOO_MANY_REQUESTS if throttled < MAX_THROTTLED => throttled += 1,
+                StatusCode::TOO_MANY_REQUESTS if started.elapsed() < MAX_THROTTLED_WAIT => {}
                 StatusCode::TOO_MANY_REQUESTS => return Err(SkeeloError::Throttled),
+                StatusCode::FORBIDDEN => {
+                    tracing::error!(
+                        operation,
+                        "Skeelo answered 403: check the partner account's permissions"
+                    );
+                    return Err(SkeeloError::Unavailable(format!(
+                        "{operation} answered 403"
+                    )));
+                }
+                StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_EARLY => {
+                    return Err(SkeeloError::Transient(format!(
+                        "{operation} answered {}",
+                        status.as_u16()
+                    )))
+                }
+                StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT => {
+                    return Err(SkeeloError::Unavailable(format!(
+                        "{operation} answered {}",
+                        status.as_u16()
+                    )))
+                }
                 s if s.is_server_error() => {
                     return Err(SkeeloError::Transient(format!(
                         "{operation} answered {}",
@@ -424,7 +457,7 @@ impl SkeeloClient {
                 let label = if e.is_timeout() { "timeout" } else { "error" };
                 self.count(operation, label);
                 timer.observe(started.elapsed().as_secs_f64());
-                return Err(SkeeloError::Transient(format!(
+                return Err(SkeeloError::Unavailable(format!(
                     "{operation}: {label}: {}",
                     without_url(&e)
                 )));
@@ -440,7 +473,7 @@ impl SkeeloClient {
         let bytes = response.bytes().await;
         timer.observe(started.elapsed().as_secs_f64());
         let bytes = bytes.map_err(|e| {
-            SkeeloError::Transient(format!(
+            SkeeloError::Unavailable(format!(
                 "{operation}: reading the answer: {}",
                 without_url(&e)
             ))
@@ -527,7 +560,7 @@ impl SkeeloClient {
             form_escape(&self.inner.credentials.client_id),
             form_escape(&self.inner.credentials.client_secret)
         );
-        let mut throttled = 0;
+        let started = Instant::now();
         loop {
             let request = self
                 .inner
@@ -542,28 +575,29 @@ impl SkeeloClient {
                         serde_json::from_value(body).map_err(|e| unreadable("token", e))?;
                     self.inner.metrics.token_refreshes.inc();
                     // Refresh a little early, so a token never expires mid-request.
-                    let ttl = Duration::from_secs(a.expires_in.unwrap_or(300).max(1));
+                    let ttl =
+                        Duration::from_secs(a.expires_in.unwrap_or(300).max(1)).min(MAX_TOKEN_TTL);
                     let margin = (ttl / 10).min(Duration::from_secs(30));
                     return Ok(Token {
                         value: a.access_token,
                         expires: Instant::now() + ttl - margin,
                     });
                 }
-                StatusCode::TOO_MANY_REQUESTS if throttled < MAX_THROTTLED => throttled += 1,
+                StatusCode::TOO_MANY_REQUESTS if started.elapsed() < MAX_THROTTLED_WAIT => {}
                 StatusCode::TOO_MANY_REQUESTS => return Err(SkeeloError::Throttled),
                 StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST => {
                     tracing::error!(
                         client_id = %self.inner.credentials.client_id,
                         "Skeelo refused the partner credentials: check SKEELO_CLIENT_ID and SKEELO_CLIENT_SECRET"
                     );
-                    // Transient on purpose: a credentials mistake must park nothing;
+                    // Unavailable on purpose: a credentials mistake must park nothing;
                     // events wait until the operator fixes the configuration.
-                    return Err(SkeeloError::Transient(
+                    return Err(SkeeloError::Unavailable(
                         "Skeelo refused the partner credentials".into(),
                     ));
                 }
                 s => {
-                    return Err(SkeeloError::Transient(format!(
+                    return Err(SkeeloError::Unavailable(format!(
                         "token endpoint answered {}",
                         s.as_u16()
                     )))

@@ -41,6 +41,10 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// A few connections only for marking contracts uncertain while the main pool's
+    /// connection holds the contract's transaction open: never waits on the main pool,
+    /// so a task never waits for a second connection from the pool it holds one of.
+    marks: Pool,
 }
 
 /// A contract as read under its row lock.
@@ -50,6 +54,8 @@ pub struct ContractState {
     pub facts: Facts,
     /// What Skeelo held after the last successful call.
     pub held: Option<Held>,
+    /// Calls were made whose answers were never recorded: ask Skeelo before planning.
+    pub uncertain: bool,
 }
 
 /// The first decision about an event id, repeated to the ERP on redelivery.
@@ -94,23 +100,40 @@ impl Store {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_connections.max(1))
-            // Waiting for a free connection is queueing, not failure: every task holds
-            // at most one connection, so the wait always ends.
-            .wait_timeout(None)
-            .create_timeout(Some(std::time::Duration::from_secs(10)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Config(e.to_string()))?;
-        Ok(Store { pool })
+        let pool = |config: tokio_postgres::Config, size: usize| {
+            let manager = Manager::from_config(
+                config,
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size.max(1))
+                // Waiting for a free connection is queueing, not failure: every task
+                // holds at most one connection of a pool, so the wait always ends.
+                .wait_timeout(None)
+                .create_timeout(Some(std::time::Duration::from_secs(10)))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(|e| StoreError::Config(e.to_string()))
+        };
+        Ok(Store {
+            pool: pool(config.clone(), max_connections)?,
+            marks: pool(config, 2)?,
+        })
+    }
+
+    /// Marks a contract uncertain, committed at once (see [`ContractState::uncertain`]).
+    pub async fn mark_uncertain(&self, contract_id: &str) -> Result<(), StoreError> {
+        let client = self.marks.get().await?;
+        client
+            .execute(
+                "INSERT INTO skeelo_uncertain (contract_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&contract_id],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Brings the schema up to date; safe when several replicas start at once.
@@ -124,12 +147,18 @@ impl Store {
         Ok(self.pool.get().await?)
     }
 
-    /// `true` when a connection answers.
+    /// `true` when a connection answers within two seconds. Uses the marks pool, so a
+    /// busy main pool does not make a healthy database look down.
     pub async fn ping(&self) -> bool {
-        match self.pool.get().await {
-            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
-            Err(_) => false,
-        }
+        let answer = async {
+            match self.marks.get().await {
+                Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+                Err(_) => false,
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(2), answer)
+            .await
+            .unwrap_or(false)
     }
 
     /// Replaces the catalogue with Skeelo's.
@@ -233,11 +262,15 @@ pub async fn lock(tx: &Transaction<'_>, contract_id: &str) -> Result<ContractSta
     .await?;
     let row = tx
         .query_one(
-            "SELECT facts, skeelo FROM contracts WHERE id = $1 FOR UPDATE",
+            "SELECT facts, skeelo,
+                    EXISTS (SELECT 1 FROM skeelo_uncertain WHERE contract_id = $1)
+             FROM contracts WHERE id = $1 FOR UPDATE",
             &[&contract_id],
         )
         .await?;
-    state_from(row.get(0), row.get(1))
+    let mut state = state_from(row.get(0), row.get(1))?;
+    state.uncertain = row.get(2);
+    Ok(state)
 }
 
 /// `true` when this event id was decided before (read under the contract's lock, so
@@ -330,6 +363,11 @@ pub async fn save(
         ],
     )
     .await?;
+    tx.execute(
+        "DELETE FROM skeelo_uncertain WHERE contract_id = $1",
+        &[&a.contract_id],
+    )
+    .await?;
     let h = &a.history;
     tx.execute(
         "INSERT INTO processed_events (event_id, contract_id, type, outcome, skeelo_status, detail)
@@ -347,10 +385,22 @@ pub async fn save(
     insert_history(&**tx, h).await
 }
 
+/// PostgreSQL text cannot hold NUL; values that reach us from outside (message ids,
+/// error texts) are stored with it replaced, never refused.
+pub(crate) fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 async fn insert_history(
     client: &impl tokio_postgres::GenericClient,
     h: &NewHistory<'_>,
 ) -> Result<(), StoreError> {
+    let event_id = text(h.event_id);
+    let detail = text(h.detail);
     client
         .execute(
             "INSERT INTO contract_events (contract_id, event_id, type, version, actor, occurred_at,
@@ -358,7 +408,7 @@ async fn insert_history(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &h.contract_id,
-                &h.event_id,
+                &event_id,
                 &h.event_type,
                 &h.version,
                 &h.actor,
@@ -366,7 +416,7 @@ async fn insert_history(
                 &h.outcome.as_str(),
                 &h.skeelo_status.map(Status::as_str),
                 &h.skeelo_calls,
-                &h.detail,
+                &detail,
             ],
         )
         .await?;
@@ -380,6 +430,7 @@ fn state_from(facts: Value, held: Option<Value>) -> Result<ContractState, StoreE
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        uncertain: false,
     })
 }
 

@@ -1,41 +1,36 @@
 //! Skeelo's catalogue, as events are checked against it.
 //!
 //! Loaded from `GET /v1/products` at start and kept in the database (so a worker that
-//! starts while Skeelo is down still knows it). A SKU that is not in it triggers one
-//! refresh before the event is called invalid: the ISP may have just registered a
-//! new product, and a stale list must not dead-letter a valid sync.
+//! starts while Skeelo is down still knows it). A SKU that is not in it triggers a
+//! refresh before the event is called invalid: the ISP may have just registered a new
+//! product, and a stale list must not dead-letter a valid sync. Refreshes are
+//! coalesced: a task that finds an unknown SKU waits for the refresh under way, and
+//! only refreshes itself if none finished since it looked.
 
 use std::collections::BTreeSet;
 use std::sync::RwLock;
-use std::time::{Duration, Instant};
 
-use skeelo_shared::event::Event;
 use skeelo_shared::skeelo::{SkeeloClient, SkeeloError};
 use skeelo_shared::store::Store;
 use tokio::sync::Mutex;
 
-/// How often an unknown SKU may send the fleet back to Skeelo for the list.
-const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
-
 pub(crate) struct Catalogue {
-    skus: RwLock<BTreeSet<String>>,
-    last_refresh: Mutex<Option<Instant>>,
+    /// The SKUs, and how many refreshes produced them.
+    skus: RwLock<(BTreeSet<String>, u64)>,
+    refreshing: Mutex<()>,
 }
 
 impl Catalogue {
     /// Loads from Skeelo; falls back to the stored copy when Skeelo cannot answer.
     pub(crate) async fn load(store: &Store, skeelo: &SkeeloClient) -> anyhow::Result<Catalogue> {
         let catalogue = Catalogue {
-            skus: RwLock::new(BTreeSet::new()),
-            last_refresh: Mutex::new(None),
+            skus: RwLock::new((BTreeSet::new(), 0)),
+            refreshing: Mutex::new(()),
         };
-        match catalogue.refresh(store, skeelo).await {
-            Ok(()) => {}
-            Err(e) => {
-                let stored = store.catalogue().await?;
-                tracing::warn!(error = %e, stored = stored.len(), "cannot read Skeelo's catalogue; using the stored copy");
-                catalogue.replace(stored);
-            }
+        if let Err(e) = catalogue.refresh(store, skeelo).await {
+            let stored = store.catalogue().await?;
+            tracing::warn!(error = %e, stored = stored.len(), "cannot read Skeelo's catalogue; using the stored copy");
+            catalogue.replace(stored);
         }
         Ok(catalogue)
     }
@@ -52,43 +47,44 @@ impl Catalogue {
 
     fn replace(&self, skus: BTreeSet<String>) {
         if let Ok(mut s) = self.skus.write() {
-            *s = skus;
+            s.1 += 1;
+            s.0 = skus;
         }
     }
 
-    fn missing(&self, wanted: &[String]) -> Vec<String> {
-        let Ok(skus) = self.skus.read() else {
-            return Vec::new();
+    /// The unknown SKUs and the generation of the list they were checked against.
+    fn missing(&self, wanted: &[String]) -> (Vec<String>, u64) {
+        let Ok(s) = self.skus.read() else {
+            return (Vec::new(), 0);
         };
-        wanted
+        let missing = wanted
             .iter()
-            .filter(|p| !skus.contains(*p))
+            .filter(|p| !s.0.contains(*p))
             .cloned()
-            .collect()
+            .collect();
+        (missing, s.1)
     }
 
-    /// The SKUs of a sync that Skeelo does not sell, after one refresh; `Err` when the
-    /// refresh itself failed (the event should wait, not be judged on a stale list).
-    pub(crate) async fn unknown_products(
+    /// The SKUs Skeelo does not sell, checked against a list read after this call
+    /// began; `Err` when that refresh failed (the event should wait, not be judged on
+    /// a stale list).
+    pub(crate) async fn unknown(
         &self,
         store: &Store,
         skeelo: &SkeeloClient,
-        event: &Event,
+        products: &[String],
     ) -> Result<Option<Vec<String>>, SkeeloError> {
-        let Some(sync) = &event.sync else {
-            return Ok(None);
-        };
-        if self.missing(&sync.products).is_empty() {
+        let (missing, seen) = self.missing(products);
+        if missing.is_empty() {
             return Ok(None);
         }
         {
-            let mut last = self.last_refresh.lock().await;
-            if last.is_none_or(|t| t.elapsed() >= MIN_REFRESH_INTERVAL) {
-                *last = Some(Instant::now());
+            let _one_at_a_time = self.refreshing.lock().await;
+            if self.missing(products).1 == seen {
                 self.refresh(store, skeelo).await?;
             }
         }
-        let missing = self.missing(&sync.products);
+        let (missing, _) = self.missing(products);
         Ok((!missing.is_empty()).then_some(missing))
     }
 }

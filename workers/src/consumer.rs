@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -187,6 +187,15 @@ async fn consume_until_stopped(
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                     .await;
                 tracing::warn!(queue = %queue, "outage mode: stopped taking work");
+                // Deliveries already sent before the cancel still come out of the
+                // stream: hand them to the handler (they will be postponed at no cost)
+                // rather than leave them unacknowledged on the channel.
+                let drain = async {
+                    while let Some(Ok(delivery)) = deliveries.next().await {
+                        tracker.spawn(work(app.clone(), source, delivery));
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
                 break;
             }
         }
@@ -197,13 +206,23 @@ async fn work(app: Arc<App>, source: Source, delivery: Delivery) {
     let started = std::time::Instant::now();
     let gauge = app.metrics.in_flight.with_label_values(&[source.label()]);
     gauge.inc();
-    let (disposition, outcome) = match source {
-        Source::Work(t) => {
-            let msg = Message::from_delivery(t.as_str(), &delivery);
-            handler::handle(&app, &msg).await
+    let handled = std::panic::AssertUnwindSafe(async {
+        match source {
+            Source::Work(t) => {
+                let msg = Message::from_delivery(t.as_str(), &delivery);
+                handler::handle(&app, &msg).await
+            }
+            Source::Dead => handler::handle_dead(&app, &delivery).await,
         }
-        Source::Dead => handler::handle_dead(&app, &delivery).await,
-    };
+    })
+    .catch_unwind()
+    .await;
+    // A bug must not leave the delivery unsettled (its prefetch slot would be lost):
+    // it goes back, and after enough deliveries RabbitMQ dead-letters it.
+    let (disposition, outcome) = handled.unwrap_or_else(|_| {
+        tracing::error!(queue = %source.queue(), "the handler panicked; the delivery goes back to its queue");
+        (Disposition::Requeue, None)
+    });
     let settled = match disposition {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
         Disposition::Requeue => {

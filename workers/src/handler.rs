@@ -50,6 +50,19 @@ pub(crate) struct Message<'a> {
     first_failure: Option<OffsetDateTime>,
 }
 
+impl ApplyError {
+    /// The database refused the data itself (SQLSTATE class 22 data exception, 23
+    /// integrity): no retry can help, and it says nothing about the database's health.
+    fn data_refused(&self) -> Option<String> {
+        let e = match self {
+            ApplyError::Db(e) | ApplyError::Store(StoreError::Query(e)) => e,
+            _ => return None,
+        };
+        let code = e.code()?.code();
+        (code.starts_with("22") || code.starts_with("23")).then(|| format!("SQLSTATE {code}"))
+    }
+}
+
 impl<'a> Message<'a> {
     pub(crate) fn from_delivery(queue_type: &'static str, d: &'a Delivery) -> Message<'a> {
         let headers = d.properties.headers().as_ref();
@@ -93,6 +106,8 @@ impl<'a> Message<'a> {
 #[derive(Debug, thiserror::Error)]
 enum ApplyError {
     #[error(transparent)]
+    Invalid(InvalidEvent),
+    #[error(transparent)]
     Skeelo(#[from] SkeeloError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -127,6 +142,7 @@ pub(crate) async fn handle(app: &App, msg: &Message<'_>) -> (Disposition, Option
                 r#type = msg.queue_type,
             );
             let park = Parking {
+                from_dead_queue: false,
                 event_id: event_id.as_deref(),
                 contract_id: contract_id.as_deref(),
                 event: None,
@@ -146,48 +162,55 @@ async fn handle_event(
     event: Event,
 ) -> (Disposition, Option<Outcome>) {
     let started = Instant::now();
-    match app
-        .catalogue
-        .unknown_products(&app.store, &app.skeelo, &event)
-        .await
-    {
-        Ok(None) => {}
-        Ok(Some(unknown)) => {
-            let invalid = InvalidEvent::UnknownProduct(unknown);
-            let id = event.event_id.to_string();
-            let park = Parking {
-                event_id: Some(&id),
-                contract_id: Some(&event.contract_id),
-                event: Some(&event),
-                reason: Reason::Invalid,
-                class: invalid.reason().to_string(),
-                error: invalid.to_string(),
-                attempts: msg.attempts,
-            };
-            return park_and_tell(app, msg, &park).await;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot check the products against Skeelo's catalogue now");
-            app.skeelo_health.failure(&e.to_string());
-            return postpone(app, msg, &e.to_string()).await;
-        }
-    }
-
     let mut tries = 0;
     let result = loop {
         tries += 1;
-        match apply(app, &event, msg.redelivered).await {
+        // A delayed copy, a redelivery or a second try here may find its own earlier
+        // attempt committed: then the ERP gets that attempt's result again.
+        let repeat_first = msg.redelivered || msg.attempts > 0 || tries > 1;
+        let failure = match apply(app, &event, repeat_first).await {
             Ok(result) => {
                 app.skeelo_health.success();
                 app.db_health.success();
                 break result;
             }
-            Err(ApplyError::Skeelo(e @ SkeeloError::Throttled)) => {
+            Err(e) => e,
+        };
+        let id = event.event_id.to_string();
+        let parking = |reason, class: String, error: String, attempts| Parking {
+            from_dead_queue: false,
+            event_id: Some(&id),
+            contract_id: Some(&event.contract_id),
+            event: Some(&event),
+            reason,
+            class,
+            error,
+            attempts,
+        };
+        if let Some(code) = failure.data_refused() {
+            let error = format!("the database refused the event's data ({code}): {failure}");
+            let p = parking(
+                Reason::Refused,
+                "database_refused".into(),
+                error,
+                msg.attempts + 1,
+            );
+            return park_and_tell(app, msg, &p).await;
+        }
+        match failure {
+            ApplyError::Invalid(invalid) => {
+                let class = invalid.reason().to_string();
+                let p = parking(Reason::Invalid, class, invalid.to_string(), msg.attempts);
+                return park_and_tell(app, msg, &p).await;
+            }
+            ApplyError::Skeelo(e @ SkeeloError::Throttled) => {
                 return postpone(app, msg, &e.to_string()).await;
             }
-            Err(ApplyError::Skeelo(e @ SkeeloError::Transient(_))) => {
+            ApplyError::Skeelo(e @ (SkeeloError::Unavailable(_) | SkeeloError::Transient(_))) => {
                 app.db_health.success();
-                app.skeelo_health.failure(&e.to_string());
+                if matches!(e, SkeeloError::Unavailable(_)) {
+                    app.skeelo_health.failure(&e.to_string());
+                }
                 if app.skeelo_health.is_down() {
                     return postpone(app, msg, &e.to_string()).await;
                 }
@@ -198,33 +221,22 @@ async fn handle_event(
                 tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "Skeelo failed; trying again");
                 tokio::time::sleep(pause).await;
             }
-            Err(ApplyError::Skeelo(e @ SkeeloError::Rejected { .. })) => {
-                let id = event.event_id.to_string();
-                let park = Parking {
-                    event_id: Some(&id),
-                    contract_id: Some(&event.contract_id),
-                    event: Some(&event),
-                    reason: Reason::Refused,
-                    class: e.class(),
-                    error: format!("Skeelo refused: {e}"),
-                    attempts: msg.attempts + 1,
-                };
-                return park_and_tell(app, msg, &park).await;
+            ApplyError::Skeelo(e @ SkeeloError::Rejected { .. }) => {
+                let error = format!("Skeelo refused: {e}");
+                let p = parking(Reason::Refused, e.class(), error, msg.attempts + 1);
+                return park_and_tell(app, msg, &p).await;
             }
-            Err(ApplyError::Store(StoreError::Corrupt(e))) => {
-                let id = event.event_id.to_string();
-                let park = Parking {
-                    event_id: Some(&id),
-                    contract_id: Some(&event.contract_id),
-                    event: Some(&event),
-                    reason: Reason::Refused,
-                    class: "unreadable_state".into(),
-                    error: format!("the contract's stored state is unreadable: {e}"),
-                    attempts: msg.attempts + 1,
-                };
-                return park_and_tell(app, msg, &park).await;
+            ApplyError::Store(StoreError::Corrupt(e)) => {
+                let error = format!("the contract's stored state is unreadable: {e}");
+                let p = parking(
+                    Reason::Refused,
+                    "unreadable_state".into(),
+                    error,
+                    msg.attempts + 1,
+                );
+                return park_and_tell(app, msg, &p).await;
             }
-            Err(e) => {
+            e => {
                 app.db_health.failure(&e.to_string());
                 return postpone(app, msg, &e.to_string()).await;
             }
@@ -272,6 +284,7 @@ async fn retry_later(
     if attempts >= i64::from(app.settings.retry.max_attempts) {
         let id = event.event_id.to_string();
         let park = Parking {
+            from_dead_queue: false,
             event_id: Some(&id),
             contract_id: Some(&event.contract_id),
             event: Some(event),
@@ -352,6 +365,9 @@ async fn delay(
 
 /// A dead letter to park.
 struct Parking<'a> {
+    /// From the broker's dead-letter queue: if it cannot be parked, it goes back there,
+    /// never to a work queue (the broker took it away from the workers on purpose).
+    from_dead_queue: bool,
     event_id: Option<&'a str>,
     contract_id: Option<&'a str>,
     event: Option<&'a Event>,
@@ -388,6 +404,10 @@ async fn park_and_tell(
         Err(e) => {
             app.db_health.failure(&e.to_string());
             tracing::error!(error = %e, "cannot park the dead letter now; it will come back");
+            if p.from_dead_queue {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return (Disposition::Requeue, None);
+            }
             return postpone(app, msg, &e.to_string()).await;
         }
     };
@@ -444,7 +464,7 @@ async fn park_and_tell(
 }
 
 /// One attempt, in one transaction under the contract's row lock.
-async fn apply(app: &App, event: &Event, redelivered: bool) -> Result<EventResult, ApplyError> {
+async fn apply(app: &App, event: &Event, repeat_first: bool) -> Result<EventResult, ApplyError> {
     let mut client = app.store.begin().await?;
     let tx = client.transaction().await?;
     let state = store::lock(&tx, &event.contract_id).await?;
@@ -453,7 +473,7 @@ async fn apply(app: &App, event: &Event, redelivered: bool) -> Result<EventResul
     if let Some(first) = store::seen(&tx, event.event_id).await? {
         // A redelivery (the broker's hint) may mean the ERP never got the first result:
         // repeat it. A fresh copy of a known event id is a duplicate.
-        let (outcome, status, detail) = if redelivered {
+        let (outcome, status, detail) = if repeat_first {
             (first.outcome, first.skeelo_status, first.detail)
         } else {
             let status = state.held.as_ref().map(|h| h.status);
@@ -470,25 +490,40 @@ async fn apply(app: &App, event: &Event, redelivered: bool) -> Result<EventResul
     }
 
     let decision = lifecycle::decide(&state.facts, event);
+    if let (lifecycle::Verdict::Applied, Some(sync)) = (decision.verdict, &event.sync) {
+        // Only a sync that will reach Skeelo is judged against the catalogue; a late
+        // or duplicate one is not, whatever Skeelo sells today.
+        if let Some(unknown) = app
+            .catalogue
+            .unknown(&app.store, &app.skeelo, &sync.products)
+            .await?
+        {
+            return Err(ApplyError::Invalid(InvalidEvent::UnknownProduct(unknown)));
+        }
+    }
     let target = lifecycle::target(&decision.facts);
+    let mut held = state.held;
+    if state.uncertain {
+        // Calls were made before whose answers were never recorded: ask Skeelo.
+        tracing::warn!("Skeelo's state of this contract is uncertain; reading it back");
+        held = app.skeelo.get(&event.contract_id).await?.map(|s| s.held());
+    }
+    if !lifecycle::plan(held.as_ref(), &target).is_empty() {
+        app.store.mark_uncertain(&event.contract_id).await?;
+    }
     let document = decision
         .facts
         .synced
         .as_ref()
         .map(|s| s.details.subscriber.document.digits().to_string());
-    let (held, calls) = reconcile(
-        app,
-        &event.contract_id,
-        document.as_deref(),
-        state.held,
-        &target,
-    )
-    .await?;
+    let (held, calls) =
+        reconcile(app, &event.contract_id, document.as_deref(), held, &target).await?;
     let outcome = Outcome::from(decision.verdict);
     let status = held.as_ref().map(|h| h.status);
     let next = ContractState {
         facts: decision.facts,
         held,
+        uncertain: false,
     };
     let applied = Applied {
         contract_id: &event.contract_id,
@@ -532,7 +567,7 @@ async fn reconcile(
                 };
                 Some(skeelo.create(&new).await?.held())
             }
-            (Call::Create, Target::Absent) => held,
+            (Call::Create, _) => held,
             (Call::Update(changes), _) => {
                 skeelo.update(contract_id, changes).await?.map(|s| s.held())
             }
@@ -611,6 +646,7 @@ pub(crate) async fn handle_dead(app: &App, d: &Delivery) -> (Disposition, Option
         None => "RabbitMQ dead-lettered it".to_string(),
     };
     let park = Parking {
+        from_dead_queue: true,
         event_id: event_id.as_deref(),
         contract_id: contract_id.as_deref(),
         event: None,

@@ -1,28 +1,48 @@
 //! `/metrics`, `/healthz` (the process is alive) and `/readyz` (broker and database
-//! answer: send work here).
+//! answer: send work here). They answer from the first moment; `/readyz` says
+//! `starting` until the fleet is built.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use skeelo_shared::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::App;
 
+pub(crate) struct Endpoints {
+    metrics: Metrics,
+    app: OnceLock<Arc<App>>,
+}
+
+impl Endpoints {
+    pub(crate) fn new(metrics: Metrics) -> Endpoints {
+        Endpoints {
+            metrics,
+            app: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn ready(&self, app: Arc<App>) {
+        let _ = self.app.set(app);
+    }
+}
+
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
-    app: Arc<App>,
+    endpoints: Arc<Endpoints>,
     stop: CancellationToken,
 ) {
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(app);
+        .with_state(endpoints);
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
@@ -31,14 +51,17 @@ pub(crate) async fn serve(
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn metrics(State(e): State<Arc<Endpoints>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        e.metrics.render(),
     )
 }
 
-async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn ready(State(e): State<Arc<Endpoints>>) -> impl IntoResponse {
+    let Some(app) = e.app.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string());
+    };
     let broker = app.broker_up.load(Ordering::Relaxed);
     let database = app.store.ping().await;
     let body = format!(

@@ -29,7 +29,8 @@ mod outage;
 pub use outage::Trip;
 
 /// Everything a fleet process needs to know; the binary reads it from the environment.
-#[derive(Debug, Clone)]
+/// (No `Debug`: the URLs may carry passwords.)
+#[derive(Clone)]
 pub struct Settings {
     /// `AMQP_URL`.
     pub amqp_url: String,
@@ -134,30 +135,24 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let metrics = Metrics::new().context("registering metrics")?;
-    let store =
-        Store::connect(&settings.database_url, settings.db_pool_size).context("DATABASE_URL")?;
-    migrate_with_patience(&store).await?;
-    let skeelo = SkeeloClient::new(settings.skeelo.clone(), metrics.clone())
-        .context("building the Skeelo client")?;
-    let catalogue = catalogue::Catalogue::load(&store, &skeelo).await?;
-    let trip = settings.outage.trip;
-    let app = Arc::new(App {
-        settings,
-        store,
-        skeelo,
-        metrics,
-        catalogue,
-        publisher: RwLock::new(None),
-        broker_up: AtomicBool::new(false),
-        skeelo_health: outage::Downstream::new("skeelo", trip),
-        db_health: outage::Downstream::new("database", trip),
-    });
-    let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(app.settings.http_addr)
+    // The endpoints answer from the start: /healthz at once, /readyz once the fleet is
+    // built, so a slow database or Skeelo at start never gets the process restarted.
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
-        .with_context(|| format!("binding HTTP_ADDR {}", app.settings.http_addr))?;
+        .with_context(|| format!("binding HTTP_ADDR {}", settings.http_addr))?;
     let http_addr = listener.local_addr()?;
-    tokio::spawn(http::serve(listener, app.clone(), stop.clone()));
+    let stop = CancellationToken::new();
+    let endpoints = Arc::new(http::Endpoints::new(metrics.clone()));
+    tokio::spawn(http::serve(listener, endpoints.clone(), stop.clone()));
+    let built = build(settings, metrics).await;
+    let app = match built {
+        Ok(app) => app,
+        Err(e) => {
+            stop.cancel();
+            return Err(e);
+        }
+    };
+    endpoints.ready(app.clone());
     {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -171,6 +166,27 @@ pub async fn start(
     tracing::info!(%http_addr, consumers = ?app.settings.consumers.iter().map(|t| t.as_str()).collect::<Vec<_>>(), "skeelo-workers started");
     let done = tokio::spawn(supervise(app, stop));
     Ok(Running { http_addr, done })
+}
+
+async fn build(settings: Settings, metrics: Metrics) -> anyhow::Result<Arc<App>> {
+    let store =
+        Store::connect(&settings.database_url, settings.db_pool_size).context("DATABASE_URL")?;
+    migrate_with_patience(&store).await?;
+    let skeelo = SkeeloClient::new(settings.skeelo.clone(), metrics.clone())
+        .context("building the Skeelo client")?;
+    let catalogue = catalogue::Catalogue::load(&store, &skeelo).await?;
+    let trip = settings.outage.trip;
+    Ok(Arc::new(App {
+        settings,
+        store,
+        skeelo,
+        metrics,
+        catalogue,
+        publisher: RwLock::new(None),
+        broker_up: AtomicBool::new(false),
+        skeelo_health: outage::Downstream::new("skeelo", trip),
+        db_health: outage::Downstream::new("database", trip),
+    }))
 }
 
 /// Starts the fleet and waits until it has stopped.

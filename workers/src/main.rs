@@ -120,13 +120,17 @@ fn parse_delays(raw: &str) -> Result<Delays, String> {
         let n: u64 = n
             .parse()
             .map_err(|_| format!("`{part}` is not a number and a unit"))?;
+        let too_long = || format!("`{part}` is too long a delay");
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
             _ => return Err(format!("`{part}`: the unit must be ms, s, m or h")),
         };
+        if d > Duration::from_secs(7 * 86_400) {
+            return Err(too_long());
+        }
         if d.is_zero() {
             return Err(format!("`{part}`: a delay must be more than zero"));
         }

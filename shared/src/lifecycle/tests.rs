@@ -191,6 +191,29 @@ fn a_contract_cancelled_before_its_sync_is_never_created() {
 }
 
 #[test]
+fn a_subscription_left_by_an_interrupted_sync_is_cancelled_when_the_cancel_wins() {
+    // The sync's create reached Skeelo, but its transaction never committed; the cancel
+    // then came first. What Skeelo holds is read back and cancelled.
+    let mut facts = Facts::default();
+    facts = decide(&facts, &ev(EventType::Cancel, 2)).facts;
+    let leftover = Held {
+        profile: Profile::from_sync(&details(&["SKEELO-EBOOKS"], "Maria")),
+        status: Status::Active,
+    };
+    let t = target(&facts);
+    assert_eq!(t, Target::Withdrawn);
+    assert_eq!(
+        plan(Some(&leftover), &t),
+        vec![Call::SetStatus(Status::Cancelled)]
+    );
+    assert_eq!(
+        plan(None, &t),
+        vec![],
+        "nothing is created only to be cancelled"
+    );
+}
+
+#[test]
 fn a_later_sync_changes_products_with_one_patch() {
     let mut w = run(&[sync_with(1, &["SKEELO-EBOOKS"])]);
     assert_eq!(

@@ -233,6 +233,10 @@ impl Store {
     /// parked one instead of adding a second.
     pub async fn park(&self, d: &NewDeadLetter<'_>) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
+        let key = super::text(d.message_key);
+        let message_id = d.message_id.map(super::text);
+        let contract_id = d.contract_id.map(super::text);
+        let error = super::text(d.last_error);
         let row = client
             .query_one(
                 "INSERT INTO dead_letters (message_key, event_id, contract_id, type, routing_key,
@@ -245,16 +249,16 @@ impl Store {
                        last_failed_at = now()
                  RETURNING id",
                 &[
-                    &d.message_key,
+                    &key,
                     &d.event_id,
-                    &d.contract_id,
+                    &contract_id,
                     &d.event_type,
-                    &d.routing_key,
-                    &d.message_id,
+                    &super::text(d.routing_key),
+                    &message_id,
                     &d.body,
                     &d.reason.as_str(),
                     &d.error_class,
-                    &d.last_error,
+                    &error,
                     &d.attempts,
                     &d.first_failed_at,
                 ],

@@ -1,5 +1,5 @@
-//! A small migration runner: the SQL files in `migrations/`, applied in order, each in
-//! its own transaction, under a PostgreSQL advisory lock so that replicas starting
+//! A small migration runner: the SQL files in `migrations/`, applied in order in
+//! one transaction, under a PostgreSQL advisory lock so that replicas starting
 //! together take turns instead of racing to create the same tables.
 
 use super::StoreError;
@@ -22,30 +22,20 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 const LOCK_KEY: i64 = 0x056b_6565_6c6f;
 
 pub(super) async fn run(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+    // One transaction for the lock and every pending migration: the lock is released
+    // by the commit or the rollback, whatever happens to this connection afterwards.
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await?;
-    let result = apply_pending(client).await;
-    // Unlock even when a migration failed, so a fixed replica is not stuck behind it.
-    let unlocked = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await;
-    result?;
-    unlocked?;
-    Ok(())
-}
-
-async fn apply_pending(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version    integer PRIMARY KEY,
-                 name       text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
-        )
-        .await?;
-    let applied: Vec<i32> = client
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let applied: Vec<i32> = tx
         .query("SELECT version FROM schema_migrations", &[])
         .await?
         .iter()
@@ -55,15 +45,14 @@ async fn apply_pending(client: &mut tokio_postgres::Client) -> Result<(), StoreE
         if applied.contains(version) {
             continue;
         }
-        let tx = client.transaction().await?;
         tx.batch_execute(sql).await?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
             &[version, name],
         )
         .await?;
-        tx.commit().await?;
         tracing::info!(version, name, "migration applied");
     }
+    tx.commit().await?;
     Ok(())
 }

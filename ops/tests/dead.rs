@@ -1,0 +1,192 @@
+//! The dead-letter console, round trip: list, groups, show, requeue after the cause is
+//! fixed, purge, restore, and the audit trail.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use skeelo_shared::event::EventType::*;
+use skeelo_shared::outcome::Outcome;
+use skeelo_shared::sample;
+use skeelo_tests::World;
+
+fn ops(w: &World, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_skeelo-ops"))
+        .args(args)
+        .env("AMQP_URL", &w.amqp_url)
+        .env("DATABASE_URL", &w.database_url)
+        .env("SKEELO_OPERATOR", "ana.ops")
+        .stdin(Stdio::null())
+        .output()
+        .expect("skeelo-ops runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(o: &Output) -> Value {
+    assert!(o.status.success(), "{}", text(o));
+    serde_json::from_slice(&o.stdout).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_finds_understands_requeues_and_purges_dead_letters() {
+    let mut w = World::new().await.expect("world");
+    let settings = w.settings();
+    w.start_fleet(settings).await.expect("fleet");
+
+    // The ISP sells a product Skeelo does not list yet, and the ERP sends two broken bodies.
+    let sync = sample::event(Sync, "DL1", 1, &["SKEELO-KIDS"]);
+    w.publish(&sync).await.expect("published");
+    w.publish_raw("contract.block", "broken-1", b"<xml/>")
+        .await
+        .expect("published");
+    w.publish_raw("contract.block", "broken-2", b"{")
+        .await
+        .expect("published");
+    w.wait_results(3, Duration::from_secs(30))
+        .await
+        .expect("three results");
+    assert!(w
+        .results()
+        .iter()
+        .all(|r| r.outcome == Outcome::DeadLettered));
+
+    let letters = json(&ops(&w, &["dead", "list", "--json"]));
+    assert_eq!(letters.as_array().map(Vec::len), Some(3));
+
+    let groups = json(&ops(&w, &["dead", "groups", "--json"]));
+    let summary: Vec<(String, i64)> = groups
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            (
+                g["error_class"].as_str().unwrap_or("").to_string(),
+                g["count"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![("not_json".into(), 2), ("unknown_product".into(), 1)]
+    );
+
+    let kids = json(&ops(
+        &w,
+        &["dead", "list", "--class", "unknown_product", "--json"],
+    ));
+    let id = kids[0]["id"].as_i64().expect("an id");
+    let id_text = id.to_string();
+    let shown = ops(&w, &["dead", "show", &id_text]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let out = text(&shown);
+    assert!(
+        out.contains("unknown_product") && out.contains("SKEELO-KIDS"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("assinanteDL1@"),
+        "personal data is masked: {out}"
+    );
+    let revealed = text(&ops(&w, &["dead", "show", &id_text, "--reveal"]));
+    assert!(
+        revealed.contains("assinanteDL1@example.com.br"),
+        "{revealed}"
+    );
+
+    // Nothing is touched without a selection, and a dry run touches nothing.
+    let none = ops(&w, &["dead", "requeue"]);
+    assert!(!none.status.success());
+    assert!(text(&none).contains("say which letters"), "{}", text(&none));
+    let dry = ops(
+        &w,
+        &["dead", "requeue", "--class", "unknown_product", "--dry-run"],
+    );
+    assert!(
+        text(&dry).contains("1 dead letter(s) would be requeued"),
+        "{}",
+        text(&dry)
+    );
+
+    // The cause is fixed at Skeelo; the requeued event applies and gets a new result.
+    w.sim.add_product("SKEELO-KIDS", "Skeelo Kids");
+    let requeued = ops(&w, &["dead", "requeue", &id_text]);
+    assert!(requeued.status.success(), "{}", text(&requeued));
+    assert!(text(&requeued).contains("requeued 1 dead letter(s)"));
+    w.wait_results(4, Duration::from_secs(30))
+        .await
+        .expect("a new result");
+    assert_eq!(
+        w.result_for(&sync).map(|r| r.outcome),
+        Some(Outcome::Applied)
+    );
+    assert_eq!(
+        w.sim.subscription("DL1").map(|s| s.status).as_deref(),
+        Some("active")
+    );
+    let after = json(&ops(&w, &["dead", "list", "--state", "requeued", "--json"]));
+    assert_eq!(after[0]["requeued_by"], "ana.ops");
+
+    // Bulk purge asks first; without a terminal only --yes answers.
+    let ask = ops(&w, &["dead", "purge", "--class", "not_json"]);
+    assert!(!ask.status.success());
+    assert!(text(&ask).contains("add --yes"), "{}", text(&ask));
+    let purged = ops(&w, &["dead", "purge", "--class", "not_json", "--yes"]);
+    assert!(
+        text(&purged).contains("archived 2 dead letter(s)"),
+        "{}",
+        text(&purged)
+    );
+    assert_eq!(
+        json(&ops(&w, &["dead", "list", "--json"]))
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    let archived = json(&ops(&w, &["dead", "list", "--state", "archived", "--json"]));
+    assert_eq!(archived.as_array().map(Vec::len), Some(2));
+    assert!(
+        archived[0]["restore_until"].is_string(),
+        "retention is visible"
+    );
+
+    let one = archived[0]["id"].as_i64().expect("id").to_string();
+    let restored = ops(&w, &["dead", "restore", &one]);
+    assert!(restored.status.success(), "{}", text(&restored));
+    assert_eq!(
+        json(&ops(&w, &["dead", "list", "--json"]))
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    // Still within retention: nothing to delete.
+    assert!(text(&ops(&w, &["dead", "purge", "--expired"])).contains("deleted 0"));
+
+    let db = w.db().await.expect("db");
+    let audit: Vec<(String, String, i32)> = db
+        .query(
+            "SELECT operator, action, count FROM operator_actions ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("audit")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        audit,
+        vec![
+            ("ana.ops".into(), "requeue".into(), 1),
+            ("ana.ops".into(), "purge".into(), 2),
+            ("ana.ops".into(), "restore".into(), 1),
+            ("ana.ops".into(), "delete_expired".into(), 0),
+        ]
+    );
+    w.close().await.expect("cleanup");
+}
