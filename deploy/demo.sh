@@ -26,7 +26,7 @@ echo "== a clean vhost ($VHOST) and database ($DB)"
 rabbitmqctl delete_vhost "$VHOST" >/dev/null 2>&1 || true
 rabbitmqctl add_vhost "$VHOST" >/dev/null
 rabbitmqctl set_permissions -p "$VHOST" guest '.*' '.*' '.*' >/dev/null
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
+psql -w -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 
 export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"

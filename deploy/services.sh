@@ -44,30 +44,51 @@ if ! port_open 5672; then
   rabbitmq-server -detached
   wait_port 5672 RabbitMQ
 fi
-rabbitmqctl await_startup >/dev/null 2>&1 || true
+if ! rabbitmqctl await_startup >/dev/null 2>&1; then
+  echo "services: RabbitMQ opened its port but did not finish booting; see its logs (/var/log/rabbitmq)" >&2
+  exit 1
+fi
 
 # --- PostgreSQL -------------------------------------------------------------
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   echo "services: installing PostgreSQL"
   apt_install postgresql postgresql-client
 fi
+cluster_version() {
+  ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1
+}
 if ! port_open 5432; then
-  echo "services: starting PostgreSQL"
   need_root "starting PostgreSQL"
-  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  version=$(cluster_version)
+  if [ -z "$version" ]; then
+    version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    echo "services: creating PostgreSQL cluster $version/main"
+    pg_createcluster "$version" main >/dev/null
+  fi
+  echo "services: starting PostgreSQL $version"
   pg_ctlcluster --skip-systemctl-redirect "$version" main start
   wait_port 5432 PostgreSQL
 fi
-if ! psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; then
+for _ in $(seq 1 60); do
+  pg_isready -q -h 127.0.0.1 -p 5432 && break
+  sleep 0.5
+done
+pg_isready -q -h 127.0.0.1 -p 5432 || { echo "services: PostgreSQL does not accept connections" >&2; exit 1; }
+if ! psql -w -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; then
   # A fresh Debian cluster asks for a password on TCP; local development and CI use
-  # trust on the loopback only.
-  echo "services: allowing local connections for user postgres (trust on 127.0.0.1)"
+  # trust for user postgres on the loopback only.
   need_root "configuring PostgreSQL"
-  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  version=$(cluster_version)
   hba=/etc/postgresql/$version/main/pg_hba.conf
-  sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' "$hba"
-  pg_ctlcluster --skip-systemctl-redirect "$version" main reload
-  sleep 1
-  psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null
+  if ! grep -q '^host all postgres 127.0.0.1/32 trust' "$hba"; then
+    echo "services: allowing local connections for user postgres (trust on 127.0.0.1)"
+    sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' "$hba"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+    sleep 1
+  fi
+  if ! psql -w -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null; then
+    echo "services: cannot connect to PostgreSQL as postgres on 127.0.0.1" >&2
+    exit 1
+  fi
 fi
 echo "services: RabbitMQ and PostgreSQL are up"

@@ -884,6 +884,16 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_is_never_refused_for_a_stale_subscriber_block() {
+        let mut body = sync_body();
+        body["type"] = json!("cancel");
+        body["subscriber"]["document"] = json!("529.982.247-26");
+        let e = parse_value("contract.cancel", &body).expect("valid: the subscriber is not read");
+        assert_eq!(e.event_type, EventType::Cancel);
+        assert!(e.sync.is_none());
+    }
+
+    #[test]
     fn documents_follow_their_check_digits() {
         assert!(Document::parse("52998224725").is_ok());
         assert!(Document::parse("11.222.333/0001-81").is_ok());

@@ -232,3 +232,53 @@ async fn replicas_migrating_at_once_do_not_race() {
     assert_eq!(n, 2, "each migration applied once");
     w.close().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn a_sync_that_reached_skeelo_unrecorded_is_cancelled_when_the_cancel_wins() {
+    // The sync's create reached Skeelo, then its transaction never committed (a crash,
+    // a lost connection): the contract is marked uncertain and the facts know nothing.
+    let mut w = World::new().await.expect("world");
+    let settings = w.settings();
+    let client = SkeeloClient::new(settings.skeelo.clone(), Metrics::new().expect("metrics"))
+        .expect("client");
+    let sync = ev(Sync, "U1", 1);
+    let event = skeelo_shared::event::parse("contract.sync", sync.to_string().as_bytes())
+        .expect("valid sample");
+    let details = event.sync.expect("details");
+    let profile = Profile::from_sync(&details);
+    client
+        .create(&NewSubscription {
+            external_id: "U1",
+            document: details.subscriber.document.digits(),
+            profile: &profile,
+        })
+        .await
+        .expect("created directly");
+    w.start_fleet(settings).await.expect("fleet");
+    w.db()
+        .await
+        .expect("db")
+        .execute("INSERT INTO skeelo_uncertain (contract_id) VALUES ('U1')", &[])
+        .await
+        .expect("marked");
+
+    // The cancel comes first: the fleet reads Skeelo back and cancels what it finds.
+    let cancel = ev(Cancel, "U1", 2);
+    w.publish(&cancel).await.expect("published");
+    w.wait_for_events(std::slice::from_ref(&cancel), WAIT).await.expect("result");
+    w.publish(&sync).await.expect("published");
+    w.wait_for_events(std::slice::from_ref(&sync), WAIT).await.expect("result");
+    assert_eq!(w.result_for(&cancel).map(|r| r.outcome), Some(Outcome::Applied));
+    assert_eq!(w.result_for(&sync).map(|r| r.outcome), Some(Outcome::Superseded));
+    assert_eq!(w.sim.subscription("U1").map(|s| s.status).as_deref(), Some("cancelled"));
+    let marks: i64 = w
+        .db()
+        .await
+        .expect("db")
+        .query_one("SELECT count(*) FROM skeelo_uncertain", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(marks, 0, "the answer is recorded; the doubt is gone");
+    w.close().await.expect("cleanup");
+}
