@@ -923,9 +923,73 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = parse("contract.sync", &bytes);
         }
+
+        /// Valid bodies with random damage: every answer is a valid event or a typed
+        /// error with a reason from the fixed set, never a panic.
+        #[test]
+        fn damaged_bodies_get_a_typed_answer(
+            damage in proptest::collection::vec((0usize..12, any_json()), 1..6),
+            key in proptest::sample::select(vec!["contract.sync", "contract.cancel", "contract.block", "nope"]),
+        ) {
+            let mut body = sync_body();
+            if let Some(t) = key.strip_prefix("contract.") {
+                body["type"] = json!(t);
+            }
+            let paths = ["/event_id", "/type", "/occurred_at", "/contract/id", "/contract/version",
+                "/contract/products", "/contract/plan", "/subscriber/document", "/subscriber/email",
+                "/subscriber/name", "/actor", "/subscriber"];
+            for (field, value) in damage {
+                // A path that an earlier change removed is simply not there any more.
+                if let Some(slot) = body.pointer_mut(paths[field % paths.len()]) {
+                    *slot = value;
+                }
+            }
+            match parse(key, body.to_string().as_bytes()) {
+                Ok(e) => {
+                    proptest::prop_assert!(e.version.get() >= 1);
+                    proptest::prop_assert!(!e.contract_id.is_empty());
+                    proptest::prop_assert_eq!(Some(e.event_type), EventType::from_routing_key(key));
+                    if let Some(s) = &e.sync {
+                        proptest::prop_assert!(Document::parse(s.subscriber.document.digits()).is_ok());
+                        proptest::prop_assert!(!s.products.is_empty());
+                    }
+                }
+                Err(err) => {
+                    let known = ["not_json", "missing_field", "invalid_field", "invalid_document",
+                        "invalid_email", "unknown_routing_key", "type_mismatch", "unknown_product"];
+                    proptest::prop_assert!(known.contains(&err.reason()));
+                    proptest::prop_assert!(!err.to_string().is_empty());
+                }
+            }
+        }
+    }
+
+    /// Any JSON value, with strings that include control characters and odd Unicode.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,40}".prop_map(Value::from),
+            Just(json!("529.982.247-25")),
+            Just(json!("a@b.co")),
+            Just(json!(["SKEELO-EBOOKS"])),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
     }
 }

@@ -371,3 +371,92 @@ impl World {
         Ok(())
     }
 }
+
+/// What Skeelo should hold at the end, worked out independently of the fleet's rules
+/// module: apply the history in version order, the way a person reads CONTRACT §2.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// Never created, or cancelled: no access, ever again.
+    Gone,
+    /// Active or inactive, with these products.
+    Live {
+        /// `active` or `inactive`.
+        status: &'static str,
+        /// Sorted SKUs.
+        products: Vec<String>,
+    },
+}
+
+/// The end a contract's history calls for.
+pub fn expected(history: &[Value]) -> Expected {
+    let (mut synced, mut suspended, mut blocked, mut cancelled) = (false, false, false, false);
+    let mut products = Vec::new();
+    for e in history {
+        let t = e["type"].as_str().unwrap_or_default();
+        if cancelled {
+            continue; // nothing moves a cancelled contract
+        }
+        match t {
+            "sync" => {
+                synced = true;
+                products = e["contract"]["products"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            }
+            "suspend" => suspended = true,
+            "reactivate" => suspended = false,
+            "block" => blocked = true,
+            "unblock" => blocked = false,
+            "cancel" => cancelled = true,
+            _ => {}
+        }
+    }
+    products.sort();
+    if !synced || cancelled {
+        return Expected::Gone;
+    }
+    let status = if suspended || blocked {
+        "inactive"
+    } else {
+        "active"
+    };
+    Expected::Live { status, products }
+}
+
+/// What the simulator holds for a contract, in the same terms.
+pub fn at_skeelo(sim: &SimHandle, contract_id: &str) -> Expected {
+    match sim.subscription(contract_id) {
+        None => Expected::Gone,
+        Some(s) if s.status == "cancelled" => Expected::Gone,
+        Some(s) => {
+            let mut products = s.products.clone();
+            products.sort();
+            let status = if s.status == "active" {
+                "active"
+            } else {
+                "inactive"
+            };
+            Expected::Live { status, products }
+        }
+    }
+}
+
+/// The contracts whose end at Skeelo differs from their history's, in words.
+pub fn wrong_at_skeelo(
+    sim: &SimHandle,
+    histories: &std::collections::BTreeMap<String, Vec<Value>>,
+) -> Vec<String> {
+    histories
+        .iter()
+        .filter_map(|(id, h)| {
+            let want = expected(h);
+            let got = at_skeelo(sim, id);
+            (got != want).then(|| format!("{id}: want {want:?}, got {got:?}"))
+        })
+        .collect()
+}

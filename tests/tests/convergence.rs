@@ -10,58 +10,6 @@ use serde_json::Value;
 use skeelo_sim::{Faults, SimConfig};
 use skeelo_tests::World;
 
-/// What Skeelo should hold at the end, worked out independently of the fleet's rules
-/// module: apply the history in version order, the way a person reads CONTRACT §2.
-#[derive(Debug, PartialEq, Eq)]
-enum Expected {
-    /// Never created, or cancelled: no access, ever again.
-    Gone,
-    Live {
-        status: &'static str,
-        products: Vec<String>,
-    },
-}
-
-fn expected(history: &[Value]) -> Expected {
-    let (mut synced, mut suspended, mut blocked, mut cancelled) = (false, false, false, false);
-    let mut products = Vec::new();
-    for e in history {
-        let t = e["type"].as_str().unwrap_or_default();
-        if cancelled {
-            continue; // nothing moves a cancelled contract
-        }
-        match t {
-            "sync" => {
-                synced = true;
-                products = e["contract"]["products"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|p| p.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-            }
-            "suspend" => suspended = true,
-            "reactivate" => suspended = false,
-            "block" => blocked = true,
-            "unblock" => blocked = false,
-            "cancel" => cancelled = true,
-            _ => {}
-        }
-    }
-    products.sort();
-    if !synced || cancelled {
-        return Expected::Gone;
-    }
-    let status = if suspended || blocked {
-        "inactive"
-    } else {
-        "active"
-    };
-    Expected::Live { status, products }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_random_contracts_in_random_order_with_failing_skeelo_all_end_right() {
     let mut w = World::with_sim(SimConfig::default()).await.expect("world");
@@ -105,27 +53,7 @@ async fn three_hundred_random_contracts_in_random_order_with_failing_skeelo_all_
             .find(|r| r.outcome.as_str() == "dead_lettered")
     );
 
-    let mut wrong = Vec::new();
-    for (id, h) in &histories {
-        let want = expected(h);
-        let got = match w.sim.subscription(id) {
-            None => Expected::Gone,
-            Some(s) if s.status == "cancelled" => Expected::Gone,
-            Some(s) => {
-                let mut products = s.products.clone();
-                products.sort();
-                let status = if s.status == "active" {
-                    "active"
-                } else {
-                    "inactive"
-                };
-                Expected::Live { status, products }
-            }
-        };
-        if got != want {
-            wrong.push(format!("{id}: want {want:?}, got {got:?}"));
-        }
-    }
+    let wrong = skeelo_tests::wrong_at_skeelo(&w.sim, &histories);
     assert!(
         wrong.is_empty(),
         "{} contracts wrong:\n{}",

@@ -258,19 +258,35 @@ async fn a_sync_that_reached_skeelo_unrecorded_is_cancelled_when_the_cancel_wins
     w.db()
         .await
         .expect("db")
-        .execute("INSERT INTO skeelo_uncertain (contract_id) VALUES ('U1')", &[])
+        .execute(
+            "INSERT INTO skeelo_uncertain (contract_id) VALUES ('U1')",
+            &[],
+        )
         .await
         .expect("marked");
 
     // The cancel comes first: the fleet reads Skeelo back and cancels what it finds.
     let cancel = ev(Cancel, "U1", 2);
     w.publish(&cancel).await.expect("published");
-    w.wait_for_events(std::slice::from_ref(&cancel), WAIT).await.expect("result");
+    w.wait_for_events(std::slice::from_ref(&cancel), WAIT)
+        .await
+        .expect("result");
     w.publish(&sync).await.expect("published");
-    w.wait_for_events(std::slice::from_ref(&sync), WAIT).await.expect("result");
-    assert_eq!(w.result_for(&cancel).map(|r| r.outcome), Some(Outcome::Applied));
-    assert_eq!(w.result_for(&sync).map(|r| r.outcome), Some(Outcome::Superseded));
-    assert_eq!(w.sim.subscription("U1").map(|s| s.status).as_deref(), Some("cancelled"));
+    w.wait_for_events(std::slice::from_ref(&sync), WAIT)
+        .await
+        .expect("result");
+    assert_eq!(
+        w.result_for(&cancel).map(|r| r.outcome),
+        Some(Outcome::Applied)
+    );
+    assert_eq!(
+        w.result_for(&sync).map(|r| r.outcome),
+        Some(Outcome::Superseded)
+    );
+    assert_eq!(
+        w.sim.subscription("U1").map(|s| s.status).as_deref(),
+        Some("cancelled")
+    );
     let marks: i64 = w
         .db()
         .await
