@@ -51,8 +51,11 @@ CREATE TABLE operator_actions (
 -- first Skeelo call of an event and cleared by the commit that records the answers. A
 -- mark that survives means calls were made whose answers were never recorded (a crash,
 -- a failed commit, a failure mid-plan): the next event of that contract asks Skeelo
--- what it holds before planning.
+-- what it holds before planning. `owner` is the attempt that made the calls; another
+-- attempt waits until those calls cannot still be in flight (`since` + the call budget)
+-- before it reads Skeelo back, so a late answer cannot land after the read.
 CREATE TABLE skeelo_uncertain (
     contract_id text PRIMARY KEY,
+    owner       uuid NOT NULL,
     since       timestamptz NOT NULL DEFAULT now()
 );

@@ -55,7 +55,16 @@ pub struct ContractState {
     /// What Skeelo held after the last successful call.
     pub held: Option<Held>,
     /// Calls were made whose answers were never recorded: ask Skeelo before planning.
-    pub uncertain: bool,
+    pub uncertain: Option<Uncertain>,
+}
+
+/// Who made the unrecorded calls, and how long ago they began.
+#[derive(Debug, Clone, Copy)]
+pub struct Uncertain {
+    /// The attempt that made them.
+    pub owner: uuid::Uuid,
+    /// Time since they began.
+    pub age: std::time::Duration,
 }
 
 /// The first decision about an event id, repeated to the ERP on redelivery.
@@ -124,13 +133,19 @@ impl Store {
         })
     }
 
-    /// Marks a contract uncertain, committed at once (see [`ContractState::uncertain`]).
-    pub async fn mark_uncertain(&self, contract_id: &str) -> Result<(), StoreError> {
+    /// Marks a contract uncertain for the calls `owner` is about to make, committed at
+    /// once (see [`ContractState::uncertain`]).
+    pub async fn mark_uncertain(
+        &self,
+        contract_id: &str,
+        owner: uuid::Uuid,
+    ) -> Result<(), StoreError> {
         let client = self.marks.get().await?;
         client
             .execute(
-                "INSERT INTO skeelo_uncertain (contract_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                &[&contract_id],
+                "INSERT INTO skeelo_uncertain (contract_id, owner) VALUES ($1, $2)
+                 ON CONFLICT (contract_id) DO UPDATE SET owner = EXCLUDED.owner, since = now()",
+                &[&contract_id, &owner],
             )
             .await?;
         Ok(())
@@ -145,6 +160,24 @@ impl Store {
     /// A pooled connection, for queries this module does not own (operators' reports).
     pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// The attempt `owner` ended and none of its calls is in flight any more: others
+    /// may read Skeelo back at once (the mark stays: the answers are still unrecorded).
+    pub async fn release_uncertain(
+        &self,
+        contract_id: &str,
+        owner: uuid::Uuid,
+    ) -> Result<(), StoreError> {
+        let client = self.marks.get().await?;
+        client
+            .execute(
+                "UPDATE skeelo_uncertain SET since = now() - interval '1 day'
+                 WHERE contract_id = $1 AND owner = $2",
+                &[&contract_id, &owner],
+            )
+            .await?;
+        Ok(())
     }
 
     /// `true` when a connection answers within two seconds. Uses the marks pool, so a
@@ -262,14 +295,20 @@ pub async fn lock(tx: &Transaction<'_>, contract_id: &str) -> Result<ContractSta
     .await?;
     let row = tx
         .query_one(
-            "SELECT facts, skeelo,
-                    EXISTS (SELECT 1 FROM skeelo_uncertain WHERE contract_id = $1)
-             FROM contracts WHERE id = $1 FOR UPDATE",
+            "SELECT c.facts, c.skeelo, u.owner,
+                    EXTRACT(EPOCH FROM (now() - u.since))::float8
+             FROM contracts c LEFT JOIN skeelo_uncertain u ON u.contract_id = c.id
+             WHERE c.id = $1 FOR UPDATE OF c",
             &[&contract_id],
         )
         .await?;
     let mut state = state_from(row.get(0), row.get(1))?;
-    state.uncertain = row.get(2);
+    let owner: Option<uuid::Uuid> = row.get(2);
+    let age: Option<f64> = row.get(3);
+    state.uncertain = owner.map(|owner| Uncertain {
+        owner,
+        age: std::time::Duration::from_secs_f64(age.unwrap_or(0.0).max(0.0)),
+    });
     Ok(state)
 }
 
@@ -430,7 +469,7 @@ fn state_from(facts: Value, held: Option<Value>) -> Result<ContractState, StoreE
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        uncertain: false,
+        uncertain: None,
     })
 }
 

@@ -130,6 +130,7 @@ impl World {
                 immediate_base: Duration::from_millis(10),
                 delays: vec![Duration::from_millis(100), Duration::from_millis(300)],
                 max_attempts: 6,
+                call_budget: Duration::from_secs(3),
             },
             outage: skeelo_workers::Outage {
                 trip: skeelo_workers::Trip {

@@ -239,3 +239,82 @@ async fn a_thirty_second_outage_dead_letters_nothing_and_loses_nothing() {
     }
     w.close().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn what_rabbitmq_dead_letters_by_itself_reaches_the_table() {
+    let mut w = World::new().await.expect("world");
+    let settings = w.settings();
+    w.start_fleet(settings).await.expect("fleet");
+    // As when a message exceeds its delivery limit: RabbitMQ routes it to the dead
+    // exchange with an x-death header naming where it came from.
+    let sync = sample::event(Sync, "BR1", 1, &["SKEELO-EBOOKS"]);
+    let mut death = lapin::types::FieldTable::default();
+    death.insert(
+        "reason".into(),
+        skeelo_shared::broker::long_string("delivery_limit"),
+    );
+    death.insert(
+        "queue".into(),
+        skeelo_shared::broker::long_string("erp.contracts.sync"),
+    );
+    death.insert("count".into(), lapin::types::AMQPValue::LongLongInt(50));
+    death.insert(
+        "routing-keys".into(),
+        lapin::types::AMQPValue::FieldArray(
+            vec![skeelo_shared::broker::long_string("contract.sync")].into(),
+        ),
+    );
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-death".into(),
+        lapin::types::AMQPValue::FieldArray(
+            vec![lapin::types::AMQPValue::FieldTable(death)].into(),
+        ),
+    );
+    let conn = skeelo_shared::broker::connect(&w.amqp_url, "test")
+        .await
+        .expect("connect");
+    let publisher = skeelo_shared::broker::Publisher::open(&conn)
+        .await
+        .expect("publisher");
+    let id = sync["event_id"].as_str().unwrap_or_default();
+    publisher
+        .publish(
+            skeelo_shared::broker::DEAD_EXCHANGE,
+            "erp.contracts.sync",
+            id,
+            sync.to_string().as_bytes(),
+            headers,
+        )
+        .await
+        .expect("published");
+    w.wait_for_events(std::slice::from_ref(&sync), WAIT)
+        .await
+        .expect("a result");
+    assert_eq!(
+        w.result_for(&sync).map(|r| r.outcome),
+        Some(Outcome::DeadLettered)
+    );
+    assert_eq!(
+        w.dead_letters("parked").await.expect("dead"),
+        vec![("broker".into(), "delivery_limit".into())]
+    );
+    let db = w.db().await.expect("db");
+    let row = db
+        .query_one(
+            "SELECT routing_key, type, contract_id FROM dead_letters",
+            &[],
+        )
+        .await
+        .expect("row");
+    assert_eq!(
+        row.get::<_, String>(0),
+        "contract.sync",
+        "the original routing key, to requeue it as it was"
+    );
+    assert_eq!(row.get::<_, String>(1), "sync");
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("BR1"));
+    assert!(w.sim.subscription("BR1").is_none(), "parked, not applied");
+    let _ = conn.close(200, "done".into()).await;
+    w.close().await.expect("cleanup");
+}

@@ -259,7 +259,8 @@ async fn a_sync_that_reached_skeelo_unrecorded_is_cancelled_when_the_cancel_wins
         .await
         .expect("db")
         .execute(
-            "INSERT INTO skeelo_uncertain (contract_id) VALUES ('U1')",
+            "INSERT INTO skeelo_uncertain (contract_id, owner, since)
+             VALUES ('U1', gen_random_uuid(), now() - interval '1 hour')",
             &[],
         )
         .await
@@ -296,5 +297,51 @@ async fn a_sync_that_reached_skeelo_unrecorded_is_cancelled_when_the_cancel_wins
         .expect("count")
         .get(0);
     assert_eq!(marks, 0, "the answer is recorded; the doubt is gone");
+    w.close().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn another_attempts_calls_that_may_still_be_in_flight_are_waited_for() {
+    // A worker died mid-call a moment ago: its call could still land at Skeelo. The
+    // next event of that contract waits past the call budget before reading back.
+    let mut w = World::new().await.expect("world");
+    let settings = w.settings();
+    let fence = settings.retry.fence();
+    w.start_fleet(settings).await.expect("fleet");
+    w.publish(&ev(Sync, "F1", 1)).await.expect("published");
+    w.wait_results(1, WAIT).await.expect("synced");
+    w.db()
+        .await
+        .expect("db")
+        .execute(
+            "INSERT INTO skeelo_uncertain (contract_id, owner) VALUES ('F1', gen_random_uuid())",
+            &[],
+        )
+        .await
+        .expect("marked");
+    let started = std::time::Instant::now();
+    let block = ev(Block, "F1", 2);
+    w.publish(&block).await.expect("published");
+    w.wait_for_events(std::slice::from_ref(&block), WAIT)
+        .await
+        .expect("result");
+    assert!(
+        started.elapsed() >= fence - Duration::from_millis(300),
+        "it waited: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        w.result_for(&block).map(|r| r.outcome),
+        Some(Outcome::Applied)
+    );
+    assert_eq!(
+        w.sim.subscription("F1").map(|s| s.status).as_deref(),
+        Some("inactive")
+    );
+    assert_eq!(
+        w.sim.request_count("get_subscription", 200),
+        1,
+        "read back once the fence passed"
+    );
     w.close().await.expect("cleanup");
 }

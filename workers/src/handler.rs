@@ -27,6 +27,9 @@ use tracing::Instrument;
 
 use crate::App;
 
+/// The start of the error text when an event's calls outlived the call budget.
+const CALL_BUDGET_SPENT: &str = "Skeelo calls took longer than the call budget";
+
 /// What the consumer loop does with the delivery once the handler is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Disposition {
@@ -51,6 +54,12 @@ pub(crate) struct Message<'a> {
 }
 
 impl ApplyError {
+    /// A call may still be in flight: the call budget ran out and the request was
+    /// dropped while Skeelo may still be working on it.
+    fn in_flight(&self) -> bool {
+        matches!(self, ApplyError::Skeelo(SkeeloError::Transient(m)) if m.starts_with(CALL_BUDGET_SPENT))
+    }
+
     /// The database refused the data itself (SQLSTATE class 22 data exception, 23
     /// integrity): no retry can help, and it says nothing about the database's health.
     fn data_refused(&self) -> Option<String> {
@@ -107,6 +116,9 @@ impl<'a> Message<'a> {
 enum ApplyError {
     #[error(transparent)]
     Invalid(InvalidEvent),
+    /// Another attempt's calls to Skeelo may still be in flight: wait this long.
+    #[error("another attempt's calls to Skeelo may still be in flight")]
+    Fenced(Duration),
     #[error(transparent)]
     Skeelo(#[from] SkeeloError),
     #[error(transparent)]
@@ -163,12 +175,15 @@ async fn handle_event(
 ) -> (Disposition, Option<Outcome>) {
     let started = Instant::now();
     let mut tries = 0;
+    // Names this handling's calls to Skeelo (see `skeelo_uncertain`): its own unrecorded
+    // calls have all returned when it tries again, so it may read Skeelo back at once.
+    let attempt = uuid::Uuid::new_v4();
     let result = loop {
         tries += 1;
         // A delayed copy, a redelivery or a second try here may find its own earlier
         // attempt committed: then the ERP gets that attempt's result again.
         let repeat_first = msg.redelivered || msg.attempts > 0 || tries > 1;
-        let failure = match apply(app, &event, repeat_first).await {
+        let failure = match apply(app, &event, repeat_first, attempt).await {
             Ok(result) => {
                 app.skeelo_health.success();
                 app.db_health.success();
@@ -176,6 +191,18 @@ async fn handle_event(
             }
             Err(e) => e,
         };
+        if !matches!(failure, ApplyError::Fenced(_) | ApplyError::Invalid(_))
+            && !failure.in_flight()
+        {
+            // Every call of this attempt has returned: nothing of it can land later.
+            if let Err(e) = app
+                .store
+                .release_uncertain(&event.contract_id, attempt)
+                .await
+            {
+                tracing::warn!(error = %e, "could not release the contract's uncertainty mark");
+            }
+        }
         let id = event.event_id.to_string();
         let parking = |reason, class: String, error: String, attempts| Parking {
             from_dead_queue: false,
@@ -198,6 +225,13 @@ async fn handle_event(
             return park_and_tell(app, msg, &p).await;
         }
         match failure {
+            ApplyError::Fenced(wait) => {
+                tracing::info!(
+                    wait_ms = wait.as_millis() as u64,
+                    "another attempt's calls may still be in flight; waiting"
+                );
+                return delay_at_least(app, msg, wait).await;
+            }
             ApplyError::Invalid(invalid) => {
                 let class = invalid.reason().to_string();
                 let p = parking(Reason::Invalid, class, invalid.to_string(), msg.attempts);
@@ -306,6 +340,27 @@ async fn retry_later(
 /// Not the event's fault (throttling, an outage): back later, no attempt spent.
 async fn postpone(app: &App, msg: &Message<'_>, why: &str) -> (Disposition, Option<Outcome>) {
     delay(app, msg, msg.attempts, 0, why).await
+}
+
+/// Back after at least `wait` (the shortest configured delay that long), no attempt spent.
+async fn delay_at_least(
+    app: &App,
+    msg: &Message<'_>,
+    wait: Duration,
+) -> (Disposition, Option<Outcome>) {
+    let delays = &app.settings.retry.delays;
+    let step = delays
+        .iter()
+        .position(|d| *d >= wait)
+        .unwrap_or(delays.len().saturating_sub(1));
+    delay(
+        app,
+        msg,
+        msg.attempts,
+        step,
+        "waiting for another attempt's calls to Skeelo",
+    )
+    .await
 }
 
 /// Hands a copy to the delay queue of `step` (confirmed), then acks the original.
@@ -464,7 +519,12 @@ async fn park_and_tell(
 }
 
 /// One attempt, in one transaction under the contract's row lock.
-async fn apply(app: &App, event: &Event, repeat_first: bool) -> Result<EventResult, ApplyError> {
+async fn apply(
+    app: &App,
+    event: &Event,
+    repeat_first: bool,
+    attempt: uuid::Uuid,
+) -> Result<EventResult, ApplyError> {
     let mut client = app.store.begin().await?;
     let tx = client.transaction().await?;
     let state = store::lock(&tx, &event.contract_id).await?;
@@ -503,27 +563,44 @@ async fn apply(app: &App, event: &Event, repeat_first: bool) -> Result<EventResu
     }
     let target = lifecycle::target(&decision.facts);
     let mut held = state.held;
-    if state.uncertain {
-        // Calls were made before whose answers were never recorded: ask Skeelo.
+    if let Some(mark) = state.uncertain {
+        // Calls were made before whose answers were never recorded: ask Skeelo. If
+        // another attempt made them, only once they cannot still be in flight.
+        let fence = app.settings.retry.fence();
+        if mark.owner != attempt && mark.age < fence {
+            return Err(ApplyError::Fenced(fence - mark.age));
+        }
         tracing::warn!("Skeelo's state of this contract is uncertain; reading it back");
         held = app.skeelo.get(&event.contract_id).await?.map(|s| s.held());
     }
     if !lifecycle::plan(held.as_ref(), &target).is_empty() {
-        app.store.mark_uncertain(&event.contract_id).await?;
+        app.store
+            .mark_uncertain(&event.contract_id, attempt)
+            .await?;
     }
     let document = decision
         .facts
         .synced
         .as_ref()
         .map(|s| s.details.subscriber.document.digits().to_string());
-    let (held, calls) =
-        reconcile(app, &event.contract_id, document.as_deref(), held, &target).await?;
+    let budget = app.settings.retry.call_budget;
+    let calls = reconcile(
+        app,
+        &tx,
+        &event.contract_id,
+        document.as_deref(),
+        held,
+        &target,
+    );
+    let (held, calls) = tokio::time::timeout(budget, calls)
+        .await
+        .map_err(|_| SkeeloError::Transient(format!("{CALL_BUDGET_SPENT} ({budget:?})")))??;
     let outcome = Outcome::from(decision.verdict);
     let status = held.as_ref().map(|h| h.status);
     let next = ContractState {
         facts: decision.facts,
         held,
-        uncertain: false,
+        uncertain: None,
     };
     let applied = Applied {
         contract_id: &event.contract_id,
@@ -539,6 +616,7 @@ async fn apply(app: &App, event: &Event, repeat_first: bool) -> Result<EventResu
 /// subscription or one changed behind our back may need other calls than planned).
 async fn reconcile(
     app: &App,
+    tx: &deadpool_postgres::Transaction<'_>,
     contract_id: &str,
     document: Option<&str>,
     mut held: Option<Held>,
@@ -557,6 +635,9 @@ async fn reconcile(
             .into());
         }
         made += 1;
+        // No call leaves once this transaction is gone: the row lock is what makes this
+        // attempt the only one calling Skeelo for this contract.
+        tx.simple_query("").await?;
         let skeelo = &app.skeelo;
         held = match (call, target) {
             (Call::Create, Target::Present(want)) => {

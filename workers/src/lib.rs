@@ -65,6 +65,18 @@ pub struct Retry {
     pub delays: Vec<Duration>,
     /// Rounds before the event is parked as a dead letter.
     pub max_attempts: u32,
+    /// Longest time one event may spend calling Skeelo; a call still running then is
+    /// dropped. It bounds how long an attempt whose transaction died can still reach
+    /// Skeelo.
+    pub call_budget: Duration,
+}
+
+impl Retry {
+    /// How long another attempt waits before reading Skeelo back after unrecorded
+    /// calls: past the call budget, so a late answer cannot land after the read.
+    pub fn fence(&self) -> Duration {
+        self.call_budget + self.call_budget / 3
+    }
 }
 
 /// Outage mode settings.

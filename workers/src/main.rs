@@ -192,6 +192,7 @@ fn main() -> ExitCode {
             immediate_base: Duration::from_millis(cli.retry_base_ms),
             delays: cli.retry_delays.0,
             max_attempts: cli.max_attempts.max(1),
+            call_budget: Duration::from_secs(45),
         },
         outage: Outage {
             trip: Trip {

@@ -23,7 +23,26 @@ use skeelo_shared::outcome::{EventResult, Outcome};
 use skeelo_sim::{Faults, SimConfig};
 use skeelo_tests::World;
 
-fn worker(w: &World, name: &str, http_port: u16) -> Child {
+/// A worker process that is killed when the test ends, whatever way it ends: a failed
+/// run must not leave processes holding ports for the next one.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn worker(w: &World, name: &str, http_port: u16) -> Worker {
     let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos");
     let _ = std::fs::create_dir_all(&log_dir);
     let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).expect("log file");
@@ -42,6 +61,7 @@ fn worker(w: &World, name: &str, http_port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
+        .map(Worker)
         .expect("skeelo-workers starts")
 }
 
@@ -138,7 +158,7 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
         ..SimConfig::default()
     };
     let w = World::with_sim(config).await.expect("world");
-    let (port_a, port_b) = (39_401, 39_402);
+    let (port_a, port_b) = (free_port(), free_port());
     let mut a = worker(&w, "worker-a", port_a);
     let b = worker(&w, "worker-b", port_b);
     wait_ready(port_a).await;
@@ -165,8 +185,8 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
     publish_all(&w.amqp_url, &batches[0]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("chaos {:?}: SIGKILL worker a", started.elapsed());
-    a.kill().expect("SIGKILL");
-    let _ = a.wait();
+    a.0.kill().expect("SIGKILL");
+    let _ = a.0.wait();
     publish_all(&w.amqp_url, &batches[1]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     a = worker(&w, "worker-a2", port_a);
@@ -254,9 +274,9 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
 
     for mut p in [a, b] {
         let _ = Command::new("kill")
-            .args(["-TERM", &p.id().to_string()])
+            .args(["-TERM", &p.0.id().to_string()])
             .status();
-        let status = p.wait().expect("worker exits");
+        let status = p.0.wait().expect("worker exits");
         assert!(status.success(), "a SIGTERM stop exits 0: {status:?}");
     }
     w.close().await.expect("cleanup");
