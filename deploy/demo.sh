@@ -77,7 +77,7 @@ echo "== subscribers, as the fleet recorded them (skeelo-ops subscribers --statu
 "$bin/skeelo-ops" subscribers --status all --limit 20
 echo
 echo "== what Skeelo ended with, asked through its partner API (skeelo-ops check)"
-"$bin/skeelo-ops" check --rate 40
+"$bin/skeelo-ops" check
 echo
 first=$(head -n 1 "$run_dir/events.jsonl" | sed -E 's/.*"id":"([^"]+)".*/\1/')
 echo "== one contract's story (skeelo-ops contract show $first)"

@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 use skeelo_shared::lifecycle::{self, Target};
 use skeelo_shared::metrics::Metrics;
+use skeelo_shared::pacer::{Pacer, Weights};
 use skeelo_shared::skeelo::{ClientConfig, Credentials, SkeeloClient};
 
 use crate::table;
@@ -23,9 +24,9 @@ pub(crate) struct Args {
     /// Print only the contracts that differ.
     #[arg(long)]
     drift_only: bool,
-    /// Requests per second to Skeelo (keep it well under the partner rate the
-    /// fleet uses).
-    #[arg(long, default_value_t = NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN))]
+    /// The partner rate (requests per second), shared with the fleet through the
+    /// database: the check's reads take their turns with the fleet's calls.
+    #[arg(long, env = "SKEELO_RATE_PER_SECOND")]
     rate: NonZeroU32,
     /// PostgreSQL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -60,10 +61,10 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 client_id: a.skeelo_client_id.clone(),
                 client_secret: a.skeelo_client_secret.clone(),
             },
-            rate_per_second: Some(a.rate),
             timeout: Duration::from_secs(10),
         },
         Metrics::new()?,
+        Pacer::fleet(store.clone(), a.rate, Weights::default()),
     )?;
     let client = store.client().await?;
     let ids: Vec<String> = client

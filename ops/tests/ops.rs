@@ -16,6 +16,7 @@ fn ops(w: &World, args: &[&str]) -> Output {
         .env("SKEELO_BASE_URL", w.sim.base_url())
         .env("SKEELO_CLIENT_ID", "demo-client")
         .env("SKEELO_CLIENT_SECRET", "demo-secret")
+        .env("SKEELO_RATE_PER_SECOND", "50")
         .output()
         .expect("skeelo-ops runs")
 }

@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod mask;
 pub mod metrics;
 pub mod outcome;
+pub mod pacer;
 pub mod sample;
 pub mod skeelo;
 pub mod store;

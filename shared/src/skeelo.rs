@@ -8,11 +8,9 @@
 //! the caller must do: [`SkeeloError::is_transient`] means "try again later".
 
 use std::fmt;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -21,6 +19,7 @@ use tokio::sync::Mutex;
 use crate::event::{Email, Phone};
 use crate::lifecycle::{Changes, Held, Profile, Status};
 use crate::metrics::Metrics;
+use crate::pacer::Pacer;
 
 /// Partner credentials. `Debug` never shows the secret.
 #[derive(Clone)]
@@ -47,8 +46,6 @@ pub struct ClientConfig {
     pub base_url: String,
     /// Partner credentials.
     pub credentials: Credentials,
-    /// The partner rate for this process (requests per second); `None` for no limit.
-    pub rate_per_second: Option<NonZeroU32>,
     /// Limit for one request, connect included.
     pub timeout: Duration,
 }
@@ -194,8 +191,7 @@ struct Inner {
     base: String,
     credentials: Credentials,
     token: Mutex<Option<Token>>,
-    limiter: Option<DefaultDirectRateLimiter>,
-    paused_until: std::sync::Mutex<Option<Instant>>,
+    pacer: Pacer,
     metrics: Metrics,
 }
 
@@ -209,8 +205,13 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl SkeeloClient {
-    /// Builds a client; fails only when the TLS backend cannot start.
-    pub fn new(config: ClientConfig, metrics: Metrics) -> Result<SkeeloClient, SkeeloError> {
+    /// Builds a client whose every request waits for a turn from `pacer`; fails only
+    /// when the TLS backend cannot start.
+    pub fn new(
+        config: ClientConfig,
+        metrics: Metrics,
+        pacer: Pacer,
+    ) -> Result<SkeeloClient, SkeeloError> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
@@ -218,17 +219,13 @@ impl SkeeloClient {
             .user_agent(concat!("skeelo-bridge/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SkeeloError::Transient(format!("cannot build the HTTP client: {e}")))?;
-        let limiter = config
-            .rate_per_second
-            .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN)));
         Ok(SkeeloClient {
             inner: Arc::new(Inner {
                 http,
                 base: config.base_url.trim_end_matches('/').to_string(),
                 credentials: config.credentials,
                 token: Mutex::new(None),
-                limiter,
-                paused_until: std::sync::Mutex::new(None),
+                pacer,
                 metrics,
             }),
         })
@@ -494,24 +491,10 @@ impl SkeeloClient {
             .inc();
     }
 
-    /// Waits for the shared 429 pause, then for this call's turn in the partner rate.
+    /// Waits for this call's turn in the partner rate (and any 429 pause).
     async fn wait_turn(&self) {
         let started = Instant::now();
-        loop {
-            let until = self
-                .inner
-                .paused_until
-                .lock()
-                .map(|p| *p)
-                .unwrap_or_default();
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
-                _ => break,
-            }
-        }
-        if let Some(limiter) = &self.inner.limiter {
-            limiter.until_ready().await;
-        }
+        self.inner.pacer.turn().await;
         let waited = started.elapsed().as_secs_f64();
         if waited > 0.0 {
             self.inner.metrics.rate_limit_wait.add(waited);
@@ -519,12 +502,7 @@ impl SkeeloClient {
     }
 
     fn pause_for(&self, wait: Duration) {
-        let until = Instant::now() + wait.min(MAX_RETRY_AFTER);
-        if let Ok(mut p) = self.inner.paused_until.lock() {
-            if p.is_none_or(|current| current < until) {
-                *p = Some(until);
-            }
-        }
+        self.inner.pacer.pause(wait.min(MAX_RETRY_AFTER));
     }
 
     /// The cached token, or a new one. One task fetches while the others wait for it.

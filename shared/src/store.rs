@@ -180,6 +180,60 @@ impl Store {
         Ok(())
     }
 
+    /// Leases `n` partner-rate slots `interval` apart: returns how long from now the
+    /// first one begins. Slots of different leases never overlap, whichever process
+    /// holds them.
+    pub async fn lease_partner_slots(
+        &self,
+        name: &str,
+        n: usize,
+        interval: std::time::Duration,
+    ) -> Result<std::time::Duration, StoreError> {
+        let client = self.marks.get().await?;
+        let span = interval.as_secs_f64() * n as f64;
+        let row = client
+            .query_opt(
+                "UPDATE partner_rate
+                 SET tat = GREATEST(tat, clock_timestamp(), paused_until)
+                           + make_interval(secs => $2)
+                 WHERE name = $1
+                 RETURNING EXTRACT(EPOCH FROM (tat - clock_timestamp()))::float8 - $2",
+                &[&name, &span],
+            )
+            .await?;
+        let ahead: f64 = match row {
+            Some(r) => r.get(0),
+            None => {
+                client
+                    .execute(
+                        "INSERT INTO partner_rate (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                        &[&name],
+                    )
+                    .await?;
+                return Box::pin(self.lease_partner_slots(name, n, interval)).await;
+            }
+        };
+        Ok(std::time::Duration::from_secs_f64(ahead.max(0.0)))
+    }
+
+    /// No partner-rate slot begins before `wait` from now (a 429's Retry-After).
+    pub async fn pause_partner(
+        &self,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let client = self.marks.get().await?;
+        client
+            .execute(
+                "UPDATE partner_rate
+                 SET paused_until = GREATEST(paused_until, clock_timestamp() + make_interval(secs => $2))
+                 WHERE name = $1",
+                &[&name, &wait.as_secs_f64()],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// `true` when a connection answers within two seconds. Uses the marks pool, so a
     /// busy main pool does not make a healthy database look down.
     pub async fn ping(&self) -> bool {

@@ -134,8 +134,12 @@ async fn a_subscription_that_already_exists_at_skeelo_is_adopted() {
     let settings = w.settings();
     // Another process (or a crash after the call) created it already, then an operator
     // suspended it at Skeelo.
-    let client = SkeeloClient::new(settings.skeelo.clone(), Metrics::new().expect("metrics"))
-        .expect("client");
+    let client = SkeeloClient::new(
+        settings.skeelo.clone(),
+        Metrics::new().expect("metrics"),
+        skeelo_shared::pacer::Pacer::unlimited(),
+    )
+    .expect("client");
     let sync = ev(Sync, "A1", 1);
     let event = skeelo_shared::event::parse("contract.sync", sync.to_string().as_bytes())
         .expect("valid sample");
@@ -229,7 +233,7 @@ async fn replicas_migrating_at_once_do_not_race() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(n, 2, "each migration applied once");
+    assert_eq!(n, 3, "each migration applied once");
     w.close().await.expect("cleanup");
 }
 
@@ -239,8 +243,12 @@ async fn a_sync_that_reached_skeelo_unrecorded_is_cancelled_when_the_cancel_wins
     // a lost connection): the contract is marked uncertain and the facts know nothing.
     let mut w = World::new().await.expect("world");
     let settings = w.settings();
-    let client = SkeeloClient::new(settings.skeelo.clone(), Metrics::new().expect("metrics"))
-        .expect("client");
+    let client = SkeeloClient::new(
+        settings.skeelo.clone(),
+        Metrics::new().expect("metrics"),
+        skeelo_shared::pacer::Pacer::unlimited(),
+    )
+    .expect("client");
     let sync = ev(Sync, "U1", 1);
     let event = skeelo_shared::event::parse("contract.sync", sync.to_string().as_bytes())
         .expect("valid sample");

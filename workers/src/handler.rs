@@ -18,6 +18,7 @@ use skeelo_shared::broker::{self, long_string, DELAY_EXCHANGE};
 use skeelo_shared::event::{self, Event, InvalidEvent};
 use skeelo_shared::lifecycle::{self, Call, Held, Target};
 use skeelo_shared::outcome::{EventResult, Outcome};
+use skeelo_shared::pacer;
 use skeelo_shared::skeelo::{NewSubscription, SkeeloError};
 use skeelo_shared::store::dead::{NewDeadLetter, Reason};
 use skeelo_shared::store::{self, Applied, ContractState, NewHistory, StoreError};
@@ -183,7 +184,10 @@ async fn handle_event(
         // A delayed copy, a redelivery or a second try here may find its own earlier
         // attempt committed: then the ERP gets that attempt's result again.
         let repeat_first = msg.redelivered || msg.attempts > 0 || tries > 1;
-        let failure = match apply(app, &event, repeat_first, attempt).await {
+        // Every Skeelo call of this event waits for its turn in the event type's lane.
+        let lane = pacer::lane(event.event_type);
+        let applied = pacer::LANE.scope(lane, apply(app, &event, repeat_first, attempt));
+        let failure = match applied.await {
             Ok(result) => {
                 app.skeelo_health.success();
                 app.db_health.success();

@@ -15,6 +15,7 @@ use skeelo_shared::broker::{BrokerError, Publisher, RESULTS_EXCHANGE};
 use skeelo_shared::event::EventType;
 use skeelo_shared::metrics::Metrics;
 use skeelo_shared::outcome::EventResult;
+use skeelo_shared::pacer::Pacer;
 use skeelo_shared::skeelo::{ClientConfig, SkeeloClient};
 use skeelo_shared::store::Store;
 use tokio::sync::RwLock;
@@ -38,6 +39,11 @@ pub struct Settings {
     pub database_url: String,
     /// How to reach Skeelo (`SKEELO_*`).
     pub skeelo: ClientConfig,
+    /// `SKEELO_RATE_PER_SECOND`: the partner rate, shared by every process of the
+    /// fleet through the database; `None` for a partner without one.
+    pub rate_per_second: Option<std::num::NonZeroU32>,
+    /// How the rate is shared between event types when several wait.
+    pub weights: skeelo_shared::pacer::Weights,
     /// `HTTP_ADDR`: metrics and health. Port 0 picks a free one (tests).
     pub http_addr: SocketAddr,
     /// The event types this process consumes (dedicated deployments run a subset).
@@ -184,7 +190,11 @@ async fn build(settings: Settings, metrics: Metrics) -> anyhow::Result<Arc<App>>
     let store =
         Store::connect(&settings.database_url, settings.db_pool_size).context("DATABASE_URL")?;
     migrate_with_patience(&store).await?;
-    let skeelo = SkeeloClient::new(settings.skeelo.clone(), metrics.clone())
+    let pacer = match settings.rate_per_second {
+        Some(rate) => Pacer::fleet(store.clone(), rate, settings.weights),
+        None => Pacer::unlimited(),
+    };
+    let skeelo = SkeeloClient::new(settings.skeelo.clone(), metrics.clone(), pacer)
         .context("building the Skeelo client")?;
     let catalogue = catalogue::Catalogue::load(&store, &skeelo).await?;
     let trip = settings.outage.trip;

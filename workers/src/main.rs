@@ -53,9 +53,15 @@ struct Cli {
     #[arg(long, env = "SKEELO_CLIENT_SECRET", hide_env_values = true)]
     skeelo_client_secret: String,
 
-    /// The partner's request rate (requests per second) for this process.
-    #[arg(long, env = "SKEELO_RATE_PER_SECOND")]
-    skeelo_rate_per_second: NonZeroU32,
+    /// The partner's request rate (requests per second), shared by every process of
+    /// the fleet (coordinated through the database), or `unlimited`.
+    #[arg(long, env = "SKEELO_RATE_PER_SECOND", value_parser = parse_rate)]
+    skeelo_rate_per_second: Rate,
+
+    /// How the rate is shared when several event types wait: type=weight, comma
+    /// separated; unnamed types keep their default (grant access 4, remove it 1).
+    #[arg(long, env = "SKEELO_LANE_WEIGHTS", default_value = "sync=4,reactivate=4,unblock=4,suspend=1,block=1,cancel=1", value_parser = skeelo_shared::pacer::Weights::parse)]
+    lane_weights: skeelo_shared::pacer::Weights,
 
     /// Timeout of one Skeelo request, in seconds.
     #[arg(long, env = "SKEELO_TIMEOUT_SECONDS", default_value_t = 10)]
@@ -105,6 +111,21 @@ struct Cli {
     /// How often a downstream in outage is probed, in milliseconds (backs off to 8x).
     #[arg(long, env = "SKEELO_PROBE_INTERVAL_MS", default_value_t = 2000)]
     probe_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rate(Option<NonZeroU32>);
+
+fn parse_rate(raw: &str) -> Result<Rate, String> {
+    if raw.trim() == "unlimited" {
+        return Ok(Rate(None));
+    }
+    raw.trim()
+        .parse::<NonZeroU32>()
+        .map(|r| Rate(Some(r)))
+        .map_err(|_| {
+            format!("`{raw}`: a whole number of requests per second above 0, or unlimited")
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -180,9 +201,10 @@ fn main() -> ExitCode {
                 client_id: cli.skeelo_client_id,
                 client_secret: cli.skeelo_client_secret,
             },
-            rate_per_second: Some(cli.skeelo_rate_per_second),
             timeout: Duration::from_secs(cli.skeelo_timeout_seconds.max(1)),
         },
+        rate_per_second: cli.skeelo_rate_per_second.0,
+        weights: cli.lane_weights,
         http_addr: cli.http_addr,
         consumers: cli.consumers.0,
         prefetch: cli.prefetch.max(1),

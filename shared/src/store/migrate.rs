@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "dead_letters",
         include_str!("../../../migrations/0002_dead_letters.sql"),
     ),
+    (
+        3,
+        "partner_rate",
+        include_str!("../../../migrations/0003_partner_rate.sql"),
+    ),
 ];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.

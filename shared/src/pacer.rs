@@ -1,0 +1,387 @@
+//! The partner rate, for the whole fleet: every call to Skeelo waits for a *slot*.
+//!
+//! Slots are handed out by PostgreSQL, which every process already has: one row keeps
+//! the fleet's "theoretical arrival time" (GCRA). A process leases a few slots at a time
+//! (`tat` moves forward by n × interval in one `UPDATE`), so any number of processes
+//! together get disjoint slots spaced by the interval, and never more than the partner
+//! rate in any one-second window. Inside a process, a local governor limiter is a second
+//! guard at the same rate, and a dispatcher gives each slot to a waiting call by
+//! weighted round robin over *lanes* (event types): access-granting events go ahead of
+//! a wave of access-removing ones, and a lane with nothing waiting leaves its share to
+//! the others, so the whole rate is used.
+//!
+//! A 429 pauses the fleet: the pause is written to the same row, so every process's next
+//! lease starts after it, and this process drops the slots it holds inside it.
+//!
+//! When PostgreSQL is slow, slots come late (calls slow down, never speed up); when it
+//! is down, no slot is leased and no call is made until it answers — the fleet is in
+//! database outage mode then anyway.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{oneshot, Notify};
+
+use crate::event::EventType;
+use crate::store::Store;
+
+/// Calls are spaced for this share of the partner rate: arrival jitter at Skeelo must
+/// not turn an exactly paced fleet into one request too many in some second.
+const SAFETY: f64 = 0.96;
+/// A slot the dispatcher reaches later than this fraction of an interval is dropped
+/// rather than used late (late sends bunch up).
+const LATE: f64 = 0.2;
+/// Slots leased at once, at most: about a tenth of a second of the rate.
+const LEASE_SECONDS: f64 = 0.1;
+
+/// Which queue a call waits in. Event types, plus one for everything else (the
+/// catalogue, probes, operators' reads).
+pub type Lane = usize;
+
+/// The lane of calls made for no event.
+pub const OTHER: Lane = 6;
+const LANES: usize = 7;
+
+/// The lane of an event type.
+pub fn lane(t: EventType) -> Lane {
+    EventType::ALL.iter().position(|x| *x == t).unwrap_or(OTHER)
+}
+
+tokio::task_local! {
+    /// The lane of the event this task is handling.
+    pub static LANE: Lane;
+}
+
+/// Weights per lane: how the rate is shared when several lanes wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weights(pub [u32; LANES]);
+
+impl Default for Weights {
+    /// Access-granting events (sync, reactivate, unblock) 4, access-removing ones 1,
+    /// other calls 2.
+    fn default() -> Weights {
+        let mut w = [1; LANES];
+        for t in EventType::ALL {
+            w[lane(t)] = if t.grants_access() { 4 } else { 1 };
+        }
+        w[OTHER] = 2;
+        Weights(w)
+    }
+}
+
+impl Weights {
+    /// Parses `sync=4,suspend=1,…`; unnamed types keep their default.
+    pub fn parse(raw: &str) -> Result<Weights, String> {
+        let mut w = Weights::default();
+        for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: write type=weight, e.g. sync=4"))?;
+            let t = EventType::from_name(name.trim())
+                .ok_or_else(|| format!("`{name}` is not an event type"))?;
+            let v: u32 = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v| (1..=1000).contains(v))
+                .ok_or_else(|| format!("`{part}`: a weight is a whole number from 1 to 1000"))?;
+            w.0[lane(t)] = v;
+        }
+        Ok(w)
+    }
+}
+
+/// Smooth weighted round robin (as nginx balances upstreams): picks among the lanes
+/// that have waiters, each in proportion to its weight, without bursts.
+#[derive(Debug, Default)]
+pub(crate) struct RoundRobin {
+    current: [i64; LANES],
+}
+
+impl RoundRobin {
+    pub(crate) fn pick(&mut self, weights: &Weights, waiting: &[bool; LANES]) -> Option<Lane> {
+        let total: i64 = (0..LANES)
+            .filter(|l| waiting[*l])
+            .map(|l| i64::from(weights.0[l]))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut best: Option<Lane> = None;
+        for l in (0..LANES).filter(|l| waiting[*l]) {
+            self.current[l] += i64::from(weights.0[l]);
+            if best.is_none_or(|b| self.current[l] > self.current[b]) {
+                best = Some(l);
+            }
+        }
+        if let Some(b) = best {
+            self.current[b] -= total;
+        }
+        best
+    }
+}
+
+/// Hands out turns to call Skeelo. Cheap to clone.
+#[derive(Clone)]
+pub struct Pacer {
+    inner: Option<Arc<Inner>>,
+    /// The 429 pause, kept even without a rate: a partner that throttles must be
+    /// waited for, never hammered.
+    paused_until: Arc<Mutex<Option<Instant>>>,
+}
+
+struct Inner {
+    store: Option<Store>,
+    interval: Duration,
+    local: DefaultDirectRateLimiter,
+    queues: Mutex<Queues>,
+    wake: Notify,
+    paused_until: Arc<Mutex<Option<Instant>>>,
+    weights: Weights,
+}
+
+#[derive(Default)]
+struct Queues {
+    lanes: [VecDeque<oneshot::Sender<()>>; LANES],
+    robin: RoundRobin,
+}
+
+impl Queues {
+    fn waiting(&self) -> [bool; LANES] {
+        std::array::from_fn(|l| !self.lanes[l].is_empty())
+    }
+
+    fn len(&self) -> usize {
+        self.lanes.iter().map(VecDeque::len).sum()
+    }
+}
+
+/// The name of the fleet's row in `partner_rate`.
+const ROW: &str = "skeelo";
+
+impl Pacer {
+    /// No limit at all (a partner without a rate, or a benchmark of our own cost).
+    pub fn unlimited() -> Pacer {
+        Pacer {
+            inner: None,
+            paused_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// This process alone (tests, tools that run apart from a fleet).
+    pub fn local(rate: NonZeroU32) -> Pacer {
+        Pacer::build(None, rate, Weights::default())
+    }
+
+    /// The whole fleet's rate, coordinated through `store`.
+    pub fn fleet(store: Store, rate: NonZeroU32, weights: Weights) -> Pacer {
+        Pacer::build(Some(store), rate, weights)
+    }
+
+    fn build(store: Option<Store>, rate: NonZeroU32, weights: Weights) -> Pacer {
+        let interval = Duration::from_secs_f64(1.0 / (f64::from(rate.get()) * SAFETY));
+        let paused_until = Arc::new(Mutex::new(None));
+        let inner = Arc::new(Inner {
+            store,
+            interval,
+            local: RateLimiter::direct(Quota::with_period(interval).map_or_else(
+                || Quota::per_second(rate),
+                |q| q.allow_burst(NonZeroU32::MIN),
+            )),
+            queues: Mutex::new(Queues::default()),
+            wake: Notify::new(),
+            paused_until: paused_until.clone(),
+            weights,
+        });
+        tokio::spawn(dispatch(Arc::downgrade(&inner)));
+        Pacer {
+            inner: Some(inner),
+            paused_until,
+        }
+    }
+
+    /// Waits for this call's turn (in the task's lane, see [`LANE`]).
+    pub async fn turn(&self) {
+        let Some(inner) = &self.inner else {
+            loop {
+                let until = self.paused_until.lock().ok().and_then(|p| *p);
+                match until {
+                    Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                    _ => return,
+                }
+            }
+        };
+        let lane = LANE.try_with(|l| *l).unwrap_or(OTHER);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut q) = inner.queues.lock() {
+            q.lanes[lane.min(LANES - 1)].push_back(tx);
+        }
+        inner.wake.notify_one();
+        // The dispatcher never drops a sender without sending; if it is gone (the
+        // runtime is shutting down), go ahead rather than hang.
+        let _ = rx.await;
+    }
+
+    /// Skeelo said 429: nobody in the fleet calls before `wait` has passed.
+    pub fn pause(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        if let Ok(mut p) = self.paused_until.lock() {
+            if p.is_none_or(|current| current < until) {
+                *p = Some(until);
+            }
+        }
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        if let Some(store) = inner.store.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = store.pause_partner(ROW, wait).await {
+                    tracing::warn!(error = %e, "could not share the 429 pause with the fleet");
+                }
+            });
+        }
+    }
+}
+
+/// Gives slots to waiting calls until the pacer is dropped.
+async fn dispatch(weak: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let waiting = inner.queues.lock().map(|q| q.len()).unwrap_or(0);
+        if waiting == 0 {
+            // Re-check after a short while in case a wake-up raced with the count (and
+            // to notice that the pacer is gone).
+            let _ = tokio::time::timeout(Duration::from_millis(50), inner.wake.notified()).await;
+            continue;
+        }
+        let batch = lease_size(&inner, waiting);
+        let slots = match lease(&inner, batch).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot lease partner-rate slots; no call until the database answers");
+                drop(inner);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        for slot in slots {
+            tokio::time::sleep_until(slot.into()).await;
+            let now = Instant::now();
+            if now.duration_since(slot) > inner.interval.mul_f64(LATE) {
+                continue;
+            }
+            let paused = inner.paused_until.lock().ok().and_then(|p| *p);
+            if paused.is_some_and(|p| p > now) {
+                continue;
+            }
+            inner.local.until_ready().await;
+            let granted = inner.queues.lock().ok().and_then(|mut q| {
+                let waiting = q.waiting();
+                let l = q.robin.pick(&inner.weights, &waiting)?;
+                q.lanes[l].pop_front()
+            });
+            match granted {
+                Some(tx) => {
+                    let _ = tx.send(());
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+fn lease_size(inner: &Inner, waiting: usize) -> usize {
+    let per_lease = (LEASE_SECONDS / inner.interval.as_secs_f64())
+        .floor()
+        .max(1.0) as usize;
+    waiting.clamp(1, per_lease)
+}
+
+/// Leases `n` slots: from the fleet's row when there is one, else just from now.
+async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, crate::store::StoreError> {
+    let start = match &inner.store {
+        Some(store) => {
+            let ahead = store.lease_partner_slots(ROW, n, inner.interval).await?;
+            Instant::now() + ahead
+        }
+        None => Instant::now(),
+    };
+    Ok((0..n)
+        .map(|i| start + inner.interval * u32::try_from(i).unwrap_or(u32::MAX))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_share_the_rate_in_proportion() {
+        let w = Weights::default();
+        let mut rr = RoundRobin::default();
+        let mut waiting = [false; LANES];
+        waiting[lane(EventType::Sync)] = true;
+        waiting[lane(EventType::Suspend)] = true;
+        let mut counts = [0; LANES];
+        for _ in 0..500 {
+            let l = rr.pick(&w, &waiting).expect("someone waits");
+            counts[l] += 1;
+        }
+        assert_eq!(counts[lane(EventType::Sync)], 400);
+        assert_eq!(counts[lane(EventType::Suspend)], 100);
+    }
+
+    #[test]
+    fn a_lane_alone_gets_every_slot() {
+        let w = Weights::default();
+        let mut rr = RoundRobin::default();
+        let mut waiting = [false; LANES];
+        waiting[lane(EventType::Suspend)] = true;
+        for _ in 0..50 {
+            assert_eq!(rr.pick(&w, &waiting), Some(lane(EventType::Suspend)));
+        }
+        assert_eq!(rr.pick(&w, &[false; LANES]), None);
+    }
+
+    #[test]
+    fn no_lane_waits_long_behind_a_heavier_one() {
+        let w = Weights::default();
+        let mut rr = RoundRobin::default();
+        let waiting = [true; LANES];
+        let mut last_seen = [0usize; LANES];
+        let mut longest_gap = [0usize; LANES];
+        for i in 1..=1000 {
+            let l = rr.pick(&w, &waiting).expect("someone waits");
+            longest_gap[l] = longest_gap[l].max(i - last_seen[l]);
+            last_seen[l] = i;
+        }
+        // Every lane's turn comes round within its fair period, plus a little.
+        let total: u32 = w.0.iter().sum();
+        for l in 0..LANES {
+            let period = total.div_ceil(w.0[l]) as usize;
+            assert!(longest_gap[l] <= period + 2, "lane {l}: {longest_gap:?}");
+        }
+    }
+
+    #[test]
+    fn weights_parse_with_clear_errors() {
+        let w = Weights::parse("suspend=3, sync=9").expect("valid");
+        assert_eq!(w.0[lane(EventType::Suspend)], 3);
+        assert_eq!(w.0[lane(EventType::Sync)], 9);
+        assert_eq!(
+            w.0[lane(EventType::Block)],
+            1,
+            "unnamed types keep their default"
+        );
+        assert!(Weights::parse("sync").unwrap_err().contains("type=weight"));
+        assert!(Weights::parse("nope=1")
+            .unwrap_err()
+            .contains("not an event type"));
+        assert!(Weights::parse("sync=0").unwrap_err().contains("1 to 1000"));
+    }
+}
