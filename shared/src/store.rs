@@ -143,8 +143,12 @@ impl Store {
         let client = self.marks.get().await?;
         client
             .execute(
-                "INSERT INTO skeelo_uncertain (contract_id, owner) VALUES ($1, $2)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO skeelo_uncertain (contract_id, owner) VALUES ($1, $2)
                  ON CONFLICT (contract_id) DO UPDATE SET owner = EXCLUDED.owner, since = now()",
+                    )
+                    .await?,
                 &[&contract_id, &owner],
             )
             .await?;
@@ -172,8 +176,12 @@ impl Store {
         let client = self.marks.get().await?;
         client
             .execute(
-                "UPDATE skeelo_uncertain SET since = now() - interval '1 day'
+                &client
+                    .prepare_cached(
+                        "UPDATE skeelo_uncertain SET since = now() - interval '1 day'
                  WHERE contract_id = $1 AND owner = $2",
+                    )
+                    .await?,
                 &[&contract_id, &owner],
             )
             .await?;
@@ -193,20 +201,22 @@ impl Store {
         let span = interval.as_secs_f64() * n as f64;
         let row = client
             .query_opt(
-                "UPDATE partner_rate
+                &client
+                    .prepare_cached(
+                        "UPDATE partner_rate
                  SET tat = GREATEST(tat, clock_timestamp(), paused_until)
                            + make_interval(secs => $2)
                  WHERE name = $1
                  RETURNING EXTRACT(EPOCH FROM (tat - clock_timestamp()))::float8 - $2",
+                    )
+                    .await?,
                 &[&name, &span],
             )
             .await?;
         let ahead: f64 = match row {
             Some(r) => r.get(0),
             None => {
-                client
-                    .execute(
-                        "INSERT INTO partner_rate (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                client.execute(&client.prepare_cached("INSERT INTO partner_rate (name) VALUES ($1) ON CONFLICT DO NOTHING").await?,
                         &[&name],
                     )
                     .await?;
@@ -290,7 +300,7 @@ impl Store {
     /// invalid input, failures).
     pub async fn record_history(&self, entry: &NewHistory<'_>) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
-        insert_history(&**client, entry).await
+        insert_history(&client, entry).await
     }
 
     /// A contract's story, oldest first.
@@ -340,50 +350,58 @@ impl Store {
     }
 }
 
-/// Takes the contract's row lock (creating the row on first sight) and reads its state.
-pub async fn lock(tx: &Transaction<'_>, contract_id: &str) -> Result<ContractState, StoreError> {
-    tx.execute(
-        "INSERT INTO contracts (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
-        &[&contract_id],
-    )
-    .await?;
-    let row = tx
-        .query_one(
-            "SELECT c.facts, c.skeelo, u.owner,
-                    EXTRACT(EPOCH FROM (now() - u.since))::float8
-             FROM contracts c LEFT JOIN skeelo_uncertain u ON u.contract_id = c.id
-             WHERE c.id = $1 FOR UPDATE OF c",
-            &[&contract_id],
+/// Takes the contract's row lock (creating the row on first sight) and reads its state,
+/// and whether `event_id` was decided before. Two statements: the second takes its
+/// snapshot after the lock is held, so it sees what the previous holder committed.
+pub async fn lock(
+    tx: &Transaction<'_>,
+    contract_id: &str,
+    event_id: uuid::Uuid,
+) -> Result<(ContractState, Option<Processed>), StoreError> {
+    let locked = tx
+        .prepare_cached(
+            "INSERT INTO contracts (id) VALUES ($1)
+             ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id
+             RETURNING facts, skeelo",
         )
         .await?;
+    let row = tx.query_one(&locked, &[&contract_id]).await?;
     let mut state = state_from(row.get(0), row.get(1))?;
-    let owner: Option<uuid::Uuid> = row.get(2);
-    let age: Option<f64> = row.get(3);
+    let around = tx
+        .prepare_cached(
+            "SELECT u.owner, EXTRACT(EPOCH FROM (now() - u.since))::float8,
+                    p.outcome, p.skeelo_status, p.detail
+             FROM (SELECT 1) one
+             LEFT JOIN skeelo_uncertain u ON u.contract_id = $1
+             LEFT JOIN processed_events p ON p.event_id = $2",
+        )
+        .await?;
+    let row = tx.query_one(&around, &[&contract_id, &event_id]).await?;
+    let owner: Option<uuid::Uuid> = row.get(0);
+    let age: Option<f64> = row.get(1);
     state.uncertain = owner.map(|owner| Uncertain {
         owner,
         age: std::time::Duration::from_secs_f64(age.unwrap_or(0.0).max(0.0)),
     });
-    Ok(state)
-}
-
-/// `true` when this event id was decided before (read under the contract's lock, so
-/// two deliveries of one id cannot both pass).
-pub async fn seen(
-    tx: &Transaction<'_>,
-    event_id: uuid::Uuid,
-) -> Result<Option<Processed>, StoreError> {
-    let row = tx
-        .query_opt(
-            "SELECT outcome, skeelo_status, detail FROM processed_events WHERE event_id = $1",
-            &[&event_id],
-        )
-        .await?;
-    row.map(|r| processed_from(&r)).transpose()
+    let outcome: Option<String> = row.get(2);
+    let seen = match outcome {
+        None => None,
+        Some(o) => {
+            let status: Option<String> = row.get(3);
+            Some(Processed {
+                outcome: Outcome::from_name(&o)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown outcome {o}")))?,
+                skeelo_status: status.as_deref().and_then(Status::from_name),
+                detail: row.get(4),
+            })
+        }
+    };
+    Ok((state, seen))
 }
 
 /// Records a line of history inside the event's transaction (a duplicate's, say).
 pub async fn record(tx: &Transaction<'_>, entry: &NewHistory<'_>) -> Result<(), StoreError> {
-    insert_history(&**tx, entry).await
+    insert_history(tx, entry).await
 }
 
 /// Everything an applied event writes.
@@ -438,11 +456,28 @@ pub async fn save(
     let f = &a.state.facts;
     let subscriber_id = f.synced.as_ref().map(|s| s.details.subscriber.id.clone());
     let status = a.state.held.as_ref().map(|h| h.status.as_str());
+    let h = &a.history;
+    let history_event_id = text(h.event_id);
+    let detail = text(h.detail);
+    // One statement, one round trip: the contract, the doubt cleared, the event id
+    // decided, the story told.
+    let st = tx
+        .prepare_cached(
+            "WITH c AS (
+                 UPDATE contracts SET facts = $2, skeelo = $3, synced = $4, suspended = $5,
+                        blocked = $6, cancelled = $7, subscriber_id = COALESCE($8, subscriber_id),
+                        skeelo_status = $9, updated_at = now()
+                 WHERE id = $1),
+             u AS (DELETE FROM skeelo_uncertain WHERE contract_id = $1),
+             p AS (INSERT INTO processed_events (event_id, contract_id, type, outcome, skeelo_status, detail)
+                   VALUES ($10, $1, $11, $12, $13, $14))
+             INSERT INTO contract_events (contract_id, event_id, type, version, actor, occurred_at,
+                                          outcome, skeelo_status, skeelo_calls, detail)
+             VALUES ($1, $15, $11, $16, $17, $18, $12, $13, $19, $14)",
+        )
+        .await?;
     tx.execute(
-        "UPDATE contracts SET facts = $2, skeelo = $3, synced = $4, suspended = $5,
-                blocked = $6, cancelled = $7, subscriber_id = COALESCE($8, subscriber_id),
-                skeelo_status = $9, updated_at = now()
-         WHERE id = $1",
+        &st,
         &[
             &a.contract_id,
             &facts,
@@ -453,29 +488,20 @@ pub async fn save(
             &f.cancelled.is_some(),
             &subscriber_id,
             &status,
-        ],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM skeelo_uncertain WHERE contract_id = $1",
-        &[&a.contract_id],
-    )
-    .await?;
-    let h = &a.history;
-    tx.execute(
-        "INSERT INTO processed_events (event_id, contract_id, type, outcome, skeelo_status, detail)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
             &event_id,
-            &a.contract_id,
             &h.event_type,
             &h.outcome.as_str(),
             &h.skeelo_status.map(Status::as_str),
-            &h.detail,
+            &detail,
+            &history_event_id,
+            &h.version,
+            &h.actor,
+            &h.occurred_at,
+            &h.skeelo_calls,
         ],
     )
     .await?;
-    insert_history(&**tx, h).await
+    Ok(())
 }
 
 /// PostgreSQL text cannot hold NUL; values that reach us from outside (message ids,
@@ -489,16 +515,14 @@ pub(crate) fn text(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 async fn insert_history(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     h: &NewHistory<'_>,
 ) -> Result<(), StoreError> {
     let event_id = text(h.event_id);
     let detail = text(h.detail);
-    client
-        .execute(
-            "INSERT INTO contract_events (contract_id, event_id, type, version, actor, occurred_at,
+    client.execute(&client.prepare_cached("INSERT INTO contract_events (contract_id, event_id, type, version, actor, occurred_at,
                                           outcome, skeelo_status, skeelo_calls, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)").await?,
             &[
                 &h.contract_id,
                 &event_id,

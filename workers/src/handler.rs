@@ -531,10 +531,10 @@ async fn apply(
 ) -> Result<EventResult, ApplyError> {
     let mut client = app.store.begin().await?;
     let tx = client.transaction().await?;
-    let state = store::lock(&tx, &event.contract_id).await?;
+    let (state, seen) = store::lock(&tx, &event.contract_id, event.event_id).await?;
     let id = event.event_id.to_string();
 
-    if let Some(first) = store::seen(&tx, event.event_id).await? {
+    if let Some(first) = seen {
         // A redelivery (the broker's hint) may mean the ERP never got the first result:
         // repeat it. A fresh copy of a known event id is a duplicate.
         let (outcome, status, detail) = if repeat_first {

@@ -52,7 +52,7 @@ fn worker(w: &World, name: &str, http_port: u16) -> Worker {
         .env("SKEELO_BASE_URL", w.sim.base_url())
         .env("SKEELO_CLIENT_ID", "demo-client")
         .env("SKEELO_CLIENT_SECRET", "demo-secret")
-        .env("SKEELO_RATE_PER_SECOND", "20")
+        .env("SKEELO_RATE_PER_SECOND", "40")
         .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .env("SKEELO_PREFETCH", "8")
         .env("SKEELO_RETRY_DELAYS", "200ms,1s,2s")

@@ -1,0 +1,557 @@
+//! The fleet's benchmark: everything measured side by side in one run, on this machine,
+//! with RabbitMQ, PostgreSQL, the simulator and the worker processes sharing it.
+//!
+//! Run it with `deploy/bench.sh` (it builds the release binaries first), or
+//! `cargo run --release -p bench -- --help` for the knobs. It prints one block of
+//! figures per scenario; docs/performance.md keeps the last run's figures.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+use skeelo_shared::broker::{self, Publisher, EVENTS_EXCHANGE};
+use skeelo_shared::event::EventType;
+use skeelo_shared::sample;
+use skeelo_sim::{Faults, SimConfig};
+use skeelo_tests::World;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+struct Opts {
+    throughput_events: usize,
+    rss_events: usize,
+    quick: bool,
+}
+
+fn opts() -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        throughput_events: 20_000,
+        rss_events: 100_000,
+        quick: false,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--quick" => {
+                o.quick = true;
+                o.throughput_events = 3_000;
+                o.rss_events = 10_000;
+            }
+            "--throughput-events" => {
+                i += 1;
+                o.throughput_events = args.get(i).context("a number")?.parse()?;
+            }
+            "--rss-events" => {
+                i += 1;
+                o.rss_events = args.get(i).context("a number")?.parse()?;
+            }
+            "--help" | "-h" => {
+                println!(
+                    "bench: measures the fleet on this machine (RabbitMQ and PostgreSQL must run: deploy/services.sh)\n\n\
+                     --quick                  small sizes, for a smoke run (figures not comparable)\n\
+                     --throughput-events N    events for the throughput scenario (default 20000)\n\
+                     --rss-events N           backlog for the memory scenario (default 100000)"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument `{other}` (try --help)"),
+        }
+        i += 1;
+    }
+    Ok(o)
+}
+
+/// A worker process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Worker {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn worker_binary() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .map(|d| d.join("skeelo-workers"))
+        .context("no folder for the binaries")?;
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first (cargo build --release --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+async fn start_worker(w: &World, rate: Option<u32>, consumers: &str) -> anyhow::Result<Worker> {
+    let port = free_port()?;
+    let child = Command::new(worker_binary()?)
+        .env("AMQP_URL", &w.amqp_url)
+        .env("DATABASE_URL", &w.database_url)
+        .env("SKEELO_BASE_URL", w.sim.base_url())
+        .env("SKEELO_CLIENT_ID", "demo-client")
+        .env("SKEELO_CLIENT_SECRET", "demo-secret")
+        .env(
+            "SKEELO_RATE_PER_SECOND",
+            rate.map_or("unlimited".to_string(), |r| r.to_string()),
+        )
+        .env("SKEELO_CONSUMERS", consumers)
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting skeelo-workers")?;
+    let worker = Worker { child, port };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+            if r.status().is_success() {
+                return Ok(worker);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the worker never became ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Events handled so far, from the worker's own metrics.
+async fn handled(port: u16) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("skeelo_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+async fn wait_handled(ports: &[u16], n: usize, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let mut total = 0.0;
+        for p in ports {
+            total += handled(*p).await.unwrap_or(0.0);
+        }
+        if total >= n as f64 {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            bail!("only {total} of {n} events handled in {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// user+sys seconds and peak RSS (KiB) of a process, from /proc.
+fn cpu_and_peak_rss(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit(')').next().context("stat format")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // After the name: state is field 3 of stat, utime 14, stime 15 (1-based).
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    let ticks = 100.0; // USER_HZ on Linux
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Ok(((utime + stime) / ticks, hwm))
+}
+
+/// The ERP: publishes many events with confirms, a window at a time.
+async fn publish_many(amqp_url: &str, events: &[Value]) -> anyhow::Result<Duration> {
+    let conn = broker::connect(amqp_url, "bench-erp").await?;
+    let publisher = Publisher::open(&conn).await?;
+    let started = Instant::now();
+    for chunk in events.chunks(256) {
+        let sends = chunk.iter().map(|e| {
+            let key = format!("contract.{}", e["type"].as_str().unwrap_or("sync"));
+            let id = e["event_id"].as_str().unwrap_or_default().to_string();
+            let body = e.to_string();
+            let p = publisher.clone();
+            async move {
+                p.publish_json(EVENTS_EXCHANGE, &key, &id, body.as_bytes())
+                    .await
+            }
+        });
+        for r in futures_util::future::join_all(sends).await {
+            r?;
+        }
+    }
+    let took = started.elapsed();
+    let _ = conn.close(200, "done".into()).await;
+    Ok(took)
+}
+
+fn syncs(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            sample::event(
+                EventType::Sync,
+                &format!("{prefix}{i:06}"),
+                1,
+                &["SKEELO-EBOOKS"],
+            )
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Milliseconds from each publish to the subscription's creation at Skeelo.
+fn publish_to_call_ms(w: &World, published: &HashMap<String, SystemTime>) -> Vec<f64> {
+    let mut ms: Vec<f64> = published
+        .iter()
+        .filter_map(|(id, at)| {
+            let sub = w.sim.subscription(id)?;
+            let created = OffsetDateTime::parse(&sub.updated_at, &Rfc3339).ok()?;
+            let at = OffsetDateTime::from(*at);
+            Some((created - at).as_seconds_f64() * 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms
+}
+
+/// Broker ceiling: publish (confirms) and consume (acks) the same messages, no work.
+async fn ceiling(n: usize) -> anyhow::Result<f64> {
+    let w = World::new().await?;
+    let conn = broker::connect(&w.amqp_url, "bench-ceiling").await?;
+    let ch = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), broker::long_string("quorum"));
+    ch.queue_declare("bench.ceiling".into(), QueueDeclareOptions::durable(), args)
+        .await?;
+    let consumer_ch = conn.create_channel().await?;
+    consumer_ch
+        .basic_qos(200, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consumer_ch
+        .basic_consume(
+            "bench.ceiling".into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let body = sample::event(EventType::Sync, "CEIL", 1, &["SKEELO-EBOOKS"]).to_string();
+    let started = Instant::now();
+    let consume = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < n {
+            match consumer.next().await {
+                Some(Ok(d)) => {
+                    let _ = d.ack(BasicAckOptions::default()).await;
+                    seen += 1;
+                }
+                _ => break,
+            }
+        }
+        seen
+    });
+    let publisher = Publisher::open(&conn).await?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
+        let sends = chunk.iter().map(|i| {
+            let p = publisher.clone();
+            let body = body.clone();
+            async move {
+                p.publish_json("", "bench.ceiling", &i.to_string(), body.as_bytes())
+                    .await
+            }
+        });
+        for r in futures_util::future::join_all(sends).await {
+            r?;
+        }
+    }
+    let seen = consume.await?;
+    let rate = seen as f64 / started.elapsed().as_secs_f64();
+    let _ = conn.close(200, "done".into()).await;
+    w.close().await?;
+    Ok(rate)
+}
+
+async fn throughput(n: usize) -> anyhow::Result<(f64, f64)> {
+    let w = World::new().await?;
+    {
+        let warm = start_worker(&w, None, "all").await?;
+        drop(warm); // declares the topology and migrates, then stops
+    }
+    publish_many(&w.amqp_url, &syncs("TP", n)).await?;
+    let worker = start_worker(&w, None, "all").await?;
+    let (cpu_before, _) = cpu_and_peak_rss(worker.child.id())?;
+    let took = wait_handled(&[worker.port], n, Duration::from_secs(900)).await?;
+    let (cpu_after, _) = cpu_and_peak_rss(worker.child.id())?;
+    drop(worker);
+    w.close().await?;
+    let rate = n as f64 / took.as_secs_f64();
+    let cpu_us = (cpu_after - cpu_before) / n as f64 * 1e6;
+    Ok((rate, cpu_us))
+}
+
+async fn peak_rss(n: usize) -> anyhow::Result<(u64, f64)> {
+    let w = World::new().await?;
+    {
+        let warm = start_worker(&w, None, "all").await?;
+        drop(warm);
+    }
+    publish_many(&w.amqp_url, &syncs("RSS", n)).await?;
+    let worker = start_worker(&w, None, "all").await?;
+    let took = wait_handled(&[worker.port], n, Duration::from_secs(1800)).await?;
+    let (_, hwm_kib) = cpu_and_peak_rss(worker.child.id())?;
+    drop(worker);
+    w.close().await?;
+    Ok((hwm_kib, n as f64 / took.as_secs_f64()))
+}
+
+struct RateFigures {
+    achieved_per_s: f64,
+    busiest_second: u64,
+    throttled: u64,
+}
+
+async fn rate_use(processes: usize, rate: u32, n: usize) -> anyhow::Result<RateFigures> {
+    let w = World::with_sim(SimConfig {
+        rate_per_second: Some(rate),
+        ..SimConfig::default()
+    })
+    .await?;
+    {
+        let warm = start_worker(&w, Some(rate), "all").await?;
+        drop(warm);
+    }
+    publish_many(&w.amqp_url, &syncs("RATE", n)).await?;
+    let calls_before = w.sim.request_count("create_subscription", 201);
+    // Start them together, and time from the start: a process that is up first works
+    // inside the measured window, never before it.
+    let started = Instant::now();
+    let starting = (0..processes).map(|_| start_worker(&w, Some(rate), "all"));
+    let workers: Vec<Worker> = futures_util::future::join_all(starting)
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let ports: Vec<u16> = workers.iter().map(|w| w.port).collect();
+    wait_handled(&ports, n, Duration::from_secs(900)).await?;
+    let took = started.elapsed().as_secs_f64();
+    let calls = w.sim.request_count("create_subscription", 201) - calls_before;
+    let throttled = ["token", "list_products", "create_subscription"]
+        .iter()
+        .map(|op| w.sim.request_count(op, 429))
+        .sum();
+    let figures = RateFigures {
+        achieved_per_s: calls as f64 / took,
+        busiest_second: w.sim.max_accepted_in_one_second(),
+        throttled,
+    };
+    drop(workers);
+    w.close().await?;
+    Ok(figures)
+}
+
+async fn latency_at_half_rate(rate: u32, seconds: u64) -> anyhow::Result<Vec<f64>> {
+    let w = World::with_sim(SimConfig::default()).await?;
+    let worker = start_worker(&w, Some(rate), "all").await?;
+    let conn = broker::connect(&w.amqp_url, "bench-erp").await?;
+    let publisher = Publisher::open(&conn).await?;
+    let every = Duration::from_secs_f64(2.0 / f64::from(rate));
+    let mut published = HashMap::new();
+    let mut next = Instant::now();
+    let n = (seconds as f64 / every.as_secs_f64()) as usize;
+    for (i, e) in syncs("LAT", n).iter().enumerate() {
+        tokio::time::sleep_until(next.into()).await;
+        let id = format!("LAT{i:06}");
+        published.insert(id, SystemTime::now());
+        let eid = e["event_id"].as_str().unwrap_or_default();
+        publisher
+            .publish_json(
+                EVENTS_EXCHANGE,
+                "contract.sync",
+                eid,
+                e.to_string().as_bytes(),
+            )
+            .await?;
+        next += every;
+    }
+    wait_handled(&[worker.port], n, Duration::from_secs(120)).await?;
+    let ms = publish_to_call_ms(&w, &published);
+    drop(worker);
+    let _ = conn.close(200, "done".into()).await;
+    w.close().await?;
+    Ok(ms)
+}
+
+struct WaveFigures {
+    sync_ms: Vec<f64>,
+    use_of_rate: f64,
+}
+
+async fn wave(rate: u32, backlog: usize, window: Duration) -> anyhow::Result<WaveFigures> {
+    let w = World::with_sim(SimConfig::default()).await?;
+    // Contracts that exist at Skeelo, so each suspension costs a call.
+    let existing = syncs("WAVE", backlog);
+    {
+        let fast = start_worker(&w, None, "all").await?;
+        publish_many(&w.amqp_url, &existing).await?;
+        wait_handled(&[fast.port], backlog, Duration::from_secs(900)).await?;
+    }
+    let suspensions: Vec<Value> = (0..backlog)
+        .map(|i| sample::event(EventType::Suspend, &format!("WAVE{i:06}"), 2, &[]))
+        .collect();
+    publish_many(&w.amqp_url, &suspensions).await?;
+    let worker = start_worker(&w, Some(rate), "all").await?;
+    let status_calls = |w: &World| w.sim.request_count("set_status", 200);
+    let conn = broker::connect(&w.amqp_url, "bench-erp").await?;
+    let publisher = Publisher::open(&conn).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls_at_start = status_calls(&w) + w.sim.request_count("create_subscription", 201);
+    let started = Instant::now();
+    let mut published = HashMap::new();
+    let mut i = 0;
+    while started.elapsed() < window {
+        let id = format!("SIGNUP{i:04}");
+        let e = sample::event(EventType::Sync, &id, 1, &["SKEELO-AUDIOBOOKS"]);
+        published.insert(id, SystemTime::now());
+        let eid = e["event_id"].as_str().unwrap_or_default();
+        publisher
+            .publish_json(
+                EVENTS_EXCHANGE,
+                "contract.sync",
+                eid,
+                e.to_string().as_bytes(),
+            )
+            .await?;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let calls = status_calls(&w) + w.sim.request_count("create_subscription", 201) - calls_at_start;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sync_ms = publish_to_call_ms(&w, &published);
+    drop(worker);
+    let _ = conn.close(200, "done".into()).await;
+    w.sim.set_faults(Faults::default());
+    w.close().await?;
+    Ok(WaveFigures {
+        sync_ms,
+        use_of_rate: calls as f64 / (elapsed * f64::from(rate)),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let o = opts()?;
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_string))
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {} cores, {machine}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "run: {}",
+        if o.quick {
+            "--quick (small sizes)"
+        } else {
+            "full"
+        }
+    );
+
+    let ceiling_rate = ceiling(o.throughput_events).await?;
+    println!(
+        "\n[ceiling] broker publish (confirms) + consume (acks), no work: {ceiling_rate:.0} msg/s"
+    );
+
+    let (rate, cpu_us) = throughput(o.throughput_events).await?;
+    println!(
+        "[throughput] {} syncs, one process, unthrottled simulator: {rate:.0} events/s = {:.0} % of the ceiling; CPU {cpu_us:.0} µs/event",
+        o.throughput_events,
+        rate / ceiling_rate * 100.0
+    );
+
+    let backlog = if o.quick { 600 } else { 3000 };
+    for processes in [1, 3] {
+        let f = rate_use(processes, 50, backlog).await?;
+        println!(
+            "[rate] partner rate 50/s, backlog {backlog}, {processes} process(es): achieved {:.1}/s = {:.1} % of allowed; busiest second {} calls; 429s {}",
+            f.achieved_per_s,
+            f.achieved_per_s / 50.0 * 100.0,
+            f.busiest_second,
+            f.throttled
+        );
+    }
+
+    let (hwm, drain_rate) = peak_rss(o.rss_events).await?;
+    println!(
+        "[memory] {} events drained at {drain_rate:.0}/s; worker peak RSS {:.1} MiB",
+        o.rss_events,
+        hwm as f64 / 1024.0
+    );
+
+    let lat = latency_at_half_rate(50, if o.quick { 5 } else { 20 }).await?;
+    println!(
+        "[latency] at half the partner rate (25/s of 50/s), {} syncs: publish → Skeelo call p50 {:.1} ms, p99 {:.1} ms",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+
+    let wave_backlog = if o.quick { 1000 } else { 5000 };
+    let f = wave(
+        50,
+        wave_backlog,
+        Duration::from_secs(if o.quick { 8 } else { 30 }),
+    )
+    .await?;
+    println!(
+        "[wave] partner rate 50/s, {wave_backlog} suspensions draining, {} sign-ups one by one: publish → Skeelo call p50 {:.0} ms, p99 {:.0} ms; partner rate used {:.1} %",
+        f.sync_ms.len(),
+        percentile(&f.sync_ms, 0.5),
+        percentile(&f.sync_ms, 0.99),
+        f.use_of_rate * 100.0
+    );
+    Ok(())
+}
