@@ -26,6 +26,13 @@ struct Opts {
     throughput_events: usize,
     rss_events: usize,
     quick: bool,
+    only: Option<String>,
+}
+
+impl Opts {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == scenario)
+    }
 }
 
 fn opts() -> anyhow::Result<Opts> {
@@ -33,6 +40,7 @@ fn opts() -> anyhow::Result<Opts> {
         throughput_events: 20_000,
         rss_events: 100_000,
         quick: false,
+        only: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -47,6 +55,10 @@ fn opts() -> anyhow::Result<Opts> {
                 i += 1;
                 o.throughput_events = args.get(i).context("a number")?.parse()?;
             }
+            "--only" => {
+                i += 1;
+                o.only = Some(args.get(i).context("a scenario name")?.clone());
+            }
             "--rss-events" => {
                 i += 1;
                 o.rss_events = args.get(i).context("a number")?.parse()?;
@@ -56,7 +68,8 @@ fn opts() -> anyhow::Result<Opts> {
                     "bench: measures the fleet on this machine (RabbitMQ and PostgreSQL must run: deploy/services.sh)\n\n\
                      --quick                  small sizes, for a smoke run (figures not comparable)\n\
                      --throughput-events N    events for the throughput scenario (default 20000)\n\
-                     --rss-events N           backlog for the memory scenario (default 100000)"
+                     --rss-events N           backlog for the memory scenario (default 100000)\n\
+                     --only NAME              one scenario: ceiling, throughput, rate, memory, latency, wave"
                 );
                 std::process::exit(0);
             }
@@ -500,20 +513,25 @@ async fn main() -> anyhow::Result<()> {
         }
     );
 
-    let ceiling_rate = ceiling(o.throughput_events).await?;
-    println!(
-        "\n[ceiling] broker publish (confirms) + consume (acks), no work: {ceiling_rate:.0} msg/s"
-    );
+    let ceiling_rate = if o.runs("ceiling") || o.runs("throughput") {
+        let r = ceiling(o.throughput_events).await?;
+        println!("\n[ceiling] broker publish (confirms) + consume (acks), no work: {r:.0} msg/s");
+        r
+    } else {
+        f64::NAN
+    };
 
-    let (rate, cpu_us) = throughput(o.throughput_events).await?;
-    println!(
-        "[throughput] {} syncs, one process, unthrottled simulator: {rate:.0} events/s = {:.0} % of the ceiling; CPU {cpu_us:.0} µs/event",
-        o.throughput_events,
-        rate / ceiling_rate * 100.0
-    );
+    if o.runs("throughput") {
+        let (rate, cpu_us) = throughput(o.throughput_events).await?;
+        println!(
+            "[throughput] {} syncs, one process, unthrottled simulator: {rate:.0} events/s = {:.0} % of the ceiling; CPU {cpu_us:.0} µs/event",
+            o.throughput_events,
+            rate / ceiling_rate * 100.0
+        );
+    }
 
     let backlog = if o.quick { 600 } else { 3000 };
-    for processes in [1, 3] {
+    for processes in [1, 3].into_iter().filter(|_| o.runs("rate")) {
         let f = rate_use(processes, 50, backlog).await?;
         println!(
             "[rate] partner rate 50/s, backlog {backlog}, {processes} process(es): achieved {:.1}/s = {:.1} % of allowed; busiest second {} calls; 429s {}",
@@ -524,21 +542,28 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let (hwm, drain_rate) = peak_rss(o.rss_events).await?;
-    println!(
-        "[memory] {} events drained at {drain_rate:.0}/s; worker peak RSS {:.1} MiB",
-        o.rss_events,
-        hwm as f64 / 1024.0
-    );
+    if o.runs("memory") {
+        let (hwm, drain_rate) = peak_rss(o.rss_events).await?;
+        println!(
+            "[memory] {} events drained at {drain_rate:.0}/s; worker peak RSS {:.1} MiB",
+            o.rss_events,
+            hwm as f64 / 1024.0
+        );
+    }
 
-    let lat = latency_at_half_rate(50, if o.quick { 5 } else { 20 }).await?;
-    println!(
+    if o.runs("latency") {
+        let lat = latency_at_half_rate(50, if o.quick { 5 } else { 20 }).await?;
+        println!(
         "[latency] at half the partner rate (25/s of 50/s), {} syncs: publish → Skeelo call p50 {:.1} ms, p99 {:.1} ms",
         lat.len(),
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
     );
+    }
 
+    if !o.runs("wave") {
+        return Ok(());
+    }
     let wave_backlog = if o.quick { 1000 } else { 5000 };
     let f = wave(
         50,

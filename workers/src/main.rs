@@ -67,6 +67,10 @@ struct Cli {
     #[arg(long, env = "SKEELO_TIMEOUT_SECONDS", default_value_t = 10)]
     skeelo_timeout_seconds: u64,
 
+    /// Runtime threads; 0 means one per core.
+    #[arg(long, env = "SKEELO_THREADS", default_value_t = 0)]
+    threads: usize,
+
     /// Where /metrics, /healthz and /readyz listen.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9090")]
     http_addr: SocketAddr,
@@ -225,10 +229,12 @@ fn main() -> ExitCode {
             probe_interval: Duration::from_millis(cli.probe_interval_ms.max(50)),
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let threads = cli.threads;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
