@@ -18,6 +18,33 @@ fn ev(t: EventType, contract: &str, version: i64) -> serde_json::Value {
     sample::event(t, contract, version, &["SKEELO-EBOOKS"])
 }
 
+/// A subscription that Skeelo holds without the fleet having recorded it (another
+/// process, or a crash after the call): returns a client and the sync that made it.
+async fn created_behind_the_fleets_back(
+    settings: &skeelo_workers::Settings,
+    contract_id: &str,
+) -> (SkeeloClient, serde_json::Value) {
+    let client = SkeeloClient::new(
+        settings.skeelo.clone(),
+        Metrics::new().expect("metrics"),
+        skeelo_shared::pacer::Pacer::unlimited(),
+    )
+    .expect("client");
+    let sync = ev(Sync, contract_id, 1);
+    let event = skeelo_shared::event::parse("contract.sync", sync.to_string().as_bytes())
+        .expect("valid sample");
+    let details = event.sync.expect("details");
+    client
+        .create(&NewSubscription {
+            external_id: contract_id,
+            document: details.subscriber.document.digits(),
+            profile: &Profile::from_sync(&details),
+        })
+        .await
+        .expect("created directly");
+    (client, sync)
+}
+
 #[tokio::test]
 async fn metrics_and_health_endpoints_show_what_happened() {
     let mut w = World::new().await.expect("world");
@@ -134,25 +161,7 @@ async fn a_subscription_that_already_exists_at_skeelo_is_adopted() {
     let settings = w.settings();
     // Another process (or a crash after the call) created it already, then an operator
     // suspended it at Skeelo.
-    let client = SkeeloClient::new(
-        settings.skeelo.clone(),
-        Metrics::new().expect("metrics"),
-        skeelo_shared::pacer::Pacer::unlimited(),
-    )
-    .expect("client");
-    let sync = ev(Sync, "A1", 1);
-    let event = skeelo_shared::event::parse("contract.sync", sync.to_string().as_bytes())
-        .expect("valid sample");
-    let details = event.sync.expect("details");
-    let profile = Profile::from_sync(&details);
-    client
-        .create(&NewSubscription {
-            external_id: "A1",
-            document: details.subscriber.document.digits(),
-            profile: &profile,
-        })
-        .await
-        .expect("created directly");
+    let (client, sync) = created_behind_the_fleets_back(&settings, "A1").await;
     client
         .set_status("A1", skeelo_shared::lifecycle::Status::Inactive)
         .await
@@ -243,25 +252,7 @@ async fn a_sync_that_reached_skeelo_unrecorded_is_cancelled_when_the_cancel_wins
     // a lost connection): the contract is marked uncertain and the facts know nothing.
     let mut w = World::new().await.expect("world");
     let settings = w.settings();
-    let client = SkeeloClient::new(
-        settings.skeelo.clone(),
-        Metrics::new().expect("metrics"),
-        skeelo_shared::pacer::Pacer::unlimited(),
-    )
-    .expect("client");
-    let sync = ev(Sync, "U1", 1);
-    let event = skeelo_shared::event::parse("contract.sync", sync.to_string().as_bytes())
-        .expect("valid sample");
-    let details = event.sync.expect("details");
-    let profile = Profile::from_sync(&details);
-    client
-        .create(&NewSubscription {
-            external_id: "U1",
-            document: details.subscriber.document.digits(),
-            profile: &profile,
-        })
-        .await
-        .expect("created directly");
+    let (_, sync) = created_behind_the_fleets_back(&settings, "U1").await;
     w.start_fleet(settings).await.expect("fleet");
     w.db()
         .await
