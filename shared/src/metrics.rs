@@ -48,6 +48,11 @@ pub struct Metrics {
     pub outage_mode: IntGaugeVec,
     /// `skeelo_dead_letters_parked{reason}`: dead letters waiting for an operator now.
     pub dead_letters_parked: IntGaugeVec,
+    /// `skeelo_queue_messages{queue}`: messages waiting in each queue (work, delay,
+    /// dead, results), as RabbitMQ counts them.
+    pub queue_messages: IntGaugeVec,
+    /// `skeelo_queue_consumers{queue}`: consumers attached to each queue.
+    pub queue_consumers: IntGaugeVec,
 }
 
 impl Metrics {
@@ -144,6 +149,19 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let queue_messages = IntGaugeVec::new(
+            Opts::new(
+                "skeelo_queue_messages",
+                "Messages waiting in the queue (ready, as RabbitMQ counts them).",
+            ),
+            &["queue"],
+        )?;
+        let queue_consumers = IntGaugeVec::new(
+            Opts::new("skeelo_queue_consumers", "Consumers attached to the queue."),
+            &["queue"],
+        )?;
+        registry.register(Box::new(queue_messages.clone()))?;
+        registry.register(Box::new(queue_consumers.clone()))?;
         registry.register(Box::new(outage_mode.clone()))?;
         registry.register(Box::new(dead_letters_parked.clone()))?;
         for d in ["skeelo", "database"] {
@@ -187,6 +205,8 @@ impl Metrics {
             throttled,
             outage_mode,
             dead_letters_parked,
+            queue_messages,
+            queue_consumers,
         })
     }
 

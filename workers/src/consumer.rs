@@ -75,10 +75,12 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
             tracker.clone(),
         )));
     }
+    let watcher = tokio::spawn(watch_queues(app.clone(), connection.clone(), lost.clone()));
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = lost.cancelled() => {}
     }
+    watcher.abort();
     let mut result = Ok(());
     // The channels stay open until the work in flight is acked on them: closing a
     // channel hands its unacked deliveries back to the broker.
@@ -101,6 +103,52 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
             .await;
     }
     result
+}
+
+/// Reads every queue's depth and consumers every few seconds (a passive declare), for
+/// `skeelo_queue_messages` and `skeelo_queue_consumers`: how far behind, and whether
+/// anyone is consuming at all.
+async fn watch_queues(app: Arc<App>, connection: Arc<Connection>, lost: CancellationToken) {
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    let mut queues: Vec<String> = EventType::ALL.into_iter().map(broker::queue_name).collect();
+    queues.extend(
+        app.settings
+            .retry
+            .delays
+            .iter()
+            .map(|d| broker::delay_queue_name(*d)),
+    );
+    queues.push(broker::DEAD_QUEUE.to_string());
+    queues.push(broker::RESULTS_QUEUE.to_string());
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    while !lost.is_cancelled() {
+        for q in &queues {
+            match channel
+                .queue_declare(q.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(info) => {
+                    app.metrics
+                        .queue_messages
+                        .with_label_values(&[q])
+                        .set(i64::from(info.message_count()));
+                    app.metrics
+                        .queue_consumers
+                        .with_label_values(&[q])
+                        .set(i64::from(info.consumer_count()));
+                }
+                // A passive declare of a missing queue closes the channel: stop here;
+                // the next session starts a new watcher.
+                Err(_) => return,
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
 }
 
 async fn consume(
