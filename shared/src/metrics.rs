@@ -4,7 +4,7 @@
 //! can run several fleets in one process and read each one's figures.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -38,7 +38,7 @@ pub struct Metrics {
     /// `skeelo_token_refreshes_total`: OAuth tokens fetched.
     pub token_refreshes: IntCounter,
     /// `skeelo_rate_limit_wait_seconds_total`: time spent waiting for the partner rate.
-    pub rate_limit_wait: Gauge,
+    pub rate_limit_wait: Counter,
     /// `skeelo_results_published_total`: result messages confirmed by the broker.
     pub results_published: IntCounter,
     /// `skeelo_api_throttled_total`: 429 answers from Skeelo.
@@ -123,7 +123,7 @@ impl Metrics {
             "skeelo_token_refreshes_total",
             "OAuth access tokens fetched from Skeelo.",
         )?;
-        let rate_limit_wait = Gauge::new(
+        let rate_limit_wait = Counter::new(
             "skeelo_rate_limit_wait_seconds_total",
             "Seconds spent waiting for the partner rate before calling Skeelo.",
         )?;

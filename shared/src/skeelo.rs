@@ -497,7 +497,7 @@ impl SkeeloClient {
         self.inner.pacer.turn().await;
         let waited = started.elapsed().as_secs_f64();
         if waited > 0.0 {
-            self.inner.metrics.rate_limit_wait.add(waited);
+            self.inner.metrics.rate_limit_wait.inc_by(waited);
         }
     }
 
