@@ -284,18 +284,6 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// The first decision about `event_id`, if there was one.
-    pub async fn processed(&self, event_id: uuid::Uuid) -> Result<Option<Processed>, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT outcome, skeelo_status, detail FROM processed_events WHERE event_id = $1",
-                &[&event_id],
-            )
-            .await?;
-        row.map(|r| processed_from(&r)).transpose()
-    }
-
     /// Records a line of a contract's story outside any event transaction (duplicates,
     /// invalid input, failures).
     pub async fn record_history(&self, entry: &NewHistory<'_>) -> Result<(), StoreError> {
@@ -548,16 +536,5 @@ fn state_from(facts: Value, held: Option<Value>) -> Result<ContractState, StoreE
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         uncertain: None,
-    })
-}
-
-fn processed_from(r: &tokio_postgres::Row) -> Result<Processed, StoreError> {
-    let outcome: String = r.get(0);
-    let status: Option<String> = r.get(1);
-    Ok(Processed {
-        outcome: Outcome::from_name(&outcome)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown outcome {outcome}")))?,
-        skeelo_status: status.as_deref().and_then(Status::from_name),
-        detail: r.get(2),
     })
 }
