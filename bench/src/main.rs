@@ -6,7 +6,7 @@
 //! figures per scenario; docs/performance.md keeps the last run's figures.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
@@ -18,6 +18,7 @@ use skeelo_shared::broker::{self, Publisher, EVENTS_EXCHANGE};
 use skeelo_shared::event::EventType;
 use skeelo_shared::sample;
 use skeelo_sim::{Faults, SimConfig};
+use skeelo_tests::process::{wait_handled, WorkerProcess as Worker};
 use skeelo_tests::World;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -80,35 +81,6 @@ fn opts() -> anyhow::Result<Opts> {
     Ok(o)
 }
 
-/// A worker process, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Worker {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn worker_binary() -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe
@@ -125,67 +97,12 @@ fn worker_binary() -> anyhow::Result<std::path::PathBuf> {
 }
 
 async fn start_worker(w: &World, rate: Option<u32>, consumers: &str) -> anyhow::Result<Worker> {
-    let port = free_port()?;
-    let child = Command::new(worker_binary()?)
-        .env("AMQP_URL", &w.amqp_url)
-        .env("DATABASE_URL", &w.database_url)
-        .env("SKEELO_BASE_URL", w.sim.base_url())
-        .env("SKEELO_CLIENT_ID", "demo-client")
-        .env("SKEELO_CLIENT_SECRET", "demo-secret")
-        .env(
-            "SKEELO_RATE_PER_SECOND",
-            rate.map_or("unlimited".to_string(), |r| r.to_string()),
-        )
-        .env("SKEELO_CONSUMERS", consumers)
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting skeelo-workers")?;
-    let worker = Worker { child, port };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
-            if r.status().is_success() {
-                return Ok(worker);
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the worker never became ready");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Events handled so far, from the worker's own metrics.
-async fn handled(port: u16) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("skeelo_events_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
-async fn wait_handled(ports: &[u16], n: usize, limit: Duration) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let mut total = 0.0;
-        for p in ports {
-            total += handled(*p).await.unwrap_or(0.0);
-        }
-        if total >= n as f64 {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > limit {
-            bail!("only {total} of {n} events handled in {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let rate = rate.map_or("unlimited".to_string(), |r| r.to_string());
+    let env = [
+        ("SKEELO_RATE_PER_SECOND", rate.as_str()),
+        ("SKEELO_CONSUMERS", consumers),
+    ];
+    Worker::start(&worker_binary()?, w, &env, Stdio::null()).await
 }
 
 /// user+sys seconds and peak RSS (KiB) of a process, from /proc.
@@ -332,9 +249,9 @@ async fn throughput(n: usize) -> anyhow::Result<(f64, f64)> {
     }
     publish_many(&w.amqp_url, &syncs("TP", n)).await?;
     let worker = start_worker(&w, None, "all").await?;
-    let (cpu_before, _) = cpu_and_peak_rss(worker.child.id())?;
+    let (cpu_before, _) = cpu_and_peak_rss(worker.pid())?;
     let took = wait_handled(&[worker.port], n, Duration::from_secs(900)).await?;
-    let (cpu_after, _) = cpu_and_peak_rss(worker.child.id())?;
+    let (cpu_after, _) = cpu_and_peak_rss(worker.pid())?;
     drop(worker);
     w.close().await?;
     let rate = n as f64 / took.as_secs_f64();
@@ -351,7 +268,7 @@ async fn peak_rss(n: usize) -> anyhow::Result<(u64, f64)> {
     publish_many(&w.amqp_url, &syncs("RSS", n)).await?;
     let worker = start_worker(&w, None, "all").await?;
     let took = wait_handled(&[worker.port], n, Duration::from_secs(1800)).await?;
-    let (_, hwm_kib) = cpu_and_peak_rss(worker.child.id())?;
+    let (_, hwm_kib) = cpu_and_peak_rss(worker.pid())?;
     drop(worker);
     w.close().await?;
     Ok((hwm_kib, n as f64 / took.as_secs_f64()))

@@ -6,6 +6,8 @@
 //! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) say
 //! where the servers are; the harness creates and drops what it uses on them.
 
+pub mod process;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,7 @@
 //! (`cargo test -p skeelo-workers --test chaos -- --ignored`).
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,61 +21,25 @@ use serde_json::Value;
 use skeelo_shared::broker::{self, Publisher, EVENTS_EXCHANGE, RESULTS_QUEUE};
 use skeelo_shared::outcome::{EventResult, Outcome};
 use skeelo_sim::{Faults, SimConfig};
+use skeelo_tests::process::WorkerProcess;
 use skeelo_tests::World;
 
-/// A worker process that is killed when the test ends, whatever way it ends: a failed
-/// run must not leave processes holding ports for the next one.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn worker(w: &World, name: &str, http_port: u16) -> Worker {
+/// A worker process with this test's settings, logging to target/tmp/chaos/NAME.log.
+async fn worker(w: &World, name: &str) -> WorkerProcess {
     let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos");
     let _ = std::fs::create_dir_all(&log_dir);
     let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_skeelo-workers"))
-        .env("AMQP_URL", &w.amqp_url)
-        .env("DATABASE_URL", &w.database_url)
-        .env("SKEELO_BASE_URL", w.sim.base_url())
-        .env("SKEELO_CLIENT_ID", "demo-client")
-        .env("SKEELO_CLIENT_SECRET", "demo-secret")
-        .env("SKEELO_RATE_PER_SECOND", "40")
-        .env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-        .env("SKEELO_PREFETCH", "8")
-        .env("SKEELO_RETRY_DELAYS", "200ms,1s,2s")
-        .env("SKEELO_PROBE_INTERVAL_MS", "500")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .map(Worker)
+    let env = [
+        ("SKEELO_RATE_PER_SECOND", "40"),
+        ("SKEELO_PREFETCH", "8"),
+        ("SKEELO_RETRY_DELAYS", "200ms,1s,2s"),
+        ("SKEELO_PROBE_INTERVAL_MS", "500"),
+        ("RUST_LOG", "info"),
+    ];
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_skeelo-workers"));
+    WorkerProcess::start(binary, w, &env, Stdio::from(log))
+        .await
         .expect("skeelo-workers starts")
-}
-
-async fn wait_ready(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("worker on port {port} never became ready");
 }
 
 fn sh(program: &str, args: &[&str]) {
@@ -158,11 +122,8 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
         ..SimConfig::default()
     };
     let w = World::with_sim(config).await.expect("world");
-    let (port_a, port_b) = (free_port(), free_port());
-    let mut a = worker(&w, "worker-a", port_a);
-    let b = worker(&w, "worker-b", port_b);
-    wait_ready(port_a).await;
-    wait_ready(port_b).await;
+    let mut a = worker(&w, "worker-a").await;
+    let b = worker(&w, "worker-b").await;
     let results = Arc::new(Mutex::new(Vec::new()));
     read_results(w.amqp_url.clone(), results.clone());
 
@@ -185,11 +146,10 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
     publish_all(&w.amqp_url, &batches[0]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("chaos {:?}: SIGKILL worker a", started.elapsed());
-    a.0.kill().expect("SIGKILL");
-    let _ = a.0.wait();
+    a.kill();
     publish_all(&w.amqp_url, &batches[1]).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    a = worker(&w, "worker-a2", port_a);
+    a = worker(&w, "worker-a2").await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("chaos {:?}: restart RabbitMQ", started.elapsed());
@@ -272,11 +232,8 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
         w.sim.anomalies()
     );
 
-    for mut p in [a, b] {
-        let _ = Command::new("kill")
-            .args(["-TERM", &p.0.id().to_string()])
-            .status();
-        let status = p.0.wait().expect("worker exits");
+    for p in [a, b] {
+        let status = p.stop().expect("worker exits");
         assert!(status.success(), "a SIGTERM stop exits 0: {status:?}");
     }
     w.close().await.expect("cleanup");

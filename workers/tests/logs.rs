@@ -2,13 +2,14 @@
 //! names of the events, and the client secret, never appear, whatever happened
 //! (applied, dead-lettered, refused by Skeelo, retried).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use skeelo_shared::broker::{self, Publisher, EVENTS_EXCHANGE};
 use skeelo_shared::event::EventType::*;
 use skeelo_shared::sample;
 use skeelo_sim::{Faults, SimConfig};
+use skeelo_tests::process::{wait_handled, WorkerProcess};
 use skeelo_tests::World;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,35 +21,19 @@ async fn a_full_runs_logs_hold_no_personal_data_or_secret() {
     })
     .await
     .expect("world");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
     let log_path =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("logs-{port}.log"));
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("logs-{}.log", w.vhost));
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_skeelo-workers"))
-        .env("AMQP_URL", &w.amqp_url)
-        .env("DATABASE_URL", &w.database_url)
-        .env("SKEELO_BASE_URL", w.sim.base_url())
-        .env("SKEELO_CLIENT_ID", "demo-client")
-        .env("SKEELO_CLIENT_SECRET", secret)
-        .env("SKEELO_RATE_PER_SECOND", "200")
-        .env("SKEELO_RETRY_DELAYS", "100ms")
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("skeelo-workers starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+    let env = [
+        ("SKEELO_CLIENT_SECRET", secret),
+        ("SKEELO_RATE_PER_SECOND", "200"),
+        ("SKEELO_RETRY_DELAYS", "100ms"),
+        ("RUST_LOG", "debug"),
+    ];
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_skeelo-workers"));
+    let worker = WorkerProcess::start(binary, &w, &env, Stdio::from(log))
         .await
-        .map_or(true, |r| !r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .expect("skeelo-workers starts");
 
     // Every path: applied, updated, deferred, dead-lettered (bad e-mail, unknown
     // product), refused by Skeelo (a product it stopped selling), and retried (faults).
@@ -84,34 +69,11 @@ async fn a_full_runs_logs_hold_no_personal_data_or_secret() {
             .await
             .expect("published");
     }
-    // Wait until every event was handled.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("body");
-        let handled: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("skeelo_events_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if handled >= events.len() as f64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {handled} of {} handled",
-            events.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status();
-    let status = worker.wait().expect("exits");
+    // Wait until every event was handled, then stop as SIGTERM does.
+    wait_handled(&[worker.port], events.len(), Duration::from_secs(60))
+        .await
+        .expect("every event handled");
+    let status = worker.stop().expect("exits");
     assert!(status.success());
     let _ = conn.close(200, "done".into()).await;
 

@@ -1,0 +1,147 @@
+//! Real `skeelo-workers` processes for the tests and the benchmark that need one (to
+//! kill it, read its CPU and memory, or grep its logs): started against a [`World`],
+//! ready when `/readyz` says so, and stopped when dropped, however the caller ends.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::World;
+
+/// A worker process. Dropping it sends SIGTERM, then SIGKILL after ten seconds.
+pub struct WorkerProcess {
+    child: Child,
+    /// Where its `/metrics`, `/healthz` and `/readyz` listen.
+    pub port: u16,
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl WorkerProcess {
+    /// Starts `binary` for `world` (its broker, database and simulator, the demo
+    /// credentials), with `env` added or overriding, and waits until it is ready.
+    pub async fn start(
+        binary: &Path,
+        world: &World,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> anyhow::Result<WorkerProcess> {
+        let port = free_port()?;
+        let mut command = Command::new(binary);
+        command
+            .env("AMQP_URL", &world.amqp_url)
+            .env("DATABASE_URL", &world.database_url)
+            .env("SKEELO_BASE_URL", world.sim.base_url())
+            .env("SKEELO_CLIENT_ID", "demo-client")
+            .env("SKEELO_CLIENT_SECRET", "demo-secret")
+            .env("SKEELO_RATE_PER_SECOND", "unlimited")
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut worker = WorkerProcess { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+                if r.status().is_success() {
+                    return Ok(worker);
+                }
+            }
+            if let Ok(Some(status)) = worker.child.try_wait() {
+                bail!("the worker exited before it was ready: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("the worker never became ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and how it exited.
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+
+    /// Events it has handled so far, from its own `skeelo_events_total`.
+    pub async fn handled(&self) -> anyhow::Result<f64> {
+        events_handled(self.port).await
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.terminate();
+        }
+    }
+}
+
+/// The sum of `skeelo_events_total` at a worker's `/metrics`.
+pub async fn events_handled(port: u16) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("skeelo_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Waits until the workers on `ports` together handled `n` events; how long it took.
+pub async fn wait_handled(ports: &[u16], n: usize, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let mut total = 0.0;
+        for p in ports {
+            total += events_handled(*p).await.unwrap_or(0.0);
+        }
+        if total >= n as f64 {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            bail!("only {total} of {n} events handled in {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
