@@ -33,6 +33,12 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// `skeelo_events_in_flight{type}`: deliveries being worked on now.
     pub in_flight: IntGaugeVec,
+    /// `skeelo_batch_events{type}`: deliveries handled together in one transaction
+    /// (large under a backlog, one when events come one by one).
+    pub batch_events: HistogramVec,
+    /// `skeelo_batches_failed_total{type}`: batches whose transaction failed; their
+    /// events were then handled one by one (a database error, usually).
+    pub batches_failed: IntCounterVec,
     /// `skeelo_last_processed_timestamp_seconds{type}`: alert on age, not only depth.
     pub last_processed: GaugeVec,
     /// `skeelo_token_refreshes_total`: OAuth tokens fetched.
@@ -112,6 +118,21 @@ impl Metrics {
             Opts::new("skeelo_events_in_flight", "Deliveries being worked on now."),
             &["type"],
         )?;
+        let batch_events = HistogramVec::new(
+            HistogramOpts::new(
+                "skeelo_batch_events",
+                "Deliveries handled together in one database transaction.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            &["type"],
+        )?;
+        let batches_failed = IntCounterVec::new(
+            Opts::new(
+                "skeelo_batches_failed_total",
+                "Batches whose transaction failed; their events were handled one by one.",
+            ),
+            &["type"],
+        )?;
         let last_processed = GaugeVec::new(
             Opts::new(
                 "skeelo_last_processed_timestamp_seconds",
@@ -177,6 +198,8 @@ impl Metrics {
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(batch_events.clone()))?;
+        registry.register(Box::new(batches_failed.clone()))?;
         registry.register(Box::new(last_processed.clone()))?;
         registry.register(Box::new(token_refreshes.clone()))?;
         registry.register(Box::new(rate_limit_wait.clone()))?;
@@ -188,6 +211,8 @@ impl Metrics {
             }
             retries.with_label_values(&[t.as_str()]);
             in_flight.with_label_values(&[t.as_str()]);
+            batch_events.with_label_values(&[t.as_str()]);
+            batches_failed.with_label_values(&[t.as_str()]);
         }
         Ok(Metrics {
             registry,
@@ -198,6 +223,8 @@ impl Metrics {
             retries,
             dead_letters,
             in_flight,
+            batch_events,
+            batches_failed,
             last_processed,
             token_refreshes,
             rate_limit_wait,

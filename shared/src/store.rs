@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transaction};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::NoTls;
@@ -16,6 +16,7 @@ use crate::lifecycle::{Facts, Held, Status};
 use crate::outcome::Outcome;
 use crate::skeelo::Product;
 
+pub mod apply;
 pub mod dead;
 mod migrate;
 
@@ -106,9 +107,17 @@ pub struct HistoryEntry {
 impl Store {
     /// Opens a pool of at most `max_connections` to `url`; connects lazily.
     pub fn connect(url: &str, max_connections: usize) -> Result<Store, StoreError> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        // Every statement is planned for its own arguments: a plan cached while the
+        // tables were small (a fresh database, before autovacuum's first ANALYZE) would
+        // scan them whole forever after. Planning is paid once per batch of events.
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c plan_cache_mode=force_custom_plan"),
+            None => "-c plan_cache_mode=force_custom_plan".to_string(),
+        };
+        config.options(&options);
         let pool = |config: tokio_postgres::Config, size: usize| {
             let manager = Manager::from_config(
                 config,
@@ -133,11 +142,11 @@ impl Store {
         })
     }
 
-    /// Marks a contract uncertain for the calls `owner` is about to make, committed at
+    /// Marks contracts uncertain for the calls `owner` is about to make, committed at
     /// once (see [`ContractState::uncertain`]).
     pub async fn mark_uncertain(
         &self,
-        contract_id: &str,
+        contract_ids: &[&str],
         owner: uuid::Uuid,
     ) -> Result<(), StoreError> {
         let client = self.marks.get().await?;
@@ -145,11 +154,12 @@ impl Store {
             .execute(
                 &client
                     .prepare_cached(
-                        "INSERT INTO skeelo_uncertain (contract_id, owner) VALUES ($1, $2)
+                        "INSERT INTO skeelo_uncertain (contract_id, owner)
+                 SELECT id, $2 FROM unnest($1::text[]) AS t(id) ORDER BY id
                  ON CONFLICT (contract_id) DO UPDATE SET owner = EXCLUDED.owner, since = now()",
                     )
                     .await?,
-                &[&contract_id, &owner],
+                &[&contract_ids, &owner],
             )
             .await?;
         Ok(())
@@ -331,75 +341,11 @@ impl Store {
         row.map(|r| state_from(r.get(0), r.get(1))).transpose()
     }
 
-    /// Opens the transaction an event is applied in. Pass it to [`lock`], then
-    /// [`save`], then commit.
+    /// A connection for the event transaction: [`apply::lock`], then [`apply::write`],
+    /// then commit.
     pub async fn begin(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.pool.get().await?)
     }
-}
-
-/// Takes the contract's row lock (creating the row on first sight) and reads its state,
-/// and whether `event_id` was decided before. Two statements: the second takes its
-/// snapshot after the lock is held, so it sees what the previous holder committed.
-pub async fn lock(
-    tx: &Transaction<'_>,
-    contract_id: &str,
-    event_id: uuid::Uuid,
-) -> Result<(ContractState, Option<Processed>), StoreError> {
-    let locked = tx
-        .prepare_cached(
-            "INSERT INTO contracts (id) VALUES ($1)
-             ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id
-             RETURNING facts, skeelo",
-        )
-        .await?;
-    let row = tx.query_one(&locked, &[&contract_id]).await?;
-    let mut state = state_from(row.get(0), row.get(1))?;
-    let around = tx
-        .prepare_cached(
-            "SELECT u.owner, EXTRACT(EPOCH FROM (now() - u.since))::float8,
-                    p.outcome, p.skeelo_status, p.detail
-             FROM (SELECT 1) one
-             LEFT JOIN skeelo_uncertain u ON u.contract_id = $1
-             LEFT JOIN processed_events p ON p.event_id = $2",
-        )
-        .await?;
-    let row = tx.query_one(&around, &[&contract_id, &event_id]).await?;
-    let owner: Option<uuid::Uuid> = row.get(0);
-    let age: Option<f64> = row.get(1);
-    state.uncertain = owner.map(|owner| Uncertain {
-        owner,
-        age: std::time::Duration::from_secs_f64(age.unwrap_or(0.0).max(0.0)),
-    });
-    let outcome: Option<String> = row.get(2);
-    let seen = match outcome {
-        None => None,
-        Some(o) => {
-            let status: Option<String> = row.get(3);
-            Some(Processed {
-                outcome: Outcome::from_name(&o)
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown outcome {o}")))?,
-                skeelo_status: status.as_deref().and_then(Status::from_name),
-                detail: row.get(4),
-            })
-        }
-    };
-    Ok((state, seen))
-}
-
-/// Records a line of history inside the event's transaction (a duplicate's, say).
-pub async fn record(tx: &Transaction<'_>, entry: &NewHistory<'_>) -> Result<(), StoreError> {
-    insert_history(tx, entry).await
-}
-
-/// Everything an applied event writes.
-pub struct Applied<'a> {
-    /// The contract.
-    pub contract_id: &'a str,
-    /// Its new state.
-    pub state: &'a ContractState,
-    /// The history line (also the processed-event record).
-    pub history: NewHistory<'a>,
 }
 
 /// A line of history to write.
@@ -424,72 +370,6 @@ pub struct NewHistory<'a> {
     pub skeelo_calls: i32,
     /// Why.
     pub detail: &'a str,
-}
-
-/// Writes an event's effects: new facts, Skeelo state, the processed id and history.
-pub async fn save(
-    tx: &Transaction<'_>,
-    event_id: uuid::Uuid,
-    a: &Applied<'_>,
-) -> Result<(), StoreError> {
-    let facts =
-        serde_json::to_value(&a.state.facts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let held = a
-        .state
-        .held
-        .as_ref()
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let f = &a.state.facts;
-    let subscriber_id = f.synced.as_ref().map(|s| s.details.subscriber.id.clone());
-    let status = a.state.held.as_ref().map(|h| h.status.as_str());
-    let h = &a.history;
-    let history_event_id = text(h.event_id);
-    let detail = text(h.detail);
-    // One statement, one round trip: the contract, the doubt cleared, the event id
-    // decided, the story told.
-    let st = tx
-        .prepare_cached(
-            "WITH c AS (
-                 UPDATE contracts SET facts = $2, skeelo = $3, synced = $4, suspended = $5,
-                        blocked = $6, cancelled = $7, subscriber_id = COALESCE($8, subscriber_id),
-                        skeelo_status = $9, updated_at = now()
-                 WHERE id = $1),
-             u AS (DELETE FROM skeelo_uncertain WHERE contract_id = $1),
-             p AS (INSERT INTO processed_events (event_id, contract_id, type, outcome, skeelo_status, detail)
-                   VALUES ($10, $1, $11, $12, $13, $14))
-             INSERT INTO contract_events (contract_id, event_id, type, version, actor, occurred_at,
-                                          outcome, skeelo_status, skeelo_calls, detail)
-             VALUES ($1, $15, $11, $16, $17, $18, $12, $13, $19, $14)",
-        )
-        .await?;
-    tx.execute(
-        &st,
-        &[
-            &a.contract_id,
-            &facts,
-            &held,
-            &f.synced.is_some(),
-            &f.is_suspended(),
-            &f.is_blocked(),
-            &f.cancelled.is_some(),
-            &subscriber_id,
-            &status,
-            &event_id,
-            &h.event_type,
-            &h.outcome.as_str(),
-            &h.skeelo_status.map(Status::as_str),
-            &detail,
-            &history_event_id,
-            &h.version,
-            &h.actor,
-            &h.occurred_at,
-            &h.skeelo_calls,
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// PostgreSQL text cannot hold NUL; values that reach us from outside (message ids,

@@ -14,10 +14,12 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use skeelo_shared::broker::{self, Publisher};
 use skeelo_shared::event::EventType;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::handler::{self, Disposition, Message};
+use crate::batch;
+use crate::handler::{self, Disposition};
 use crate::App;
 
 /// Where a consumer takes its work from.
@@ -183,6 +185,7 @@ async fn consume_until_stopped(
         .basic_qos(app.settings.prefetch, BasicQosOptions::default())
         .await?;
     let queue = source.queue();
+    let batches = Arc::new(tokio::sync::Semaphore::new(app.settings.batches_per_type()));
     let mut skeelo_down = app.skeelo_health.watch();
     let mut db_down = app.db_health.watch();
     loop {
@@ -200,6 +203,10 @@ async fn consume_until_stopped(
             source.label(),
             uuid::Uuid::new_v4().simple()
         );
+        // Deliveries that are already here when the consumer wakes are taken together:
+        // a batch costs the database's round trips once. Nothing waits for a batch to
+        // fill, so a lone event is as quick as ever; while this type's batches are all
+        // busy, deliveries gather for the next one.
         let mut deliveries = channel
             .basic_consume(
                 queue.as_str().into(),
@@ -207,9 +214,19 @@ async fn consume_until_stopped(
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
+            .await?
+            .ready_chunks(app.settings.batch_size());
         tracing::info!(queue = %queue, prefetch = app.settings.prefetch, "consuming");
         loop {
+            let permit = tokio::select! {
+                _ = stop.cancelled() => {
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    tracing::info!(queue = %queue, "stopped taking work");
+                    return Ok(channel);
+                }
+                _ = lost.cancelled() => return Ok(channel),
+                permit = batches.clone().acquire_owned() => permit?,
+            };
             tokio::select! {
                 _ = stop.cancelled() => {
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
@@ -220,12 +237,11 @@ async fn consume_until_stopped(
                 _ = skeelo_down.changed() => {}
                 _ = db_down.changed() => {}
                 next = deliveries.next() => match next {
-                    Some(Ok(delivery)) => {
-                        tracker.spawn(work(app.clone(), source, delivery));
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
-                        channel.wait_for_recovery(e).await?;
+                    Some(chunk) => {
+                        if let Some(e) = dispatch(app, source, chunk, tracker, permit) {
+                            tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
+                            channel.wait_for_recovery(e).await?;
+                        }
                     }
                     None => anyhow::bail!("the broker ended the consumer on {queue}"),
                 }
@@ -239,8 +255,13 @@ async fn consume_until_stopped(
                 // stream: hand them to the handler (they will be postponed at no cost)
                 // rather than leave them unacknowledged on the channel.
                 let drain = async {
-                    while let Some(Ok(delivery)) = deliveries.next().await {
-                        tracker.spawn(work(app.clone(), source, delivery));
+                    while let Some(chunk) = deliveries.next().await {
+                        let Ok(permit) = batches.clone().acquire_owned().await else {
+                            break;
+                        };
+                        if dispatch(app, source, chunk, tracker, permit).is_some() {
+                            break;
+                        }
                     }
                 };
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
@@ -250,27 +271,93 @@ async fn consume_until_stopped(
     }
 }
 
-async fn work(app: Arc<App>, source: Source, delivery: Delivery) {
-    let started = std::time::Instant::now();
-    let gauge = app.metrics.in_flight.with_label_values(&[source.label()]);
-    gauge.inc();
-    let handled = std::panic::AssertUnwindSafe(async {
-        match source {
-            Source::Work(t) => {
-                let msg = Message::from_delivery(t.as_str(), &delivery);
-                handler::handle(&app, &msg).await
-            }
-            Source::Dead => handler::handle_dead(&app, &delivery).await,
+/// Starts the work on deliveries that arrived together; returns the consumer's error,
+/// if one came with them.
+fn dispatch(
+    app: &Arc<App>,
+    source: Source,
+    chunk: Vec<lapin::Result<Delivery>>,
+    tracker: &TaskTracker,
+    permit: OwnedSemaphorePermit,
+) -> Option<lapin::Error> {
+    let mut error = None;
+    let mut batch = Vec::with_capacity(chunk.len());
+    for next in chunk {
+        match next {
+            Ok(delivery) => batch.push(delivery),
+            Err(e) => error = Some(e),
         }
-    })
-    .catch_unwind()
-    .await;
-    // A bug must not leave the delivery unsettled (its prefetch slot would be lost):
-    // it goes back, and after enough deliveries RabbitMQ dead-letters it.
-    let (disposition, outcome) = handled.unwrap_or_else(|_| {
-        tracing::error!(queue = %source.queue(), "the handler panicked; the delivery goes back to its queue");
+    }
+    match source {
+        _ if batch.is_empty() => {}
+        Source::Work(t) => {
+            tracker.spawn(work(app.clone(), t, batch, permit));
+        }
+        Source::Dead => {
+            for delivery in batch {
+                tracker.spawn(work_dead(app.clone(), delivery));
+            }
+        }
+    }
+    error
+}
+
+async fn work(
+    app: Arc<App>,
+    t: EventType,
+    deliveries: Vec<Delivery>,
+    permit: OwnedSemaphorePermit,
+) {
+    let started = std::time::Instant::now();
+    let gauge = app.metrics.in_flight.with_label_values(&[t.as_str()]);
+    let n = deliveries.len();
+    gauge.add(n as i64);
+    app.metrics
+        .batch_events
+        .with_label_values(&[t.as_str()])
+        .observe(n as f64);
+    let handled = std::panic::AssertUnwindSafe(batch::handle(&app, t, &deliveries))
+        .catch_unwind()
+        .await;
+    // A bug must not leave deliveries unsettled (their prefetch slots would be lost):
+    // they go back, and after enough deliveries RabbitMQ dead-letters them.
+    let settled = handled.unwrap_or_else(|_| {
+        tracing::error!(queue = %broker::queue_name(t), events = n, "the handler panicked; the deliveries go back to their queue");
+        vec![(Disposition::Requeue, None); n]
+    });
+    let settling = deliveries
+        .iter()
+        .zip(&settled)
+        .map(|(delivery, (disposition, _))| settle(delivery, *disposition));
+    futures_util::future::join_all(settling).await;
+    let took = started.elapsed().as_secs_f64();
+    for outcome in settled.iter().filter_map(|(_, o)| *o) {
+        app.metrics.event_done(t.as_str(), outcome, took);
+    }
+    gauge.sub(n as i64);
+    drop(permit);
+}
+
+async fn work_dead(app: Arc<App>, delivery: Delivery) {
+    let gauge = app.metrics.in_flight.with_label_values(&["dead"]);
+    gauge.inc();
+    let handled = std::panic::AssertUnwindSafe(handler::handle_dead(&app, &delivery))
+        .catch_unwind()
+        .await;
+    // Broker dead letters are counted in skeelo_dead_letters_total; the `type` label
+    // of the event metrics stays an event type.
+    let (disposition, _) = handled.unwrap_or_else(|_| {
+        tracing::error!(
+            queue = broker::DEAD_QUEUE,
+            "the handler panicked; the delivery goes back to its queue"
+        );
         (Disposition::Requeue, None)
     });
+    settle(&delivery, disposition).await;
+    gauge.dec();
+}
+
+async fn settle(delivery: &Delivery, disposition: Disposition) {
     let settled = match disposition {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
         Disposition::Requeue => {
@@ -287,11 +374,4 @@ async fn work(app: Arc<App>, source: Source, delivery: Delivery) {
         // message and idempotency makes that harmless.
         tracing::warn!(error = %e, "could not settle the delivery; the broker will redeliver it");
     }
-    // Broker dead letters are counted in skeelo_dead_letters_total; the `type` label
-    // of the event metrics stays an event type.
-    if let (Some(o), Source::Work(t)) = (outcome, source) {
-        app.metrics
-            .event_done(t.as_str(), o, started.elapsed().as_secs_f64());
-    }
-    gauge.dec();
 }

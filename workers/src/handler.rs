@@ -20,8 +20,9 @@ use skeelo_shared::lifecycle::{self, Call, Held, Target};
 use skeelo_shared::outcome::{EventResult, Outcome};
 use skeelo_shared::pacer;
 use skeelo_shared::skeelo::{NewSubscription, SkeeloError};
+use skeelo_shared::store::apply::{self as store, ContractWrite, EventWrite};
 use skeelo_shared::store::dead::{NewDeadLetter, Reason};
-use skeelo_shared::store::{self, Applied, ContractState, NewHistory, StoreError};
+use skeelo_shared::store::{ContractState, NewHistory, StoreError};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::Instrument;
@@ -29,7 +30,7 @@ use tracing::Instrument;
 use crate::App;
 
 /// The start of the error text when an event's calls outlived the call budget.
-const CALL_BUDGET_SPENT: &str = "Skeelo calls took longer than the call budget";
+pub(crate) const CALL_BUDGET_SPENT: &str = "Skeelo calls took longer than the call budget";
 
 /// What the consumer loop does with the delivery once the handler is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +45,12 @@ pub(crate) enum Disposition {
 pub(crate) struct Message<'a> {
     /// The type its queue stands for (labels and results when the body cannot say).
     queue_type: &'static str,
-    routing_key: &'a str,
-    body: &'a [u8],
+    pub(crate) routing_key: &'a str,
+    pub(crate) body: &'a [u8],
     message_id: Option<String>,
-    redelivered: bool,
+    pub(crate) redelivered: bool,
     /// Attempts that failed before this delivery (our header).
-    attempts: i64,
+    pub(crate) attempts: i64,
     /// When the first attempt failed (our header).
     first_failure: Option<OffsetDateTime>,
 }
@@ -112,9 +113,28 @@ impl<'a> Message<'a> {
     }
 }
 
+/// Where the one-event path begins when a batch hands an event over.
+pub(crate) struct Start {
+    /// Names the calls of this handling (see `skeelo_uncertain`). A batch whose calls
+    /// for the contract have all returned passes its own, so the event may read Skeelo
+    /// back at once; otherwise a fresh one, fenced behind any calls still in flight.
+    pub(crate) attempt: uuid::Uuid,
+    /// The batch already tried once and failed this way: judged as the first try.
+    pub(crate) failure: Option<ApplyError>,
+}
+
+impl Start {
+    pub(crate) fn fresh() -> Start {
+        Start {
+            attempt: uuid::Uuid::new_v4(),
+            failure: None,
+        }
+    }
+}
+
 /// Why applying an event stopped.
 #[derive(Debug, thiserror::Error)]
-enum ApplyError {
+pub(crate) enum ApplyError {
     #[error(transparent)]
     Invalid(InvalidEvent),
     /// Another attempt's calls to Skeelo may still be in flight: wait this long.
@@ -128,20 +148,10 @@ enum ApplyError {
     Db(#[from] tokio_postgres::Error),
 }
 
-/// Handles one delivery from the queue of `queue_type`.
+/// Handles one delivery from the queue of `queue_type`, on its own.
 pub(crate) async fn handle(app: &App, msg: &Message<'_>) -> (Disposition, Option<Outcome>) {
     match event::parse(msg.routing_key, msg.body) {
-        Ok(event) => {
-            let span = tracing::info_span!(
-                "event",
-                event_id = %event.event_id,
-                contract_id = %event.contract_id,
-                r#type = event.event_type.as_str(),
-                version = event.version.get(),
-                attempt = msg.attempts + 1,
-            );
-            handle_event(app, msg, event).instrument(span).await
-        }
+        Ok(event) => handle_parsed(app, msg, event, Start::fresh()).await,
         Err(invalid) => {
             let event_id = event::peek_event_id(msg.body).map(|u| u.to_string());
             let contract_id = event::peek_contract_id(msg.body);
@@ -169,31 +179,56 @@ pub(crate) async fn handle(app: &App, msg: &Message<'_>) -> (Disposition, Option
     }
 }
 
+/// Handles one valid event on its own, from `start`.
+pub(crate) async fn handle_parsed(
+    app: &App,
+    msg: &Message<'_>,
+    event: Event,
+    start: Start,
+) -> (Disposition, Option<Outcome>) {
+    let span = tracing::info_span!(
+        "event",
+        event_id = %event.event_id,
+        contract_id = %event.contract_id,
+        r#type = event.event_type.as_str(),
+        version = event.version.get(),
+        attempt = msg.attempts + 1,
+    );
+    handle_event(app, msg, event, start).instrument(span).await
+}
+
 async fn handle_event(
     app: &App,
     msg: &Message<'_>,
     event: Event,
+    start: Start,
 ) -> (Disposition, Option<Outcome>) {
     let started = Instant::now();
     let mut tries = 0;
-    // Names this handling's calls to Skeelo (see `skeelo_uncertain`): its own unrecorded
-    // calls have all returned when it tries again, so it may read Skeelo back at once.
-    let attempt = uuid::Uuid::new_v4();
+    // Its own unrecorded calls have all returned when it tries again, so it may read
+    // Skeelo back at once.
+    let attempt = start.attempt;
+    let mut first_failure = start.failure;
     let result = loop {
         tries += 1;
-        // A delayed copy, a redelivery or a second try here may find its own earlier
-        // attempt committed: then the ERP gets that attempt's result again.
-        let repeat_first = msg.redelivered || msg.attempts > 0 || tries > 1;
-        // Every Skeelo call of this event waits for its turn in the event type's lane.
-        let lane = pacer::lane(event.event_type);
-        let applied = pacer::LANE.scope(lane, apply(app, &event, repeat_first, attempt));
-        let failure = match applied.await {
-            Ok(result) => {
-                app.skeelo_health.success();
-                app.db_health.success();
-                break result;
+        let failure = match first_failure.take() {
+            Some(failure) => failure,
+            None => {
+                // A delayed copy, a redelivery or a second try here may find its own
+                // earlier attempt committed: then the ERP gets that attempt's result again.
+                let repeat_first = msg.redelivered || msg.attempts > 0 || tries > 1;
+                // Every Skeelo call of this event waits for its turn in the event type's lane.
+                let lane = pacer::lane(event.event_type);
+                let applied = pacer::LANE.scope(lane, apply(app, &event, repeat_first, attempt));
+                match applied.await {
+                    Ok(result) => {
+                        app.skeelo_health.success();
+                        app.db_health.success();
+                        break result;
+                    }
+                    Err(e) => e,
+                }
             }
-            Err(e) => e,
         };
         if !matches!(failure, ApplyError::Fenced(_) | ApplyError::Invalid(_))
             && !failure.in_flight()
@@ -292,7 +327,7 @@ async fn handle_event(
 
 /// Publishes the result, then lets the delivery go; if the ERP cannot be told, the
 /// delivery goes back and its redelivery repeats the result.
-async fn tell(
+pub(crate) async fn tell(
     app: &App,
     result: &EventResult,
     then: Disposition,
@@ -531,7 +566,12 @@ async fn apply(
 ) -> Result<EventResult, ApplyError> {
     let mut client = app.store.begin().await?;
     let tx = client.transaction().await?;
-    let (state, seen) = store::lock(&tx, &event.contract_id, event.event_id).await?;
+    let mut locked = store::lock(&tx, &[&event.contract_id], &[event.event_id]).await?;
+    let state = locked
+        .contracts
+        .remove(&event.contract_id)
+        .unwrap_or_default();
+    let seen = locked.seen.remove(&event.event_id);
     let id = event.event_id.to_string();
 
     if let Some(first) = seen {
@@ -547,8 +587,11 @@ async fn apply(
                 format!("event already handled ({})", first.outcome.as_str()),
             )
         };
-        let entry = history(event, &id, Outcome::Duplicate, status, 0, &detail);
-        store::record(&tx, &entry).await?;
+        let entry = EventWrite {
+            decided: None,
+            history: history(event, &id, Outcome::Duplicate, status, 0, &detail),
+        };
+        store::write(&tx, &[], &[entry]).await?;
         tx.commit().await?;
         return Ok(result_of(event, outcome, status, detail));
     }
@@ -579,7 +622,7 @@ async fn apply(
     }
     if !lifecycle::plan(held.as_ref(), &target).is_empty() {
         app.store
-            .mark_uncertain(&event.contract_id, attempt)
+            .mark_uncertain(&[&event.contract_id], attempt)
             .await?;
     }
     let document = decision
@@ -590,7 +633,7 @@ async fn apply(
     let budget = app.settings.retry.call_budget;
     let calls = reconcile(
         app,
-        &tx,
+        Some(&tx),
         &event.contract_id,
         document.as_deref(),
         held,
@@ -606,21 +649,27 @@ async fn apply(
         held,
         uncertain: None,
     };
-    let applied = Applied {
+    let contract = ContractWrite {
         contract_id: &event.contract_id,
         state: &next,
+        settled: true,
+    };
+    let entry = EventWrite {
+        decided: Some(event.event_id),
         history: history(event, &id, outcome, status, calls, &decision.detail),
     };
-    store::save(&tx, event.event_id, &applied).await?;
+    store::write(&tx, &[contract], &[entry]).await?;
     tx.commit().await?;
     Ok(result_of(event, outcome, status, decision.detail))
 }
 
 /// Calls Skeelo until it holds the target, re-planning after every answer (an adopted
 /// subscription or one changed behind our back may need other calls than planned).
-async fn reconcile(
+/// With `alive`, no call leaves once that transaction is gone; without it, the
+/// uncertainty mark's fence alone keeps other attempts away (see `skeelo_uncertain`).
+pub(crate) async fn reconcile(
     app: &App,
-    tx: &deadpool_postgres::Transaction<'_>,
+    alive: Option<&deadpool_postgres::Transaction<'_>>,
     contract_id: &str,
     document: Option<&str>,
     mut held: Option<Held>,
@@ -641,7 +690,9 @@ async fn reconcile(
         made += 1;
         // No call leaves once this transaction is gone: the row lock is what makes this
         // attempt the only one calling Skeelo for this contract.
-        tx.simple_query("").await?;
+        if let Some(tx) = alive {
+            tx.simple_query("").await?;
+        }
         let skeelo = &app.skeelo;
         held = match (call, target) {
             (Call::Create, Target::Present(want)) => {
@@ -663,7 +714,7 @@ async fn reconcile(
     }
 }
 
-fn history<'a>(
+pub(crate) fn history<'a>(
     event: &'a Event,
     id: &'a str,
     outcome: Outcome,
@@ -685,7 +736,7 @@ fn history<'a>(
     }
 }
 
-fn result_of(
+pub(crate) fn result_of(
     event: &Event,
     outcome: Outcome,
     status: Option<lifecycle::Status>,

@@ -21,6 +21,7 @@ use skeelo_shared::store::Store;
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
+mod batch;
 mod catalogue;
 mod consumer;
 mod handler;
@@ -57,6 +58,25 @@ pub struct Settings {
     pub retry: Retry,
     /// When a downstream counts as down, and how often to ask it while it is.
     pub outage: Outage,
+}
+
+impl Settings {
+    /// Batches of one event type in progress at once: the database pool is shared out
+    /// between the types consumed, so a wave of one type waiting for the partner rate
+    /// never holds the connections another type needs.
+    pub(crate) fn batches_per_type(&self) -> usize {
+        (self.db_pool_size / self.consumers.len().max(1)).max(1)
+    }
+
+    /// Deliveries handled together at most. A batch's calls share one call budget, so
+    /// under a partner rate a batch holds no more than a few seconds of it.
+    pub(crate) fn batch_size(&self) -> usize {
+        let prefetch = usize::from(self.prefetch).max(1);
+        match self.rate_per_second {
+            Some(rate) => prefetch.min((rate.get() as usize).saturating_mul(5).max(1)),
+            None => prefetch,
+        }
+    }
 }
 
 /// Retries of transient failures: a few at once in the process, then delayed through

@@ -75,8 +75,10 @@ struct Cli {
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9090")]
     http_addr: SocketAddr,
 
-    /// Events of one type worked on at once (the consumer's prefetch).
-    #[arg(long, env = "SKEELO_PREFETCH", default_value_t = 32)]
+    /// Events of one type taken from the broker at once (the consumer's prefetch).
+    /// Under a backlog they are handled in batches of up to this many, one database
+    /// transaction each; lower it to hold fewer events unacknowledged per process.
+    #[arg(long, env = "SKEELO_PREFETCH", default_value_t = 256)]
     prefetch: u16,
 
     /// Database connections in the pool.
