@@ -5,7 +5,7 @@
 //! (`tat` moves forward by n × interval in one `UPDATE`), so any number of processes
 //! together get disjoint slots spaced by the interval, and never more than the partner
 //! rate in any one-second window. Inside a process, a local governor limiter is a second
-//! guard at the same rate, and a dispatcher gives each slot to a waiting call by
+//! guard at the partner's rate, and a dispatcher gives each slot to a waiting call by
 //! weighted round robin over *lanes* (event types): access-granting events go ahead of
 //! a wave of access-removing ones, and a lane with nothing waiting leaves its share to
 //! the others, so the whole rate is used.
@@ -187,10 +187,10 @@ impl Pacer {
         let inner = Arc::new(Inner {
             store,
             interval,
-            local: RateLimiter::direct(Quota::with_period(interval).map_or_else(
-                || Quota::per_second(rate),
-                |q| q.allow_burst(NonZeroU32::MIN),
-            )),
+            // Spaced at the partner's own rate, a little wider than the slots: a guard
+            // against a burst, never a brake that a timer firing late would make
+            // fall further and further behind the slots.
+            local: RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN)),
             queues: Mutex::new(Queues::default()),
             wake: Notify::new(),
             paused_until: paused_until.clone(),
@@ -246,52 +246,103 @@ impl Pacer {
     }
 }
 
-/// Gives slots to waiting calls until the pacer is dropped.
+/// Gives slots to waiting calls until the pacer is dropped. The next lease is taken
+/// while the slots in hand are still being served, so that slots arrive before they are
+/// due: a slot reached late is dropped (late sends bunch up), and a lease that arrived
+/// late would be dropped whole.
 async fn dispatch(weak: std::sync::Weak<Inner>) {
+    let mut slots: VecDeque<Instant> = VecDeque::new();
+    let mut leasing: Option<Leasing> = None;
     loop {
         let Some(inner) = weak.upgrade() else {
             return;
         };
         let waiting = inner.queues.lock().map(|q| q.len()).unwrap_or(0);
-        if waiting == 0 {
-            // Re-check after a short while in case a wake-up raced with the count (and
-            // to notice that the pacer is gone).
-            let _ = tokio::time::timeout(Duration::from_millis(50), inner.wake.notified()).await;
-            continue;
+        let now = Instant::now();
+        let late = inner.interval.mul_f64(LATE);
+        while slots.front().is_some_and(|s| now.duration_since(*s) > late) {
+            slots.pop_front();
         }
-        let batch = lease_size(&inner, waiting);
-        let slots = match lease(&inner, batch).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot lease partner-rate slots; no call until the database answers");
+        let running_out = slots
+            .back()
+            .is_none_or(|last| *last < now + Duration::from_secs_f64(LEASE_SECONDS / 2.0));
+        if leasing.is_none() && waiting > slots.len() && running_out {
+            let n = lease_size(&inner, waiting - slots.len());
+            let lessee = inner.clone();
+            leasing = Some(Box::pin(async move { lease(&lessee, n).await }));
+        }
+        let next = slots.front().copied();
+        match (next, leasing.as_mut()) {
+            (None, None) => {
                 drop(inner);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        for slot in slots {
-            tokio::time::sleep_until(slot.into()).await;
-            let now = Instant::now();
-            if now.duration_since(slot) > inner.interval.mul_f64(LATE) {
-                continue;
-            }
-            let paused = inner.paused_until.lock().ok().and_then(|p| *p);
-            if paused.is_some_and(|p| p > now) {
-                continue;
-            }
-            inner.local.until_ready().await;
-            let granted = inner.queues.lock().ok().and_then(|mut q| {
-                let waiting = q.waiting();
-                let l = q.robin.pick(&inner.weights, &waiting)?;
-                q.lanes[l].pop_front()
-            });
-            match granted {
-                Some(tx) => {
-                    let _ = tx.send(());
+                // Re-check after a short while in case a wake-up raced with the count
+                // (and to notice that the pacer is gone).
+                if let Some(inner) = weak.upgrade() {
+                    let notified = inner.wake.notified();
+                    let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
                 }
-                None => break,
+            }
+            (None, Some(pending)) => {
+                let leased = pending.await;
+                leasing = None;
+                take(&mut slots, leased).await;
+            }
+            (Some(slot), None) => {
+                tokio::time::sleep_until(slot.into()).await;
+                grant(&inner, &mut slots).await;
+            }
+            (Some(slot), Some(pending)) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(slot.into()) => grant(&inner, &mut slots).await,
+                    leased = pending => {
+                        leasing = None;
+                        take(&mut slots, leased).await;
+                    }
+                }
             }
         }
+    }
+}
+
+type Leasing = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Instant>, crate::store::StoreError>> + Send>,
+>;
+
+async fn take(
+    slots: &mut VecDeque<Instant>,
+    leased: Result<Vec<Instant>, crate::store::StoreError>,
+) {
+    match leased {
+        Ok(more) => slots.extend(more),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot lease partner-rate slots; no call until the database answers");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The first slot in hand is due: it goes to a waiting call, unless it came too late
+/// or falls inside a 429 pause.
+async fn grant(inner: &Inner, slots: &mut VecDeque<Instant>) {
+    let Some(slot) = slots.pop_front() else {
+        return;
+    };
+    let now = Instant::now();
+    if now.duration_since(slot) > inner.interval.mul_f64(LATE) {
+        return;
+    }
+    let paused = inner.paused_until.lock().ok().and_then(|p| *p);
+    if paused.is_some_and(|p| p > now) {
+        return;
+    }
+    inner.local.until_ready().await;
+    let granted = inner.queues.lock().ok().and_then(|mut q| {
+        let waiting = q.waiting();
+        let l = q.robin.pick(&inner.weights, &waiting)?;
+        q.lanes[l].pop_front()
+    });
+    if let Some(tx) = granted {
+        let _ = tx.send(());
     }
 }
 
@@ -302,12 +353,18 @@ fn lease_size(inner: &Inner, waiting: usize) -> usize {
     waiting.clamp(1, per_lease)
 }
 
-/// Leases `n` slots: from the fleet's row when there is one, else just from now.
+/// Leases `n` slots: from the fleet's row when there is one, else just from now. The
+/// row's times are wall-clock times, read against this machine's clock: every process
+/// places a slot at the same moment, however long the answer took to arrive.
 async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, crate::store::StoreError> {
     let start = match &inner.store {
         Some(store) => {
-            let ahead = store.lease_partner_slots(ROW, n, inner.interval).await?;
-            Instant::now() + ahead
+            let first = store.lease_partner_slots(ROW, n, inner.interval).await?;
+            let now = Instant::now();
+            match first.duration_since(std::time::SystemTime::now()) {
+                Ok(ahead) => now + ahead,
+                Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
+            }
         }
         None => Instant::now(),
     };

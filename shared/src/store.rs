@@ -198,15 +198,16 @@ impl Store {
         Ok(())
     }
 
-    /// Leases `n` partner-rate slots `interval` apart: returns how long from now the
-    /// first one begins. Slots of different leases never overlap, whichever process
-    /// holds them.
+    /// Leases `n` partner-rate slots `interval` apart: returns when the first one
+    /// begins, on the database's clock. Slots of different leases never overlap,
+    /// whichever process holds them. A lease never begins sooner than 5 ms from now, so
+    /// that its first slot is not already past when the answer arrives.
     pub async fn lease_partner_slots(
         &self,
         name: &str,
         n: usize,
         interval: std::time::Duration,
-    ) -> Result<std::time::Duration, StoreError> {
+    ) -> Result<std::time::SystemTime, StoreError> {
         let client = self.marks.get().await?;
         let span = interval.as_secs_f64() * n as f64;
         let row = client
@@ -214,16 +215,17 @@ impl Store {
                 &client
                     .prepare_cached(
                         "UPDATE partner_rate
-                 SET tat = GREATEST(tat, clock_timestamp(), paused_until)
+                 SET tat = GREATEST(tat, clock_timestamp() + interval '5 milliseconds',
+                                    paused_until)
                            + make_interval(secs => $2)
                  WHERE name = $1
-                 RETURNING EXTRACT(EPOCH FROM (tat - clock_timestamp()))::float8 - $2",
+                 RETURNING EXTRACT(EPOCH FROM tat)::float8 - $2",
                     )
                     .await?,
                 &[&name, &span],
             )
             .await?;
-        let ahead: f64 = match row {
+        let first: f64 = match row {
             Some(r) => r.get(0),
             None => {
                 client.execute(&client.prepare_cached("INSERT INTO partner_rate (name) VALUES ($1) ON CONFLICT DO NOTHING").await?,
@@ -233,7 +235,10 @@ impl Store {
                 return Box::pin(self.lease_partner_slots(name, n, interval)).await;
             }
         };
-        Ok(std::time::Duration::from_secs_f64(ahead.max(0.0)))
+        std::time::Duration::try_from_secs_f64(first)
+            .ok()
+            .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
+            .ok_or_else(|| StoreError::Corrupt(format!("partner_rate.tat is not a time: {first}")))
     }
 
     /// No partner-rate slot begins before `wait` from now (a 429's Retry-After).

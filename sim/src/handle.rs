@@ -101,6 +101,12 @@ impl SimHandle {
         self.sim.lock().max_accepted_in_one_second()
     }
 
+    /// Time from the first accepted partner call to the last (`None` before any): the
+    /// span over which a backlog's calls were spread.
+    pub fn accepted_span(&self) -> Option<std::time::Duration> {
+        self.sim.lock().accepted_span()
+    }
+
     /// Forgets subscriptions, counters and anomalies, keeping configuration,
     /// catalogue, faults and tokens, so one simulator can serve several scenarios.
     pub fn reset(&self) {

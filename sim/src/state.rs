@@ -70,6 +70,8 @@ pub(crate) struct State {
     pub(crate) accepted_per_second: BTreeMap<u64, u64>,
     max_per_unix_second: u64,
     max_sliding: u64,
+    /// The first and the last accepted call.
+    accepted_span: Option<(Instant, Instant)>,
 }
 
 impl State {
@@ -88,6 +90,7 @@ impl State {
             accepted_per_second: BTreeMap::new(),
             max_per_unix_second: 0,
             max_sliding: 0,
+            accepted_span: None,
         }
     }
 
@@ -163,6 +166,10 @@ impl State {
             }
         }
         self.recent.push_back(now);
+        self.accepted_span = Some(
+            self.accepted_span
+                .map_or((now, now), |(first, _)| (first, now)),
+        );
         self.max_sliding = self.max_sliding.max(self.recent.len() as u64);
         let count = self.accepted_per_second.entry(second).or_insert(0);
         *count += 1;
@@ -192,6 +199,12 @@ impl State {
         self.accepted_per_second.clear();
         self.max_per_unix_second = 0;
         self.max_sliding = 0;
+        self.accepted_span = None;
+    }
+
+    /// Time from the first accepted call to the last.
+    pub(crate) fn accepted_span(&self) -> Option<Duration> {
+        self.accepted_span.map(|(first, last)| last - first)
     }
 }
 

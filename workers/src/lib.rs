@@ -68,12 +68,14 @@ impl Settings {
         (self.db_pool_size / self.consumers.len().max(1)).max(1)
     }
 
-    /// Deliveries handled together at most. A batch's calls share one call budget, so
-    /// under a partner rate a batch holds no more than a few seconds of it.
+    /// Deliveries handled together at most. A batch's calls share one call budget and
+    /// its results go out when its last call is done, so under a partner rate a batch
+    /// holds a tenth of a second of it: batching saves nothing when the rate is the
+    /// limit, and small batches keep calls waiting for every slot.
     pub(crate) fn batch_size(&self) -> usize {
         let prefetch = usize::from(self.prefetch).max(1);
         match self.rate_per_second {
-            Some(rate) => prefetch.min((rate.get() as usize).saturating_mul(5).max(1)),
+            Some(rate) => prefetch.min((rate.get() as usize / 10).max(1)),
             None => prefetch,
         }
     }
