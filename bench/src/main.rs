@@ -98,9 +98,11 @@ fn worker_binary() -> anyhow::Result<std::path::PathBuf> {
 
 async fn start_worker(w: &World, rate: Option<u32>, consumers: &str) -> anyhow::Result<Worker> {
     let rate = rate.map_or("unlimited".to_string(), |r| r.to_string());
+    // The log level a fleet ships with: a line per event is part of its cost.
     let env = [
         ("SKEELO_RATE_PER_SECOND", rate.as_str()),
         ("SKEELO_CONSUMERS", consumers),
+        ("RUST_LOG", "info"),
     ];
     Worker::start(&worker_binary()?, w, &env, Stdio::null()).await
 }

@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use serde_json::Value;
 use time::OffsetDateTime;
+use tokio_postgres::types::Json;
 use tokio_postgres::NoTls;
 
 use crate::lifecycle::{Facts, Held, Status};
@@ -343,7 +343,7 @@ impl Store {
                 &[&contract_id],
             )
             .await?;
-        row.map(|r| state_from(r.get(0), r.get(1))).transpose()
+        row.map(|r| state_of(&r, 0, 1)).transpose()
     }
 
     /// A connection for the event transaction: [`apply::lock`], then [`apply::write`],
@@ -413,13 +413,22 @@ async fn insert_history(
     Ok(())
 }
 
-fn state_from(facts: Value, held: Option<Value>) -> Result<ContractState, StoreError> {
+/// A contract's stored state, from the row's `facts` and `skeelo` columns. A value
+/// this version cannot read is reported as corrupt, never a panic.
+fn state_of(
+    row: &tokio_postgres::Row,
+    facts: usize,
+    held: usize,
+) -> Result<ContractState, StoreError> {
+    let corrupt = |e: tokio_postgres::Error| StoreError::Corrupt(e.to_string());
+    let Json(facts) = row.try_get::<_, Json<Facts>>(facts).map_err(corrupt)?;
+    let held = row
+        .try_get::<_, Option<Json<Held>>>(held)
+        .map_err(corrupt)?
+        .map(|Json(h)| h);
     Ok(ContractState {
-        facts: serde_json::from_value(facts).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        held: held
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        facts,
+        held,
         uncertain: None,
     })
 }

@@ -6,12 +6,11 @@
 use std::collections::HashMap;
 
 use deadpool_postgres::Transaction;
-use serde_json::Value;
 use time::OffsetDateTime;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{Json, ToSql};
 
-use super::{state_from, text, ContractState, NewHistory, Processed, StoreError, Uncertain};
-use crate::lifecycle::Status;
+use super::{state_of, text, ContractState, NewHistory, Processed, StoreError, Uncertain};
+use crate::lifecycle::{Held, Status};
 use crate::outcome::Outcome;
 
 /// What [`lock`] read under the row locks.
@@ -44,7 +43,7 @@ pub async fn lock(
     let rows = tx.query(&locking, &[&contract_ids]).await?;
     let mut contracts = HashMap::with_capacity(rows.len());
     for row in &rows {
-        contracts.insert(row.get::<_, String>(0), state_from(row.get(1), row.get(2))?);
+        contracts.insert(row.try_get::<_, String>(0)?, state_of(row, 1, 2)?);
     }
     let marks = tx
         .prepare_cached(
@@ -113,11 +112,11 @@ pub async fn write(
     contracts: &[ContractWrite<'_>],
     events: &[EventWrite<'_>],
 ) -> Result<(), StoreError> {
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
     let n = contracts.len();
     let mut c_id = Vec::with_capacity(n);
+    // Serialized straight into the statement's buffer, with no JSON tree in between.
     let mut c_facts = Vec::with_capacity(n);
-    let mut c_held: Vec<Option<Value>> = Vec::with_capacity(n);
+    let mut c_held: Vec<Option<Json<&Held>>> = Vec::with_capacity(n);
     let mut c_synced = Vec::with_capacity(n);
     let mut c_suspended = Vec::with_capacity(n);
     let mut c_blocked = Vec::with_capacity(n);
@@ -128,15 +127,8 @@ pub async fn write(
     for c in contracts {
         let f = &c.state.facts;
         c_id.push(c.contract_id);
-        c_facts.push(serde_json::to_value(f).map_err(corrupt)?);
-        c_held.push(
-            c.state
-                .held
-                .as_ref()
-                .map(serde_json::to_value)
-                .transpose()
-                .map_err(corrupt)?,
-        );
+        c_facts.push(Json(f));
+        c_held.push(c.state.held.as_ref().map(Json));
         c_synced.push(f.synced.is_some());
         c_suspended.push(f.is_suspended());
         c_blocked.push(f.is_blocked());
