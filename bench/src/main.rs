@@ -38,7 +38,7 @@ impl Opts {
 
 fn opts() -> anyhow::Result<Opts> {
     let mut o = Opts {
-        throughput_events: 20_000,
+        throughput_events: 60_000,
         rss_events: 100_000,
         quick: false,
         only: None,
@@ -68,7 +68,7 @@ fn opts() -> anyhow::Result<Opts> {
                 println!(
                     "bench: measures the fleet on this machine (RabbitMQ and PostgreSQL must run: deploy/services.sh)\n\n\
                      --quick                  small sizes, for a smoke run (figures not comparable)\n\
-                     --throughput-events N    events for the throughput scenario (default 20000)\n\
+                     --throughput-events N    events for the throughput scenario (default 60000)\n\
                      --rss-events N           backlog for the memory scenario (default 100000)\n\
                      --only NAME              one scenario: ceiling, throughput, rate, memory, latency, wave"
                 );
