@@ -250,7 +250,7 @@ async fn transact(
     let mut states = Vec::new();
     let mut writes = Vec::new();
     let mut run = Run::default();
-    let mut ids_text = Vec::new();
+    let mut decided_here = Vec::new();
     let in_flight = ended.iter().any(|c| c.in_flight);
     for (contract, called) in contracts.iter().zip(ended) {
         if let Some(state) = called.state {
@@ -264,7 +264,7 @@ async fn transact(
                     decided,
                     calls,
                 } => {
-                    ids_text.push((item, result, decided, calls));
+                    decided_here.push((item, result, decided, calls));
                 }
                 Ended::Handed { item, start } => {
                     run.handed.push((item.index, item.event.clone(), start));
@@ -272,11 +272,11 @@ async fn transact(
             }
         }
     }
-    let event_id_texts: Vec<String> = ids_text
+    let event_ids_text: Vec<String> = decided_here
         .iter()
         .map(|(item, ..)| item.event.event_id.to_string())
         .collect();
-    for ((item, result, decided, calls), id) in ids_text.iter().zip(&event_id_texts) {
+    for ((item, result, decided, calls), id) in decided_here.iter().zip(&event_ids_text) {
         let entry = handler::history(
             &item.event,
             id,
@@ -319,7 +319,7 @@ async fn transact(
     if !marked.is_empty() {
         app.skeelo_health.success();
     }
-    run.done = ids_text
+    run.done = decided_here
         .into_iter()
         .map(|(item, result, ..)| (item.index, result))
         .collect();
