@@ -96,6 +96,20 @@ fn worker_binary() -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// Publishes one sync as the ERP does (confirmed).
+async fn publish_sync(publisher: &Publisher, e: &serde_json::Value) -> anyhow::Result<()> {
+    let eid = e["event_id"].as_str().unwrap_or_default();
+    publisher
+        .publish_json(
+            EVENTS_EXCHANGE,
+            "contract.sync",
+            eid,
+            e.to_string().as_bytes(),
+        )
+        .await?;
+    Ok(())
+}
+
 async fn start_worker(w: &World, rate: Option<u32>, consumers: &str) -> anyhow::Result<Worker> {
     let rate = rate.map_or("unlimited".to_string(), |r| r.to_string());
     // The log level a fleet ships with: a line per event is part of its cost.
@@ -340,15 +354,7 @@ async fn latency_at_half_rate(rate: u32, seconds: u64) -> anyhow::Result<Vec<f64
         tokio::time::sleep_until(next.into()).await;
         let id = format!("LAT{i:06}");
         published.insert(id, SystemTime::now());
-        let eid = e["event_id"].as_str().unwrap_or_default();
-        publisher
-            .publish_json(
-                EVENTS_EXCHANGE,
-                "contract.sync",
-                eid,
-                e.to_string().as_bytes(),
-            )
-            .await?;
+        publish_sync(&publisher, e).await?;
         next += every;
     }
     wait_handled(&[worker.port], n, Duration::from_secs(120)).await?;
@@ -390,15 +396,7 @@ async fn wave(rate: u32, backlog: usize, window: Duration) -> anyhow::Result<Wav
         let id = format!("SIGNUP{i:04}");
         let e = sample::event(EventType::Sync, &id, 1, &["SKEELO-AUDIOBOOKS"]);
         published.insert(id, SystemTime::now());
-        let eid = e["event_id"].as_str().unwrap_or_default();
-        publisher
-            .publish_json(
-                EVENTS_EXCHANGE,
-                "contract.sync",
-                eid,
-                e.to_string().as_bytes(),
-            )
-            .await?;
+        publish_sync(&publisher, &e).await?;
         i += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -302,19 +302,17 @@ async fn transact(
             settled: *settled,
         })
         .collect();
-    let failed = |e: tokio_postgres::Error| Failed {
-        error: e.into(),
+    // From here on, calls have been made: a failure says whether one may still land.
+    let failed = |e: ApplyError| Failed {
+        error: e,
         in_flight,
     };
     if !writes.is_empty() || !contract_writes.is_empty() {
         store::write(&tx, &contract_writes, &writes)
             .await
-            .map_err(|e| Failed {
-                error: e.into(),
-                in_flight,
-            })?;
+            .map_err(|e| failed(e.into()))?;
     }
-    tx.commit().await.map_err(failed)?;
+    tx.commit().await.map_err(|e| failed(e.into()))?;
     app.db_health.success();
     if !marked.is_empty() {
         app.skeelo_health.success();
