@@ -66,16 +66,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Metrics::new()?,
         Pacer::fleet(store.clone(), a.rate, Weights::default()),
     )?;
-    let client = store.client().await?;
-    let ids: Vec<String> = client
-        .query(
-            "SELECT id FROM contracts ORDER BY updated_at DESC, id LIMIT $1",
-            &[&a.limit.max(1)],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = store.recent_contracts(a.limit).await?;
     let mut rows = Vec::new();
     for id in ids {
         let Some(state) = store.contract(&id).await? else {

@@ -93,11 +93,9 @@ fn main() -> ExitCode {
 async fn database(url: &str) -> anyhow::Result<skeelo_shared::store::Store> {
     use anyhow::Context;
     let store = skeelo_shared::store::Store::connect(url, 2).context("DATABASE_URL")?;
-    drop(
-        store
-            .client()
-            .await
-            .context("cannot reach the database at DATABASE_URL")?,
-    );
+    store
+        .reach()
+        .await
+        .context("cannot reach the database at DATABASE_URL")?;
     Ok(store)
 }

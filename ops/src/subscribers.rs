@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 use skeelo_shared::mask;
+use skeelo_shared::store::reports::SubscriberState;
 
 use crate::table;
 
@@ -24,15 +25,15 @@ pub(crate) enum Status {
     All,
 }
 
-impl Status {
-    fn condition(self) -> &'static str {
-        match self {
-            Status::Active => "synced AND NOT cancelled AND NOT suspended AND NOT blocked",
-            Status::Suspended => "synced AND suspended AND NOT cancelled",
-            Status::Blocked => "synced AND blocked AND NOT cancelled",
-            Status::Cancelled => "cancelled",
-            Status::AwaitingSync => "NOT synced AND NOT cancelled",
-            Status::All => "true",
+impl From<Status> for SubscriberState {
+    fn from(s: Status) -> SubscriberState {
+        match s {
+            Status::Active => SubscriberState::Active,
+            Status::Suspended => SubscriberState::Suspended,
+            Status::Blocked => SubscriberState::Blocked,
+            Status::Cancelled => SubscriberState::Cancelled,
+            Status::AwaitingSync => SubscriberState::AwaitingSync,
+            Status::All => SubscriberState::All,
         }
     }
 }
@@ -70,49 +71,28 @@ struct Row {
 
 pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let store = crate::database(&a.database_url).await?;
-    let client = store.client().await?;
-    let condition = a
-        .status
-        .iter()
-        .map(|s| format!("({})", s.condition()))
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    let sql = format!(
-        "SELECT id, subscriber_id,
-                facts #>> '{{synced,details,subscriber,name}}',
-                facts #>> '{{synced,details,subscriber,email}}',
-                CASE WHEN cancelled THEN 'cancelled' WHEN NOT synced THEN 'awaiting-sync'
-                     WHEN suspended AND blocked THEN 'suspended+blocked'
-                     WHEN suspended THEN 'suspended' WHEN blocked THEN 'blocked' ELSE 'active' END,
-                skeelo_status,
-                COALESCE(ARRAY(SELECT jsonb_array_elements_text(facts #> '{{synced,details,products}}')), '{{}}'),
-                to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-         FROM contracts WHERE {condition} ORDER BY updated_at DESC, id LIMIT $1"
-    );
-    let rows = client.query(&sql, &[&a.limit.max(1)]).await?;
-    let rows: Vec<Row> = rows
-        .iter()
-        .map(|r| {
-            let name: Option<String> = r.get(2);
-            let email: Option<String> = r.get(3);
-            Row {
-                contract_id: r.get(0),
-                subscriber_id: r.get(1),
-                name: if a.reveal {
-                    name
-                } else {
-                    name.as_deref().map(mask::name)
-                },
-                email: if a.reveal {
-                    email
-                } else {
-                    email.as_deref().map(mask::email)
-                },
-                state: r.get(4),
-                skeelo_status: r.get(5),
-                products: r.get(6),
-                updated_at: r.get(7),
-            }
+    let states: Vec<SubscriberState> = a.status.iter().map(|s| (*s).into()).collect();
+    let rows: Vec<Row> = store
+        .subscribers(&states, a.limit)
+        .await?
+        .into_iter()
+        .map(|r| Row {
+            contract_id: r.contract_id,
+            subscriber_id: r.subscriber_id,
+            name: if a.reveal {
+                r.name
+            } else {
+                r.name.as_deref().map(mask::name)
+            },
+            email: if a.reveal {
+                r.email
+            } else {
+                r.email.as_deref().map(mask::email)
+            },
+            state: r.state,
+            skeelo_status: r.skeelo_status,
+            products: r.products,
+            updated_at: r.updated_at,
         })
         .collect();
     if a.json {

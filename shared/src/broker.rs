@@ -27,6 +27,10 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
+use lapin::message::Delivery;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
 use crate::event::EventType;
 
 /// Where the ERP publishes contract events.
@@ -324,4 +328,126 @@ pub fn header_int(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).parse().ok(),
         _ => None,
     }
+}
+
+/// What the fleet reads of a delivery besides its body: where it came from, and our
+/// retry headers (the broker owns `x-` headers and may rewrite them).
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The routing key it was published with (for a broker dead letter, the one it
+    /// had before RabbitMQ dead-lettered it).
+    pub routing_key: String,
+    /// The AMQP `message_id` (the ERP sets it to the event id).
+    pub message_id: Option<String>,
+    /// The broker's hint that this may be a second delivery.
+    pub redelivered: bool,
+    /// Delayed rounds spent before this delivery.
+    pub attempts: u32,
+    /// When the first attempt failed.
+    pub first_failure: Option<OffsetDateTime>,
+    /// Why RabbitMQ dead-lettered it, for deliveries from its dead-letter queue.
+    pub death: Option<Death>,
+}
+
+impl Envelope {
+    /// Reads a delivery's envelope.
+    pub fn of(d: &Delivery) -> Envelope {
+        let headers = d.properties.headers().as_ref();
+        let death = death(headers);
+        Envelope {
+            routing_key: death
+                .as_ref()
+                .and_then(|x| x.routing_key.clone())
+                .unwrap_or_else(|| d.routing_key.as_str().to_string()),
+            message_id: d
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str().to_string()),
+            redelivered: d.redelivered,
+            attempts: header_int(headers, ATTEMPTS_HEADER)
+                .unwrap_or(0)
+                .clamp(0, i64::from(u32::MAX)) as u32,
+            first_failure: header_str(headers, FIRST_FAILURE_HEADER)
+                .and_then(|s| OffsetDateTime::parse(&s, &Rfc3339).ok()),
+            death,
+        }
+    }
+}
+
+/// The headers of a copy sent to a delay queue: our attempt count, the first
+/// failure's time, the last error (cut to 500 characters), and which delay queue.
+pub fn retry_headers(
+    attempts: u32,
+    first_failure: OffsetDateTime,
+    last_error: &str,
+    delay: std::time::Duration,
+) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ATTEMPTS_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    headers.insert(
+        FIRST_FAILURE_HEADER.into(),
+        long_string(&first_failure.format(&Rfc3339).unwrap_or_default()),
+    );
+    let short: String = last_error.chars().take(500).collect();
+    headers.insert(LAST_ERROR_HEADER.into(), long_string(&short));
+    headers.insert(
+        DELAY_HEADER.into(),
+        long_string(&delay.as_millis().to_string()),
+    );
+    headers
+}
+
+/// Why RabbitMQ dead-lettered a message: its newest `x-death` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Death {
+    /// `delivery_limit`, `rejected`, `expired`, `maxlen`.
+    pub reason: String,
+    /// The queue it left.
+    pub queue: String,
+    /// The routing key it had there.
+    pub routing_key: Option<String>,
+    /// How many times it was dead-lettered from there.
+    pub count: i64,
+}
+
+impl Death {
+    /// In words, for the dead letter's error. (`count` counts how often the message
+    /// was dead-lettered from that queue, not how often it was delivered.)
+    pub fn describe(&self) -> String {
+        let times = match self.count {
+            n if n <= 1 => String::new(),
+            n => format!(", {n} times"),
+        };
+        format!(
+            "RabbitMQ dead-lettered it from {} ({}{times})",
+            self.queue, self.reason
+        )
+    }
+}
+
+fn death(headers: Option<&FieldTable>) -> Option<Death> {
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let text = |k: &str| header_str(Some(first), k);
+    let routing_key = match first.inner().get("routing-keys") {
+        Some(AMQPValue::FieldArray(keys)) => keys.as_slice().iter().find_map(|k| match k {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            _ => None,
+        }),
+        _ => None,
+    };
+    Some(Death {
+        reason: text("reason").unwrap_or_else(|| "unknown".into()),
+        queue: text("queue").unwrap_or_else(|| "?".into()),
+        routing_key,
+        count: header_int(Some(first), "count").unwrap_or(1),
+    })
 }

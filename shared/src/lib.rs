@@ -6,12 +6,14 @@
 //! the Skeelo partner API ([`skeelo`]). Binaries stay thin and build on these.
 
 pub mod broker;
+pub mod decide;
 pub mod event;
 pub mod lifecycle;
 pub mod mask;
 pub mod metrics;
 pub mod outcome;
 pub mod pacer;
+pub mod policy;
 pub mod sample;
 pub mod skeelo;
 pub mod store;

@@ -4,8 +4,8 @@
 //! can run several fleets in one process and read each one's figures.
 
 use prometheus::{
-    Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::event::EventType;
@@ -36,8 +36,9 @@ pub struct Metrics {
     /// `skeelo_batch_events{type}`: deliveries handled together in one transaction
     /// (large under a backlog, one when events come one by one).
     pub batch_events: HistogramVec,
-    /// `skeelo_batches_failed_total{type}`: batches whose transaction failed; their
-    /// events were then handled one by one (a database error, usually).
+    /// `skeelo_batches_failed_total{type}`: rounds whose transaction failed and
+    /// committed nothing (a database error, usually); their events went to the
+    /// failure policy.
     pub batches_failed: IntCounterVec,
     /// `skeelo_last_processed_timestamp_seconds{type}`: alert on age, not only depth.
     pub last_processed: GaugeVec,
@@ -47,6 +48,15 @@ pub struct Metrics {
     pub rate_limit_wait: Counter,
     /// `skeelo_results_published_total`: result messages confirmed by the broker.
     pub results_published: IntCounter,
+    /// `skeelo_results_outbox_depth`: results written but not yet taken by the broker.
+    pub outbox_depth: IntGauge,
+    /// `skeelo_results_outbox_oldest_age_seconds`: how long the oldest of them has
+    /// waited (alert on this: a result the ERP does not get is an event it thinks lost).
+    pub outbox_oldest: Gauge,
+    /// `skeelo_results_refused_total{reason}`: results the broker did not take
+    /// (`unroutable`: no queue bound; `nacked`: refused, e.g. a full queue;
+    /// `channel`: the channel failed); each waits in the outbox for the next try.
+    pub results_refused: IntCounterVec,
     /// `skeelo_api_throttled_total`: 429 answers from Skeelo.
     pub throttled: IntCounter,
     /// `skeelo_outage_mode{downstream}`: 1 while consumers are paused because Skeelo
@@ -129,7 +139,7 @@ impl Metrics {
         let batches_failed = IntCounterVec::new(
             Opts::new(
                 "skeelo_batches_failed_total",
-                "Batches whose transaction failed; their events were handled one by one.",
+                "Rounds of a batch whose transaction failed and committed nothing; their events went to the failure policy.",
             ),
             &["type"],
         )?;
@@ -151,6 +161,21 @@ impl Metrics {
         let results_published = IntCounter::new(
             "skeelo_results_published_total",
             "Result messages to the ERP confirmed by the broker.",
+        )?;
+        let outbox_depth = IntGauge::new(
+            "skeelo_results_outbox_depth",
+            "Results to the ERP written but not yet taken by the broker.",
+        )?;
+        let outbox_oldest = Gauge::new(
+            "skeelo_results_outbox_oldest_age_seconds",
+            "Age of the oldest result not yet taken by the broker (0 when none waits).",
+        )?;
+        let results_refused = IntCounterVec::new(
+            Opts::new(
+                "skeelo_results_refused_total",
+                "Results the broker did not take (they wait in the outbox), by reason.",
+            ),
+            &["reason"],
         )?;
         let throttled = IntCounter::new(
             "skeelo_api_throttled_total",
@@ -205,6 +230,12 @@ impl Metrics {
         registry.register(Box::new(rate_limit_wait.clone()))?;
         registry.register(Box::new(results_published.clone()))?;
         registry.register(Box::new(throttled.clone()))?;
+        registry.register(Box::new(outbox_depth.clone()))?;
+        registry.register(Box::new(outbox_oldest.clone()))?;
+        registry.register(Box::new(results_refused.clone()))?;
+        for r in ["unroutable", "nacked", "channel"] {
+            results_refused.with_label_values(&[r]);
+        }
         for t in EventType::ALL {
             for o in Outcome::ALL {
                 events.with_label_values(&[t.as_str(), o.as_str()]);
@@ -229,6 +260,9 @@ impl Metrics {
             token_refreshes,
             rate_limit_wait,
             results_published,
+            outbox_depth,
+            outbox_oldest,
+            results_refused,
             throttled,
             outage_mode,
             dead_letters_parked,

@@ -8,6 +8,7 @@
 //! the caller must do: [`SkeeloError::is_transient`] means "try again later".
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,17 @@ impl SkeeloError {
     /// `true` when trying again later may succeed.
     pub fn is_transient(&self) -> bool {
         !matches!(self, SkeeloError::Rejected { .. })
+    }
+
+    /// What the failure means for the event (see [`crate::policy`]).
+    pub fn failure(&self) -> crate::policy::Failure {
+        use crate::policy::Failure;
+        match self {
+            SkeeloError::Unavailable(_) => Failure::PartnerUnavailable,
+            SkeeloError::Transient(_) => Failure::PartnerFailed,
+            SkeeloError::Throttled => Failure::PartnerThrottled,
+            SkeeloError::Rejected { .. } => Failure::PartnerRefused,
+        }
     }
 
     /// A short, bounded class for dead letters and metrics.
@@ -193,6 +205,20 @@ struct Inner {
     token: Mutex<Option<Token>>,
     pacer: Pacer,
     metrics: Metrics,
+}
+
+tokio::task_local! {
+    /// Requests sent and not answered yet, counted for whoever runs calls under
+    /// [`counting_sent`].
+    static SENT: Arc<AtomicUsize>;
+}
+
+/// Runs `calls`, counting in `sent` the requests that left and were not answered. A
+/// caller that drops `calls` (its time ran out) learns from `sent` whether one may
+/// still land at Skeelo (non-zero), or whether it was only waiting for its turn in
+/// the partner rate (zero: nothing of it can land).
+pub async fn counting_sent<F: std::future::Future>(sent: Arc<AtomicUsize>, calls: F) -> F::Output {
+    SENT.scope(sent, calls).await
 }
 
 /// How long one call sits out 429s before it gives up (as `Throttled`, which costs the
@@ -447,7 +473,11 @@ impl SkeeloClient {
         self.wait_turn().await;
         let timer = self.inner.metrics.api_timer(operation);
         let started = Instant::now();
+        // Counted down only when the answer came: a request dropped on the way stays
+        // counted, since Skeelo may still act on it.
+        let _ = SENT.try_with(|n| n.fetch_add(1, Ordering::SeqCst));
         let result = request.send().await;
+        let _ = SENT.try_with(|n| n.fetch_sub(1, Ordering::SeqCst));
         let response = match result {
             Ok(r) => r,
             Err(e) => {

@@ -14,11 +14,14 @@ use tokio_postgres::NoTls;
 
 use crate::lifecycle::{Facts, Held, Status};
 use crate::outcome::Outcome;
+use crate::policy::Failure;
 use crate::skeelo::Product;
 
 pub mod apply;
 pub mod dead;
 mod migrate;
+pub mod outbox;
+pub mod reports;
 
 /// What went wrong talking to PostgreSQL. Always worth another try later, except
 /// [`StoreError::Config`].
@@ -36,6 +39,32 @@ pub enum StoreError {
     /// A stored value no longer reads as this version of the code expects.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// What the failure means for an event, by SQLSTATE class: the data refused
+    /// (22 data exception, 23 integrity) is the event's fault and never heals;
+    /// anything else says the database is away or busy, not that the event is wrong.
+    pub fn failure(&self) -> Failure {
+        match self {
+            StoreError::Corrupt(_) => Failure::StateUnreadable,
+            StoreError::Query(e) => match e.code().map(|c| c.code()) {
+                Some(code) if code.starts_with("22") || code.starts_with("23") => {
+                    Failure::DatabaseRefused
+                }
+                _ => Failure::DatabaseUnavailable,
+            },
+            StoreError::Config(_) | StoreError::Pool(_) => Failure::DatabaseUnavailable,
+        }
+    }
+
+    /// The SQLSTATE, when the database gave one (for dead letters' error class).
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            StoreError::Query(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
 }
 
 /// A pool of connections to the fleet's database.
@@ -59,25 +88,17 @@ pub struct ContractState {
     pub uncertain: Option<Uncertain>,
 }
 
-/// Who made the unrecorded calls, and how long ago they began.
+/// Who made the unrecorded calls, and whether they may still land.
 #[derive(Debug, Clone, Copy)]
 pub struct Uncertain {
     /// The attempt that made them.
     pub owner: uuid::Uuid,
-    /// Time since they began.
-    pub age: std::time::Duration,
+    /// How much longer one of them may still land at Skeelo: zero once the owner
+    /// said they all returned (or the fence ran out).
+    pub may_land_for: std::time::Duration,
 }
 
-/// The first decision about an event id, repeated to the ERP on redelivery.
-#[derive(Debug, Clone)]
-pub struct Processed {
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Skeelo's status then.
-    pub skeelo_status: Option<Status>,
-    /// Why.
-    pub detail: String,
-}
+pub use crate::decide::Processed;
 
 /// One line of a contract's story.
 #[derive(Debug, Clone)]
@@ -143,8 +164,65 @@ impl Store {
     }
 
     /// Marks contracts uncertain for the calls `owner` is about to make, committed at
-    /// once (see [`ContractState::uncertain`]).
+    /// once (see [`ContractState::uncertain`]); the calls may land for `fence`.
     pub async fn mark_uncertain(
+        &self,
+        contract_ids: &[&str],
+        owner: uuid::Uuid,
+        fence: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let client = self.marks.get().await?;
+        client
+            .execute(
+                &client
+                    .prepare_cached(
+                        "INSERT INTO skeelo_uncertain (contract_id, owner, calls_until)
+                 SELECT id, $2, clock_timestamp() + make_interval(secs => $3)
+                 FROM unnest($1::text[]) AS t(id) ORDER BY id
+                 ON CONFLICT (contract_id) DO UPDATE
+                 SET owner = EXCLUDED.owner, since = now(), calls_until = EXCLUDED.calls_until",
+                    )
+                    .await?,
+                &[&contract_ids, &owner, &fence.as_secs_f64()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// How much longer calls behind a contract's mark may land; `None` when there is
+    /// no mark or they cannot any more. Asked by an event waiting for another
+    /// process's calls.
+    pub async fn calls_may_land(
+        &self,
+        contract_id: &str,
+    ) -> Result<Option<std::time::Duration>, StoreError> {
+        let client = self.marks.get().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT EXTRACT(EPOCH FROM calls_until - clock_timestamp())::float8
+                         FROM skeelo_uncertain WHERE contract_id = $1",
+                    )
+                    .await?,
+                &[&contract_id],
+            )
+            .await?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<f64>>(0))
+            .filter(|s| *s > 0.0)
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()))
+    }
+
+    /// Brings the schema up to date; safe when several replicas start at once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        migrate::run(&mut client).await
+    }
+
+    /// The attempt `owner` ended and none of its calls is in flight any more: others
+    /// may read Skeelo back at once (the mark stays: the answers are still unrecorded).
+    pub async fn release_uncertain(
         &self,
         contract_ids: &[&str],
         owner: uuid::Uuid,
@@ -154,45 +232,11 @@ impl Store {
             .execute(
                 &client
                     .prepare_cached(
-                        "INSERT INTO skeelo_uncertain (contract_id, owner)
-                 SELECT id, $2 FROM unnest($1::text[]) AS t(id) ORDER BY id
-                 ON CONFLICT (contract_id) DO UPDATE SET owner = EXCLUDED.owner, since = now()",
+                        "UPDATE skeelo_uncertain SET calls_until = clock_timestamp()
+                 WHERE contract_id = ANY($1) AND owner = $2",
                     )
                     .await?,
                 &[&contract_ids, &owner],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Brings the schema up to date; safe when several replicas start at once.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await?;
-        migrate::run(&mut client).await
-    }
-
-    /// A pooled connection, for queries this module does not own (operators' reports).
-    pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        Ok(self.pool.get().await?)
-    }
-
-    /// The attempt `owner` ended and none of its calls is in flight any more: others
-    /// may read Skeelo back at once (the mark stays: the answers are still unrecorded).
-    pub async fn release_uncertain(
-        &self,
-        contract_id: &str,
-        owner: uuid::Uuid,
-    ) -> Result<(), StoreError> {
-        let client = self.marks.get().await?;
-        client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE skeelo_uncertain SET since = now() - interval '1 day'
-                 WHERE contract_id = $1 AND owner = $2",
-                    )
-                    .await?,
-                &[&contract_id, &owner],
             )
             .await?;
         Ok(())

@@ -155,7 +155,14 @@ async fn throttling_waits_without_spending_attempts() {
         w.publish(e).await.expect("published");
     }
     w.wait_for_events(&events, WAIT).await.expect("all results");
-    assert!(w.results().iter().all(|r| r.outcome == Outcome::Applied));
+    assert!(
+        w.results().iter().all(|r| r.outcome == Outcome::Applied),
+        "{:?}",
+        w.results()
+            .iter()
+            .filter(|r| r.outcome != Outcome::Applied)
+            .collect::<Vec<_>>()
+    );
     assert!(
         w.sim.request_count("create_subscription", 429) + w.sim.request_count("token", 429) > 0,
         "Skeelo did throttle"

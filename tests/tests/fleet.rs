@@ -242,7 +242,7 @@ async fn replicas_migrating_at_once_do_not_race() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(n, 3, "each migration applied once");
+    assert_eq!(n, 5, "each migration applied once");
     w.close().await.expect("cleanup");
 }
 
@@ -258,8 +258,9 @@ async fn a_sync_that_reached_skeelo_unrecorded_is_cancelled_when_the_cancel_wins
         .await
         .expect("db")
         .execute(
-            "INSERT INTO skeelo_uncertain (contract_id, owner, since)
-             VALUES ('U1', gen_random_uuid(), now() - interval '1 hour')",
+            "INSERT INTO skeelo_uncertain (contract_id, owner, since, calls_until)
+             VALUES ('U1', gen_random_uuid(), now() - interval '1 hour',
+                     now() - interval '1 hour' + interval '1 minute')",
             &[],
         )
         .await
@@ -313,8 +314,9 @@ async fn another_attempts_calls_that_may_still_be_in_flight_are_waited_for() {
         .await
         .expect("db")
         .execute(
-            "INSERT INTO skeelo_uncertain (contract_id, owner) VALUES ('F1', gen_random_uuid())",
-            &[],
+            "INSERT INTO skeelo_uncertain (contract_id, owner, calls_until)
+             VALUES ('F1', gen_random_uuid(), now() + make_interval(secs => $1))",
+            &[&fence.as_secs_f64()],
         )
         .await
         .expect("marked");

@@ -65,6 +65,11 @@ impl Catalogue {
         (missing, s.1)
     }
 
+    /// Of `products`, those the list in hand does not know (no refresh).
+    pub(crate) fn unknown_now(&self, products: &[String]) -> BTreeSet<String> {
+        self.missing(products).0.into_iter().collect()
+    }
+
     /// The SKUs Skeelo does not sell, checked against a list read after this call
     /// began; `Err` when that refresh failed (the event should wait, not be judged on
     /// a stale list).

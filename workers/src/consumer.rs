@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use skeelo_shared::broker::{self, Publisher};
@@ -18,34 +16,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::batch;
-use crate::handler::{self, Disposition};
+use crate::event_path::{self, Batch, Source};
 use crate::App;
-
-/// Where a consumer takes its work from.
-#[derive(Debug, Clone, Copy)]
-enum Source {
-    /// The work queue of one event type.
-    Work(EventType),
-    /// What RabbitMQ dead-lettered by itself, to be parked in the database.
-    Dead,
-}
-
-impl Source {
-    fn queue(self) -> String {
-        match self {
-            Source::Work(t) => broker::queue_name(t),
-            Source::Dead => broker::DEAD_QUEUE.to_string(),
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Source::Work(t) => t.as_str(),
-            Source::Dead => "dead",
-        }
-    }
-}
 
 /// One broker connection's life: topology, publisher, a consumer per queue. Returns
 /// `Ok` after a clean shutdown (in-flight work finished) and `Err` when the
@@ -78,6 +50,14 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
         )));
     }
     let watcher = tokio::spawn(watch_queues(app.clone(), connection.clone(), lost.clone()));
+    // The relay stops after the work in flight, so the last events' results go out.
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn(crate::relay::run(
+        app.clone(),
+        connection.clone(),
+        relay_stop.clone(),
+        lost.clone(),
+    ));
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = lost.cancelled() => {}
@@ -96,6 +76,12 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
     }
     tracker.close();
     tracker.wait().await;
+    relay_stop.cancel();
+    // The results of the last events go out before the connection closes (or wait in
+    // the outbox for the next process).
+    if let Err(e) = relay.await {
+        tracing::error!(error = %e, "the results relay failed");
+    }
     for channel in channels {
         let _ = channel.close(200, "consumer stopped".into()).await;
     }
@@ -281,97 +267,45 @@ fn dispatch(
     permit: OwnedSemaphorePermit,
 ) -> Option<lapin::Error> {
     let mut error = None;
-    let mut batch = Vec::with_capacity(chunk.len());
+    let mut deliveries = Vec::with_capacity(chunk.len());
     for next in chunk {
         match next {
-            Ok(delivery) => batch.push(delivery),
+            Ok(delivery) => deliveries.push(delivery),
             Err(e) => error = Some(e),
         }
     }
-    match source {
-        _ if batch.is_empty() => {}
-        Source::Work(t) => {
-            tracker.spawn(work(app.clone(), t, batch, permit));
-        }
-        Source::Dead => {
-            for delivery in batch {
-                tracker.spawn(work_dead(app.clone(), delivery));
-            }
-        }
+    if !deliveries.is_empty() {
+        tracker.spawn(work(app.clone(), Batch::new(source, deliveries), permit));
     }
     error
 }
 
-async fn work(
-    app: Arc<App>,
-    t: EventType,
-    deliveries: Vec<Delivery>,
-    permit: OwnedSemaphorePermit,
-) {
-    let started = std::time::Instant::now();
-    let gauge = app.metrics.in_flight.with_label_values(&[t.as_str()]);
-    let n = deliveries.len();
+async fn work(app: Arc<App>, batch: Batch, permit: OwnedSemaphorePermit) {
+    let label = batch.source.label();
+    let gauge = app.metrics.in_flight.with_label_values(&[label]);
+    let n = batch.deliveries.len();
     gauge.add(n as i64);
-    app.metrics
-        .batch_events
-        .with_label_values(&[t.as_str()])
-        .observe(n as f64);
-    let handled = std::panic::AssertUnwindSafe(batch::handle(&app, t, &deliveries))
+    if let Source::Work(_) = batch.source {
+        app.metrics
+            .batch_events
+            .with_label_values(&[label])
+            .observe(n as f64);
+    }
+    let mut permit = Some(permit);
+    let handled = std::panic::AssertUnwindSafe(event_path::handle(&app, &batch, &mut permit))
         .catch_unwind()
         .await;
-    // A bug must not leave deliveries unsettled (their prefetch slots would be lost):
-    // they go back, and after enough deliveries RabbitMQ dead-letters them.
-    let settled = handled.unwrap_or_else(|_| {
-        tracing::error!(queue = %broker::queue_name(t), events = n, "the handler panicked; the deliveries go back to their queue");
-        vec![(Disposition::Requeue, None); n]
-    });
-    let settling = deliveries
-        .iter()
-        .zip(&settled)
-        .map(|(delivery, (disposition, _))| settle(delivery, *disposition));
-    futures_util::future::join_all(settling).await;
-    let took = started.elapsed().as_secs_f64();
-    for outcome in settled.iter().filter_map(|(_, o)| *o) {
-        app.metrics.event_done(t.as_str(), outcome, took);
+    // Every delivery is settled by the event path; whatever it left (a bug) goes back,
+    // and after enough deliveries RabbitMQ dead-letters it.
+    let left = batch.requeue_rest().await;
+    if handled.is_err() || left > 0 {
+        tracing::error!(
+            queue = %batch.source.queue(),
+            events = left,
+            panicked = handled.is_err(),
+            "deliveries were left unsettled; they go back to their queue"
+        );
     }
     gauge.sub(n as i64);
     drop(permit);
-}
-
-async fn work_dead(app: Arc<App>, delivery: Delivery) {
-    let gauge = app.metrics.in_flight.with_label_values(&["dead"]);
-    gauge.inc();
-    let handled = std::panic::AssertUnwindSafe(handler::handle_dead(&app, &delivery))
-        .catch_unwind()
-        .await;
-    // Broker dead letters are counted in skeelo_dead_letters_total; the `type` label
-    // of the event metrics stays an event type.
-    let (disposition, _) = handled.unwrap_or_else(|_| {
-        tracing::error!(
-            queue = broker::DEAD_QUEUE,
-            "the handler panicked; the delivery goes back to its queue"
-        );
-        (Disposition::Requeue, None)
-    });
-    settle(&delivery, disposition).await;
-    gauge.dec();
-}
-
-async fn settle(delivery: &Delivery, disposition: Disposition) {
-    let settled = match disposition {
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Disposition::Requeue => {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-    };
-    if let Err(e) = settled {
-        // After a reconnect the old delivery tag is void; the broker redelivers the
-        // message and idempotency makes that harmless.
-        tracing::warn!(error = %e, "could not settle the delivery; the broker will redeliver it");
-    }
 }

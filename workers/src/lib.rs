@@ -6,27 +6,27 @@
 //! event type asked for, reconnecting to RabbitMQ by itself when the connection is lost.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use skeelo_shared::broker::{BrokerError, Publisher, RESULTS_EXCHANGE};
+use skeelo_shared::broker::Publisher;
 use skeelo_shared::event::EventType;
 use skeelo_shared::metrics::Metrics;
-use skeelo_shared::outcome::EventResult;
 use skeelo_shared::pacer::Pacer;
 use skeelo_shared::skeelo::{ClientConfig, SkeeloClient};
 use skeelo_shared::store::Store;
-use tokio::sync::RwLock;
+use tokio::sync::{Notify, RwLock};
 use tokio_util::sync::CancellationToken;
 
-mod batch;
 mod catalogue;
 mod consumer;
-mod handler;
+mod event_path;
 mod http;
 mod outage;
+mod relay;
+pub mod settings;
 
 pub use outage::Trip;
 
@@ -127,36 +127,20 @@ pub(crate) struct App {
     broker_up: AtomicBool,
     skeelo_health: outage::Downstream,
     db_health: outage::Downstream,
+    /// The fleet is stopping: waits end early.
+    stop: CancellationToken,
+    /// Calls this process is making, so its own waiting events wake when they end.
+    calls: event_path::InFlight,
+    /// Times in a row the broker refused to take an event back (to a delay queue).
+    broker_refusals: AtomicU32,
+    /// Results were written to the outbox: the relay sends them now.
+    outbox_wake: Notify,
 }
 
 impl App {
     /// The confirm-mode publisher of the current broker session.
     async fn publisher(&self) -> Option<Publisher> {
         self.publisher.read().await.clone()
-    }
-
-    /// Publishes a result with confirms; failures are logged and returned so the
-    /// delivery goes back to the queue (its redelivery repeats the result).
-    async fn publish_result(&self, result: &EventResult) -> Result<(), BrokerError> {
-        let body = serde_json::to_vec(result).map_err(|e| {
-            BrokerError::Amqp(lapin::Error::from(std::io::Error::other(e.to_string())))
-        })?;
-        let Some(publisher) = self.publisher().await else {
-            return Err(BrokerError::Nacked);
-        };
-        let outcome = publisher
-            .publish_json(
-                RESULTS_EXCHANGE,
-                &result.routing_key(),
-                &result.event_id,
-                &body,
-            )
-            .await;
-        match &outcome {
-            Ok(()) => self.metrics.results_published.inc(),
-            Err(e) => tracing::error!(error = %e, "could not publish the result"),
-        }
-        outcome
     }
 }
 
@@ -184,7 +168,7 @@ pub async fn start(
     let stop = CancellationToken::new();
     let endpoints = Arc::new(http::Endpoints::new(metrics.clone()));
     tokio::spawn(http::serve(listener, endpoints.clone(), stop.clone()));
-    let built = build(settings, metrics).await;
+    let built = build(settings, metrics, stop.clone()).await;
     let app = match built {
         Ok(app) => app,
         Err(e) => {
@@ -208,7 +192,11 @@ pub async fn start(
     Ok(Running { http_addr, done })
 }
 
-async fn build(settings: Settings, metrics: Metrics) -> anyhow::Result<Arc<App>> {
+async fn build(
+    settings: Settings,
+    metrics: Metrics,
+    stop: CancellationToken,
+) -> anyhow::Result<Arc<App>> {
     let store =
         Store::connect(&settings.database_url, settings.db_pool_size).context("DATABASE_URL")?;
     migrate_with_patience(&store).await?;
@@ -230,6 +218,10 @@ async fn build(settings: Settings, metrics: Metrics) -> anyhow::Result<Arc<App>>
         broker_up: AtomicBool::new(false),
         skeelo_health: outage::Downstream::new("skeelo", trip),
         db_health: outage::Downstream::new("database", trip),
+        stop,
+        calls: event_path::InFlight::default(),
+        broker_refusals: AtomicU32::new(0),
+        outbox_wake: Notify::new(),
     }))
 }
 

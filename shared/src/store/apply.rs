@@ -11,13 +11,16 @@ use tokio_postgres::types::{Json, ToSql};
 
 use super::{state_of, text, ContractState, NewHistory, Processed, StoreError, Uncertain};
 use crate::lifecycle::{Held, Status};
-use crate::outcome::Outcome;
+use crate::outcome::{EventResult, Outcome};
+use crate::store::dead::{self, NewDeadLetter};
 
 /// What [`lock`] read under the row locks.
 #[derive(Debug, Default)]
 pub struct Locked {
     /// Every locked contract's state, uncertainty mark included.
     pub contracts: HashMap<String, ContractState>,
+    /// Locked contracts whose stored state does not read, with why.
+    pub unreadable: HashMap<String, String>,
     /// The event ids decided before, with their first decision.
     pub seen: HashMap<uuid::Uuid, Processed>,
 }
@@ -42,12 +45,22 @@ pub async fn lock(
         .await?;
     let rows = tx.query(&locking, &[&contract_ids]).await?;
     let mut contracts = HashMap::with_capacity(rows.len());
+    let mut unreadable = HashMap::new();
     for row in &rows {
-        contracts.insert(row.try_get::<_, String>(0)?, state_of(row, 1, 2)?);
+        let id = row.try_get::<_, String>(0)?;
+        match state_of(row, 1, 2) {
+            Ok(state) => {
+                contracts.insert(id, state);
+            }
+            Err(e) => {
+                unreadable.insert(id, e.to_string());
+            }
+        }
     }
     let marks = tx
         .prepare_cached(
-            "SELECT contract_id, owner, EXTRACT(EPOCH FROM (now() - since))::float8
+            "SELECT contract_id, owner,
+                    EXTRACT(EPOCH FROM (calls_until - clock_timestamp()))::float8
              FROM skeelo_uncertain WHERE contract_id = ANY($1::text[])",
         )
         .await?;
@@ -64,11 +77,12 @@ pub async fn lock(
         tokio::try_join!(tx.query(&marks, by_contract), tx.query(&decided, by_event))?;
     for row in &marks {
         let id: String = row.get(0);
-        let age: Option<f64> = row.get(2);
+        let left: Option<f64> = row.get(2);
         if let Some(state) = contracts.get_mut(&id) {
             state.uncertain = Some(Uncertain {
                 owner: row.get(1),
-                age: std::time::Duration::from_secs_f64(age.unwrap_or(0.0).max(0.0)),
+                may_land_for: std::time::Duration::try_from_secs_f64(left.unwrap_or(0.0).max(0.0))
+                    .unwrap_or_default(),
             });
         }
     }
@@ -84,7 +98,11 @@ pub async fn lock(
         };
         seen.insert(row.get(0), first);
     }
-    Ok(Locked { contracts, seen })
+    Ok(Locked {
+        contracts,
+        unreadable,
+        seen,
+    })
 }
 
 /// A contract's new state.
@@ -101,12 +119,15 @@ pub struct ContractWrite<'a> {
 pub struct EventWrite<'a> {
     /// The event id to record as decided (none for a duplicate's line).
     pub decided: Option<uuid::Uuid>,
-    /// The line.
-    pub history: NewHistory<'a>,
+    /// The line (none when the contract is not known: an unreadable body).
+    pub history: Option<NewHistory<'a>>,
+    /// What the ERP is told: it goes to the results outbox with the rest.
+    pub result: &'a EventResult,
 }
 
 /// Writes what the transaction decided, in one statement: contracts' new states, the
-/// marks of settled contracts cleared, event ids decided, the story told.
+/// marks of settled contracts cleared, event ids decided, the story told, the results
+/// into the outbox.
 pub async fn write(
     tx: &Transaction<'_>,
     contracts: &[ContractWrite<'_>],
@@ -156,8 +177,16 @@ pub async fn write(
     let mut h_status = Vec::with_capacity(m);
     let mut h_calls = Vec::with_capacity(m);
     let mut h_detail = Vec::with_capacity(m);
+    let mut r_event = Vec::with_capacity(m);
+    let mut r_key = Vec::with_capacity(m);
+    let mut r_body = Vec::with_capacity(m);
     for e in events {
-        let h = &e.history;
+        r_event.push(text(&e.result.event_id));
+        r_key.push(e.result.routing_key());
+        r_body.push(Json(e.result));
+        let Some(h) = &e.history else {
+            continue;
+        };
         let detail = text(h.detail);
         if let Some(id) = e.decided {
             p_id.push(id);
@@ -192,6 +221,8 @@ pub async fn write(
                            subscriber_id, skeelo_status)
                  WHERE c.id = n.id),
              u AS (DELETE FROM skeelo_uncertain WHERE contract_id = ANY($10::text[])),
+             o AS (INSERT INTO results_outbox (event_id, routing_key, body)
+                   SELECT * FROM unnest($27::text[], $28::text[], $29::jsonb[])),
              p AS (INSERT INTO processed_events
                        (event_id, contract_id, type, outcome, skeelo_status, detail)
                    SELECT * FROM unnest($11::uuid[], $12::text[], $13::text[], $14::text[],
@@ -233,8 +264,17 @@ pub async fn write(
             &h_status,
             &h_calls,
             &h_detail,
+            &r_event,
+            &r_key,
+            &r_body,
         ],
     )
     .await?;
     Ok(())
+}
+
+/// Parks a dead letter in the caller's transaction; returns its id (a redelivered
+/// failure updates its parked row and gets the same id).
+pub async fn park(tx: &Transaction<'_>, letter: &NewDeadLetter<'_>) -> Result<i64, StoreError> {
+    dead::insert(tx, letter).await
 }

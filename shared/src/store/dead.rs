@@ -6,32 +6,12 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_postgres::types::ToSql;
 
-use super::{Store, StoreError};
+use deadpool_postgres::GenericClient;
 
-/// Why a message became a dead letter (the `reason` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// Invalid input: never retried.
-    Invalid,
-    /// Skeelo refused it (a 4xx that retrying cannot fix).
-    Refused,
-    /// Transient failures until the attempts ran out.
-    Exhausted,
-    /// RabbitMQ dead-lettered it itself (delivery limit, rejection elsewhere).
-    Broker,
-}
+use super::{NewHistory, Store, StoreError};
+use crate::outcome::EventResult;
 
-impl Reason {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Invalid => "invalid",
-            Reason::Refused => "refused",
-            Reason::Exhausted => "exhausted",
-            Reason::Broker => "broker",
-        }
-    }
-}
+pub use crate::policy::ParkReason as Reason;
 
 /// A failure to park.
 pub struct NewDeadLetter<'a> {
@@ -59,6 +39,17 @@ pub struct NewDeadLetter<'a> {
     pub attempts: i32,
     /// When it first failed (from its retry header), if before now.
     pub first_failed_at: Option<OffsetDateTime>,
+}
+
+/// What the contract's story records of the parked event beside its result.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Story<'a> {
+    /// The contract version it carried.
+    pub version: Option<i64>,
+    /// Who acted in the ERP.
+    pub actor: Option<&'a str>,
+    /// When the ERP acted.
+    pub occurred_at: Option<OffsetDateTime>,
 }
 
 /// A stored dead letter.
@@ -229,42 +220,38 @@ fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 impl Store {
-    /// Parks a dead letter; a redelivered failure of the same message updates the
-    /// parked one instead of adding a second.
-    pub async fn park(&self, d: &NewDeadLetter<'_>) -> Result<i64, StoreError> {
-        let client = self.pool.get().await?;
-        let key = super::text(d.message_key);
-        let message_id = d.message_id.map(super::text);
-        let contract_id = d.contract_id.map(super::text);
-        let error = super::text(d.last_error);
-        let row = client
-            .query_one(
-                "INSERT INTO dead_letters (message_key, event_id, contract_id, type, routing_key,
-                     message_id, body, reason, error_class, last_error, attempts, first_failed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, COALESCE($12, now()))
-                 ON CONFLICT (message_key) WHERE state = 'parked' DO UPDATE
-                   SET reason = EXCLUDED.reason, error_class = EXCLUDED.error_class,
-                       last_error = EXCLUDED.last_error,
-                       attempts = GREATEST(dead_letters.attempts, EXCLUDED.attempts),
-                       last_failed_at = now()
-                 RETURNING id",
-                &[
-                    &key,
-                    &d.event_id,
-                    &contract_id,
-                    &d.event_type,
-                    &super::text(d.routing_key),
-                    &message_id,
-                    &d.body,
-                    &d.reason.as_str(),
-                    &d.error_class,
-                    &error,
-                    &d.attempts,
-                    &d.first_failed_at,
-                ],
-            )
-            .await?;
-        Ok(row.get(0))
+    /// Parks a letter (a redelivered failure updates its parked row) and, in the same
+    /// transaction, records what the ERP is told: `report` turns the letter's id into
+    /// the result, which goes to the outbox and, when it names a contract, into the
+    /// contract's story with `story`'s facts. Either all of it is durable or none.
+    pub async fn park(
+        &self,
+        d: &NewDeadLetter<'_>,
+        story: Story<'_>,
+        report: impl FnOnce(i64) -> EventResult,
+    ) -> Result<(i64, EventResult), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let id = insert(&tx, d).await?;
+        let result = report(id);
+        if let Some(contract_id) = result.contract_id.as_deref() {
+            let line = NewHistory {
+                contract_id,
+                event_id: &result.event_id,
+                event_type: &result.event_type,
+                version: story.version,
+                actor: story.actor,
+                occurred_at: story.occurred_at,
+                outcome: result.outcome,
+                skeelo_status: result.skeelo_status,
+                skeelo_calls: 0,
+                detail: &result.detail,
+            };
+            super::insert_history(&tx, &line).await?;
+        }
+        super::outbox::enqueue(&tx, &[&result]).await?;
+        tx.commit().await?;
+        Ok((id, result))
     }
 
     /// Letters matching `filter`, newest failure first.
@@ -416,4 +403,48 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// Parks one letter in the caller's transaction; returns its id.
+pub(super) async fn insert(
+    client: &impl GenericClient,
+    d: &NewDeadLetter<'_>,
+) -> Result<i64, StoreError> {
+    let key = super::text(d.message_key);
+    let message_id = d.message_id.map(super::text);
+    let contract_id = d.contract_id.map(super::text);
+    let error = super::text(d.last_error);
+    let st = client
+        .prepare_cached(
+            "INSERT INTO dead_letters (message_key, event_id, contract_id, type, routing_key,
+                 message_id, body, reason, error_class, last_error, attempts, first_failed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, COALESCE($12, now()))
+             ON CONFLICT (message_key) WHERE state = 'parked' DO UPDATE
+               SET reason = EXCLUDED.reason, error_class = EXCLUDED.error_class,
+                   last_error = EXCLUDED.last_error,
+                   attempts = GREATEST(dead_letters.attempts, EXCLUDED.attempts),
+                   last_failed_at = now()
+             RETURNING id",
+        )
+        .await?;
+    let row = client
+        .query_one(
+            &st,
+            &[
+                &key,
+                &d.event_id,
+                &contract_id,
+                &d.event_type,
+                &super::text(d.routing_key),
+                &message_id,
+                &d.body,
+                &d.reason.as_str(),
+                &d.error_class,
+                &error,
+                &d.attempts,
+                &d.first_failed_at,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
 }

@@ -21,6 +21,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "partner_rate",
         include_str!("../../../migrations/0003_partner_rate.sql"),
     ),
+    (
+        4,
+        "results_outbox",
+        include_str!("../../../migrations/0004_results_outbox.sql"),
+    ),
+    (
+        5,
+        "calls_until",
+        include_str!("../../../migrations/0005_calls_until.sql"),
+    ),
 ];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.

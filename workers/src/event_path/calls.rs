@@ -1,0 +1,216 @@
+//! Bringing Skeelo to what the rules decided, and knowing whose calls may still land.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skeelo_shared::decide::{ContractPlan, Step};
+use skeelo_shared::lifecycle::{self, Call, Facts, Held, Target};
+use skeelo_shared::skeelo::{self, NewSubscription, SkeeloError};
+use tokio::sync::Notify;
+
+use crate::App;
+
+/// How one step of a contract ended once Skeelo was called.
+#[derive(Debug)]
+pub(super) enum StepEnd {
+    /// Done; Skeelo holds this afterwards, after this many calls.
+    Done(Option<Held>, i32),
+    /// A call failed (every call made has returned).
+    Failed(SkeeloError),
+    /// The calls outlived the budget: one may still land.
+    Outlived,
+    /// An earlier step of the contract failed: not tried.
+    NotReached,
+}
+
+/// A contract's steps, called.
+pub(super) struct Called {
+    pub(super) ends: Vec<StepEnd>,
+    /// The facts after the last step done, if any step was.
+    pub(super) facts: Option<Facts>,
+    /// What Skeelo holds after the last step done.
+    pub(super) held: Option<Held>,
+}
+
+impl Called {
+    /// Every call made has its answer in `ends`: nothing failed or is in flight.
+    pub(super) fn settled(&self) -> bool {
+        self.ends.iter().all(|e| matches!(e, StepEnd::Done(..)))
+    }
+
+    /// A call may still land at Skeelo.
+    pub(super) fn outlived(&self) -> bool {
+        self.ends.iter().any(|e| matches!(e, StepEnd::Outlived))
+    }
+}
+
+/// Calls Skeelo for each step in turn, until one fails; all of them together end by
+/// `deadline` (the call budget), after which a call still running is dropped.
+pub(super) async fn steps(
+    app: &App,
+    contract_id: &str,
+    mut held: Option<Held>,
+    plan: &ContractPlan,
+    deadline: tokio::time::Instant,
+) -> Called {
+    let mut ends = Vec::with_capacity(plan.steps.len());
+    let mut facts = None;
+    let mut stopped = false;
+    for step in &plan.steps {
+        if stopped {
+            ends.push(StepEnd::NotReached);
+            continue;
+        }
+        let Step::Apply { decision, target } = step else {
+            ends.push(StepEnd::Done(held.clone(), 0));
+            continue;
+        };
+        let document = decision
+            .facts
+            .synced
+            .as_ref()
+            .map(|s| s.details.subscriber.document.digits().to_string());
+        let sent = Arc::new(AtomicUsize::new(0));
+        let calls = skeelo::counting_sent(
+            sent.clone(),
+            reconcile(app, contract_id, document.as_deref(), held.clone(), target),
+        );
+        match tokio::time::timeout_at(deadline, calls).await {
+            Ok(Ok((now, made))) => {
+                held = now;
+                facts = Some(decision.facts.clone());
+                ends.push(StepEnd::Done(held.clone(), made));
+            }
+            Ok(Err(e)) => {
+                stopped = true;
+                ends.push(StepEnd::Failed(e));
+            }
+            Err(_) if sent.load(Ordering::SeqCst) == 0 => {
+                // Out of time while waiting for a turn in the partner rate (or a 429's
+                // Retry-After): nothing was sent that could still land.
+                stopped = true;
+                ends.push(StepEnd::Failed(SkeeloError::Throttled));
+            }
+            Err(_) => {
+                stopped = true;
+                tracing::warn!(
+                    contract_id,
+                    budget_ms = app.settings.retry.call_budget.as_millis() as u64,
+                    "Skeelo calls took longer than the call budget; one may still land"
+                );
+                ends.push(StepEnd::Outlived);
+            }
+        }
+    }
+    Called { ends, facts, held }
+}
+
+/// Calls Skeelo until it holds the target, re-planning after every answer (an adopted
+/// subscription or one changed behind our back may need other calls than planned).
+async fn reconcile(
+    app: &App,
+    contract_id: &str,
+    document: Option<&str>,
+    mut held: Option<Held>,
+    target: &Target,
+) -> Result<(Option<Held>, i32), SkeeloError> {
+    let mut made = 0;
+    loop {
+        let calls = lifecycle::plan(held.as_ref(), target);
+        let Some(call) = calls.first() else {
+            return Ok((held, made));
+        };
+        if made >= 6 {
+            return Err(SkeeloError::Transient(
+                "Skeelo did not reach the expected state after 6 calls".into(),
+            ));
+        }
+        made += 1;
+        let skeelo = &app.skeelo;
+        held = match (call, target) {
+            (Call::Create, Target::Present(want)) => {
+                let new = NewSubscription {
+                    external_id: contract_id,
+                    document: document.unwrap_or_default(),
+                    profile: &want.profile,
+                };
+                Some(skeelo.create(&new).await?.held())
+            }
+            (Call::Create, _) => held,
+            (Call::Update(changes), _) => {
+                skeelo.update(contract_id, changes).await?.map(|s| s.held())
+            }
+            (Call::SetStatus(to), _) => {
+                skeelo.set_status(contract_id, *to).await?.map(|s| s.held())
+            }
+        };
+    }
+}
+
+/// The calls this process is making, by contract, so that an event of this process
+/// waiting for them wakes the moment they end; an event of another process learns it
+/// from the mark's `calls_until` (see `Store::calls_may_land`).
+#[derive(Default)]
+pub(crate) struct InFlight {
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl InFlight {
+    /// The calls for these contracts have all returned (or their marks are gone).
+    pub(crate) fn ended(&self, contract_ids: &[&str]) {
+        let Ok(mut waiters) = self.waiters.lock() else {
+            return;
+        };
+        for id in contract_ids {
+            if let Some(n) = waiters.remove(*id) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    fn watch(&self, contract_id: &str) -> Option<Arc<Notify>> {
+        let mut waiters = self.waiters.lock().ok()?;
+        Some(waiters.entry(contract_id.to_string()).or_default().clone())
+    }
+
+    fn forget(&self, contract_id: &str) {
+        if let Ok(mut waiters) = self.waiters.lock() {
+            if waiters
+                .get(contract_id)
+                .is_some_and(|n| Arc::strong_count(n) == 1)
+            {
+                waiters.remove(contract_id);
+            }
+        }
+    }
+}
+
+/// Waits until the calls behind a contract's mark can no longer land: woken at once
+/// by an owner in this process, otherwise asking the database at a pace that slows
+/// from 20 ms to half a second. Returns `false` if the fleet is stopping.
+pub(super) async fn wait_for(app: &App, contract_id: &str, at_most: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + at_most;
+    let mut pause = Duration::from_millis(20);
+    let ended = loop {
+        let watch = app.calls.watch(contract_id);
+        let notified = watch.as_ref().map(|n| n.notified());
+        if matches!(app.store.calls_may_land(contract_id).await, Ok(None)) {
+            break true;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break true;
+        }
+        let nap = tokio::time::sleep(pause.min(deadline - now));
+        tokio::select! {
+            _ = app.stop.cancelled() => break false,
+            _ = nap => {}
+            _ = async { if let Some(n) = notified { n.await } else { std::future::pending().await } } => {}
+        }
+        pause = (pause * 2).min(Duration::from_millis(500));
+    };
+    app.calls.forget(contract_id);
+    ended
+}

@@ -1,0 +1,348 @@
+//! The fleet process's settings: read from the environment (the same names for every
+//! process of the fleet), a flag overriding its variable, checked before anything
+//! starts. Kept in the library so the rules are tested without starting a process.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::Parser;
+use skeelo_shared::event::EventType;
+use skeelo_shared::skeelo::{ClientConfig, Credentials};
+
+use crate::{Outage, Retry, Settings, Trip};
+
+/// Consumes the ERP's contract events from RabbitMQ and makes Skeelo match them.
+///
+/// Every setting comes from the environment (the same names for every process of the
+/// fleet); a flag overrides its variable. Missing required settings stop the process
+/// at once with the variable's name: there is no silent fallback.
+///
+/// Examples:
+///   skeelo-workers                          # every consumer
+///   skeelo-workers --consumers sync,cancel  # a dedicated deployment
+#[derive(Parser, Debug)]
+#[command(
+    name = "skeelo-workers",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
+pub struct Cli {
+    /// Which consumers to run: all, or a comma-separated subset of
+    /// sync,suspend,reactivate,cancel,block,unblock.
+    #[arg(long, env = "SKEELO_CONSUMERS", default_value = "all", value_parser = parse_consumers)]
+    consumers: Consumers,
+
+    /// RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2f
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+
+    /// PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/skeelo
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+
+    /// The Skeelo partner API (the supplier's "Servidor" in the ERP).
+    #[arg(long, env = "SKEELO_BASE_URL")]
+    skeelo_base_url: String,
+
+    /// Partner client id.
+    #[arg(long, env = "SKEELO_CLIENT_ID")]
+    skeelo_client_id: String,
+
+    /// Partner client secret (never logged).
+    #[arg(long, env = "SKEELO_CLIENT_SECRET", hide_env_values = true)]
+    skeelo_client_secret: String,
+
+    /// The partner's request rate (requests per second), shared by every process of
+    /// the fleet (coordinated through the database), or `unlimited`.
+    #[arg(long, env = "SKEELO_RATE_PER_SECOND", value_parser = parse_rate)]
+    skeelo_rate_per_second: Rate,
+
+    /// How the rate is shared when several event types wait: type=weight, comma
+    /// separated; unnamed types keep their default (grant access 4, remove it 1).
+    #[arg(long, env = "SKEELO_LANE_WEIGHTS", default_value = "sync=4,reactivate=4,unblock=4,suspend=1,block=1,cancel=1", value_parser = skeelo_shared::pacer::Weights::parse)]
+    lane_weights: skeelo_shared::pacer::Weights,
+
+    /// Timeout of one Skeelo request, in seconds.
+    #[arg(long, env = "SKEELO_TIMEOUT_SECONDS", default_value_t = 10)]
+    skeelo_timeout_seconds: u64,
+
+    /// Runtime threads; 0 means one per core.
+    #[arg(long, env = "SKEELO_THREADS", default_value_t = 0)]
+    threads: usize,
+
+    /// Where /metrics, /healthz and /readyz listen.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    http_addr: SocketAddr,
+
+    /// Events of one type taken from the broker at once (the consumer's prefetch).
+    /// Under a backlog they are handled in batches of up to this many, one database
+    /// transaction each; lower it to hold fewer events unacknowledged per process.
+    #[arg(long, env = "SKEELO_PREFETCH", default_value_t = 256)]
+    prefetch: u16,
+
+    /// Database connections in the pool.
+    #[arg(long, env = "SKEELO_DB_POOL_SIZE", default_value_t = 16)]
+    db_pool_size: usize,
+
+    /// Delivery rounds of an event that keeps failing transiently (Skeelo 5xx or
+    /// timeouts) before it is parked as a dead letter. Throttling, outages and database
+    /// failures never count.
+    #[arg(long, env = "SKEELO_MAX_ATTEMPTS", default_value_t = 8)]
+    max_attempts: u32,
+
+    /// Delays between rounds, through the broker's delay queues (the last repeats).
+    /// Units: ms, s, m, h.
+    #[arg(long, env = "SKEELO_RETRY_DELAYS", default_value = "1s,5s,30s,2m,10m", value_parser = parse_delays)]
+    retry_delays: Delays,
+
+    /// Immediate tries within a round, in the process, before the round ends.
+    #[arg(long, env = "SKEELO_IMMEDIATE_RETRIES", default_value_t = 2)]
+    immediate_retries: u32,
+
+    /// First pause between immediate tries, in milliseconds (doubles, with jitter).
+    #[arg(long, env = "SKEELO_RETRY_BASE_MS", default_value_t = 100)]
+    retry_base_ms: u64,
+
+    /// Outage mode: this many failures of Skeelo (or the database) in a row pause the
+    /// consumers until a probe gets an answer.
+    #[arg(long, env = "SKEELO_OUTAGE_AFTER", default_value_t = 5)]
+    outage_after: u32,
+
+    /// Outage mode also trips when more than half of the calls in this window failed
+    /// (with at least 20 calls in it), in seconds.
+    #[arg(long, env = "SKEELO_OUTAGE_WINDOW_SECONDS", default_value_t = 30)]
+    outage_window_seconds: u64,
+
+    /// How often a downstream in outage is probed, in milliseconds (backs off to 8x).
+    #[arg(long, env = "SKEELO_PROBE_INTERVAL_MS", default_value_t = 2000)]
+    probe_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rate(Option<NonZeroU32>);
+
+fn parse_rate(raw: &str) -> Result<Rate, String> {
+    if raw.trim() == "unlimited" {
+        return Ok(Rate(None));
+    }
+    raw.trim()
+        .parse::<NonZeroU32>()
+        .map(|r| Rate(Some(r)))
+        .map_err(|_| {
+            format!("`{raw}`: a whole number of requests per second above 0, or unlimited")
+        })
+}
+
+#[derive(Debug, Clone)]
+struct Delays(Vec<Duration>);
+
+fn parse_delays(raw: &str) -> Result<Delays, String> {
+    let mut out = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let split = part
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("`{part}` needs a unit: ms, s, m or h"))?;
+        let (n, unit) = part.split_at(split);
+        let n: u64 = n
+            .parse()
+            .map_err(|_| format!("`{part}` is not a number and a unit"))?;
+        let too_long = || format!("`{part}` is too long a delay");
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
+            _ => return Err(format!("`{part}`: the unit must be ms, s, m or h")),
+        };
+        if d > Duration::from_secs(7 * 86_400) {
+            return Err(too_long());
+        }
+        if d.is_zero() {
+            return Err(format!("`{part}`: a delay must be more than zero"));
+        }
+        out.push(d);
+    }
+    if out.is_empty() {
+        return Err("give at least one delay, e.g. 1s,5s,30s".into());
+    }
+    Ok(Delays(out))
+}
+
+#[derive(Debug, Clone)]
+struct Consumers(Vec<EventType>);
+
+fn parse_consumers(raw: &str) -> Result<Consumers, String> {
+    if raw.trim() == "all" {
+        return Ok(Consumers(EventType::ALL.to_vec()));
+    }
+    let mut types = Vec::new();
+    for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let t = EventType::from_name(name).ok_or_else(|| {
+            format!("unknown consumer `{name}`; use all or some of sync,suspend,reactivate,cancel,block,unblock")
+        })?;
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    if types.is_empty() {
+        return Err("name at least one consumer".into());
+    }
+    Ok(Consumers(types))
+}
+
+impl Cli {
+    /// Runtime threads asked for; 0 means one per core.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The settings these flags and variables describe, or what is wrong with them.
+    pub fn settings(self) -> Result<Settings, String> {
+        let cli = self;
+        if !cli.skeelo_base_url.starts_with("http://")
+            && !cli.skeelo_base_url.starts_with("https://")
+        {
+            return Err("SKEELO_BASE_URL must start with http:// or https://".into());
+        }
+        Ok(Settings {
+            amqp_url: cli.amqp_url,
+            database_url: cli.database_url,
+            skeelo: ClientConfig {
+                base_url: cli.skeelo_base_url,
+                credentials: Credentials {
+                    client_id: cli.skeelo_client_id,
+                    client_secret: cli.skeelo_client_secret,
+                },
+                timeout: Duration::from_secs(cli.skeelo_timeout_seconds.max(1)),
+            },
+            rate_per_second: cli.skeelo_rate_per_second.0,
+            weights: cli.lane_weights,
+            http_addr: cli.http_addr,
+            consumers: cli.consumers.0,
+            prefetch: cli.prefetch.max(1),
+            db_pool_size: cli.db_pool_size.max(1),
+            retry: Retry {
+                immediate: cli.immediate_retries,
+                immediate_base: Duration::from_millis(cli.retry_base_ms),
+                delays: cli.retry_delays.0,
+                max_attempts: cli.max_attempts.max(1),
+                call_budget: Duration::from_secs(45),
+            },
+            outage: Outage {
+                trip: Trip {
+                    consecutive: cli.outage_after.max(1),
+                    window: Duration::from_secs(cli.outage_window_seconds.max(1)),
+                    min_calls: 20,
+                },
+                probe_interval: Duration::from_millis(cli.probe_interval_ms.max(50)),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUIRED: [(&str, &str); 6] = [
+        ("--amqp-url", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+        (
+            "--database-url",
+            "postgres://postgres@127.0.0.1:5432/skeelo",
+        ),
+        ("--skeelo-base-url", "http://127.0.0.1:8080"),
+        ("--skeelo-client-id", "id"),
+        ("--skeelo-client-secret", "secret"),
+        ("--skeelo-rate-per-second", "50"),
+    ];
+
+    /// The required flags, with `extra` (flag, value pairs) replacing or adding to them.
+    fn with(extra: &[&str]) -> Result<Settings, String> {
+        let mut pairs: Vec<(&str, &str)> = REQUIRED.to_vec();
+        for pair in extra.chunks(2) {
+            let (flag, value) = (pair[0], pair.get(1).copied().unwrap_or_default());
+            match pairs.iter_mut().find(|(f, _)| *f == flag) {
+                Some(p) => p.1 = value,
+                None => pairs.push((flag, value)),
+            }
+        }
+        let args =
+            std::iter::once("skeelo-workers").chain(pairs.iter().flat_map(|(f, v)| [*f, *v]));
+        Cli::try_parse_from(args)
+            .map_err(|e| e.to_string())?
+            .settings()
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let s = with(&[]).expect("valid");
+        assert_eq!(s.consumers, EventType::ALL.to_vec());
+        assert_eq!(s.prefetch, 256);
+        assert_eq!(s.db_pool_size, 16);
+        assert_eq!(s.rate_per_second.map(NonZeroU32::get), Some(50));
+        assert_eq!(s.retry.max_attempts, 8);
+        assert_eq!(s.retry.immediate, 2);
+        assert_eq!(
+            s.retry.delays,
+            [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec()
+        );
+        assert_eq!(s.retry.call_budget, Duration::from_secs(45));
+        assert_eq!(s.outage.trip.consecutive, 5);
+        assert_eq!(s.http_addr.port(), 9090);
+    }
+
+    #[test]
+    fn a_dedicated_deployment_names_its_consumers() {
+        let s = with(&["--consumers", "cancel, sync,cancel"]).expect("valid");
+        assert_eq!(s.consumers, vec![EventType::Cancel, EventType::Sync]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_what_is_wrong() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--consumers", "sync,renew"], "unknown consumer `renew`"),
+            (&["--consumers", " , "], "name at least one consumer"),
+            (&["--skeelo-rate-per-second", "0"], "above 0, or unlimited"),
+            (&["--retry-delays", "5"], "needs a unit"),
+            (&["--retry-delays", "5d"], "the unit must be ms, s, m or h"),
+            (&["--retry-delays", "0s"], "more than zero"),
+            (&["--retry-delays", "99999999999h"], "too long"),
+            (
+                &["--skeelo-base-url", "ftp://x"],
+                "must start with http:// or https://",
+            ),
+        ];
+        for (extra, want) in cases {
+            let Err(err) = with(extra) else {
+                panic!("{extra:?} was accepted");
+            };
+            assert!(err.contains(want), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unlimited_is_a_rate() {
+        let s = with(&["--skeelo-rate-per-second", "unlimited"]).expect("valid");
+        assert!(s.rate_per_second.is_none());
+    }
+
+    #[test]
+    fn zero_sizes_are_raised_to_one() {
+        let s = with(&[
+            "--prefetch",
+            "0",
+            "--db-pool-size",
+            "0",
+            "--max-attempts",
+            "0",
+        ])
+        .expect("valid");
+        assert_eq!(
+            (s.prefetch, s.db_pool_size, s.retry.max_attempts),
+            (1, 1, 1)
+        );
+    }
+}
