@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use skeelo_shared::lifecycle::{self, Target};
-use skeelo_shared::metrics::Metrics;
-use skeelo_shared::pacer::{Pacer, Weights};
-use skeelo_shared::skeelo::{ClientConfig, Credentials, SkeeloClient};
+use skeelo_domain::lifecycle::{self, Target};
+use skeelo_partner::api::{ClientConfig, Credentials, SkeeloClient};
+use skeelo_partner::pacer::{Pacer, Weights};
+use skeelo_telemetry::metrics::Metrics;
 
 use crate::table;
 
@@ -141,7 +141,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
 async fn ask(
     skeelo: &SkeeloClient,
     id: &str,
-) -> Result<Option<skeelo_shared::skeelo::Subscription>, skeelo_shared::skeelo::SkeeloError> {
+) -> Result<Option<skeelo_partner::api::Subscription>, skeelo_partner::api::SkeeloError> {
     let mut tries = 0;
     loop {
         tries += 1;

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use serde_json::json;
-use skeelo_shared::lifecycle::{self, Target};
-use skeelo_shared::mask;
+use skeelo_domain::lifecycle::{self, Target};
+use skeelo_domain::mask;
 use time::format_description::well_known::Rfc3339;
 
 use crate::table;

@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{json, Value};
-use skeelo_shared::broker::{self, Publisher, REQUEUED_FROM_HEADER, RETRY_EXCHANGE};
-use skeelo_shared::mask;
-use skeelo_shared::store::dead::{DeadLetter, Filter};
-use skeelo_shared::store::Store;
+use skeelo_broker::{self as broker, Publisher, REQUEUED_FROM_HEADER, RETRY_EXCHANGE};
+use skeelo_domain::mask;
+use skeelo_store::dead::{DeadLetter, Filter};
+use skeelo_store::Store;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 

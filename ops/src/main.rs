@@ -90,9 +90,9 @@ fn main() -> ExitCode {
 }
 
 /// Connects to the fleet's database named by `DATABASE_URL`.
-async fn database(url: &str) -> anyhow::Result<skeelo_shared::store::Store> {
+async fn database(url: &str) -> anyhow::Result<skeelo_store::Store> {
     use anyhow::Context;
-    let store = skeelo_shared::store::Store::connect(url, 2).context("DATABASE_URL")?;
+    let store = skeelo_store::Store::connect(url, 2).context("DATABASE_URL")?;
     store
         .reach()
         .await

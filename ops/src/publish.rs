@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use serde_json::Value;
-use skeelo_shared::broker::{self, Publisher, EVENTS_EXCHANGE};
+use skeelo_broker::{self as broker, Publisher, EVENTS_EXCHANGE};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {

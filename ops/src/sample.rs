@@ -33,7 +33,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut events = Vec::new();
     for c in 1..=a.contracts {
         let id = format!("{}{c:04}", a.prefix);
-        events.extend(skeelo_shared::sample::history(&mut rng, &id, a.max_events));
+        events.extend(skeelo_domain::sample::history(&mut rng, &id, a.max_events));
     }
     if a.shuffle {
         rand::seq::SliceRandom::shuffle(events.as_mut_slice(), &mut rng);

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use serde::Serialize;
-use skeelo_shared::mask;
-use skeelo_shared::store::reports::SubscriberState;
+use skeelo_domain::mask;
+use skeelo_store::reports::SubscriberState;
 
 use crate::table;
 

@@ -4,8 +4,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use skeelo_shared::event::EventType::*;
-use skeelo_shared::sample;
+use skeelo_domain::event::EventType::*;
+use skeelo_domain::sample;
 use skeelo_tests::World;
 
 fn ops(w: &World, args: &[&str]) -> Output {

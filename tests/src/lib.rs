@@ -16,10 +16,10 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use serde_json::Value;
-use skeelo_shared::broker::{self, Publisher, EVENTS_EXCHANGE, RESULTS_QUEUE};
-use skeelo_shared::event::EventType;
-use skeelo_shared::outcome::EventResult;
-use skeelo_shared::skeelo::{ClientConfig, Credentials};
+use skeelo_broker::{self as broker, Publisher, EVENTS_EXCHANGE, RESULTS_QUEUE};
+use skeelo_domain::event::EventType;
+use skeelo_domain::outcome::EventResult;
+use skeelo_partner::api::{ClientConfig, Credentials};
 use skeelo_sim::{SimConfig, SimHandle};
 use skeelo_workers::{Running, Settings};
 use tokio::sync::oneshot;
@@ -123,7 +123,7 @@ impl World {
                 timeout: Duration::from_secs(5),
             },
             rate_per_second: None,
-            weights: skeelo_shared::pacer::Weights::default(),
+            weights: skeelo_partner::pacer::Weights::default(),
             http_addr: "127.0.0.1:0".parse().expect("a valid address literal"),
             consumers: EventType::ALL.to_vec(),
             prefetch: 16,

@@ -2,8 +2,8 @@
 //! does: its examples pass the workers' own decoder, and its enums are the code's.
 
 use serde_json::Value;
-use skeelo_shared::event::{self, EventType};
-use skeelo_shared::outcome::{EventResult, Outcome};
+use skeelo_domain::event::{self, EventType};
+use skeelo_domain::outcome::{EventResult, Outcome};
 
 fn document() -> Value {
     let text = include_str!("../../docs/asyncapi.yaml");
@@ -100,10 +100,10 @@ fn the_documents_enums_are_the_codes() {
     );
     assert_eq!(
         doc["channels"]["contract.{type}"]["bindings"]["amqp"]["exchange"]["name"],
-        skeelo_shared::broker::EVENTS_EXCHANGE
+        skeelo_broker::EVENTS_EXCHANGE
     );
     assert_eq!(
         doc["channels"]["result.{type}"]["bindings"]["amqp"]["exchange"]["name"],
-        skeelo_shared::broker::RESULTS_EXCHANGE
+        skeelo_broker::RESULTS_EXCHANGE
     );
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use serde_json::Value;
-use skeelo_shared::event::EventType::{self, *};
-use skeelo_shared::outcome::Outcome;
-use skeelo_shared::sample;
+use skeelo_domain::event::EventType::{self, *};
+use skeelo_domain::outcome::Outcome;
+use skeelo_domain::sample;
 use skeelo_sim::{Faults, SimConfig};
 use skeelo_tests::World;
 

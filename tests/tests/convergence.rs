@@ -27,7 +27,7 @@ async fn three_hundred_random_contracts_in_random_order_with_failing_skeelo_all_
     let mut all = Vec::new();
     for c in 0..300 {
         let id = format!("RND{c:04}");
-        let h = skeelo_shared::sample::history(&mut rng, &id, 7);
+        let h = skeelo_domain::sample::history(&mut rng, &id, 7);
         all.extend(h.iter().cloned());
         histories.insert(id, h);
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 use serde_json::Value;
-use skeelo_shared::event::EventType;
+use skeelo_domain::event::EventType;
 
 fn documents(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)

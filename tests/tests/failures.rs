@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use skeelo_shared::event::EventType::*;
-use skeelo_shared::outcome::Outcome;
-use skeelo_shared::sample;
+use skeelo_domain::event::EventType::*;
+use skeelo_domain::outcome::Outcome;
+use skeelo_domain::sample;
 use skeelo_sim::{Faults, SimConfig};
 use skeelo_tests::World;
 
@@ -258,17 +258,17 @@ async fn what_rabbitmq_dead_letters_by_itself_reaches_the_table() {
     let mut death = lapin::types::FieldTable::default();
     death.insert(
         "reason".into(),
-        skeelo_shared::broker::long_string("delivery_limit"),
+        skeelo_broker::long_string("delivery_limit"),
     );
     death.insert(
         "queue".into(),
-        skeelo_shared::broker::long_string("erp.contracts.sync"),
+        skeelo_broker::long_string("erp.contracts.sync"),
     );
     death.insert("count".into(), lapin::types::AMQPValue::LongLongInt(50));
     death.insert(
         "routing-keys".into(),
         lapin::types::AMQPValue::FieldArray(
-            vec![skeelo_shared::broker::long_string("contract.sync")].into(),
+            vec![skeelo_broker::long_string("contract.sync")].into(),
         ),
     );
     let mut headers = lapin::types::FieldTable::default();
@@ -278,16 +278,16 @@ async fn what_rabbitmq_dead_letters_by_itself_reaches_the_table() {
             vec![lapin::types::AMQPValue::FieldTable(death)].into(),
         ),
     );
-    let conn = skeelo_shared::broker::connect(&w.amqp_url, "test")
+    let conn = skeelo_broker::connect(&w.amqp_url, "test")
         .await
         .expect("connect");
-    let publisher = skeelo_shared::broker::Publisher::open(&conn)
+    let publisher = skeelo_broker::Publisher::open(&conn)
         .await
         .expect("publisher");
     let id = sync["event_id"].as_str().unwrap_or_default();
     publisher
         .publish(
-            skeelo_shared::broker::DEAD_EXCHANGE,
+            skeelo_broker::DEAD_EXCHANGE,
             "erp.contracts.sync",
             id,
             sync.to_string().as_bytes(),

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use skeelo_shared::event::EventType::{self, *};
-use skeelo_shared::lifecycle::Profile;
-use skeelo_shared::metrics::Metrics;
-use skeelo_shared::outcome::Outcome;
-use skeelo_shared::sample;
-use skeelo_shared::skeelo::{NewSubscription, SkeeloClient};
+use skeelo_domain::event::EventType::{self, *};
+use skeelo_domain::lifecycle::Profile;
+use skeelo_domain::outcome::Outcome;
+use skeelo_domain::sample;
+use skeelo_partner::api::{NewSubscription, SkeeloClient};
 use skeelo_sim::{Faults, SimConfig};
+use skeelo_telemetry::metrics::Metrics;
 use skeelo_tests::World;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -27,11 +27,11 @@ async fn created_behind_the_fleets_back(
     let client = SkeeloClient::new(
         settings.skeelo.clone(),
         Metrics::new().expect("metrics"),
-        skeelo_shared::pacer::Pacer::unlimited(),
+        skeelo_partner::pacer::Pacer::unlimited(),
     )
     .expect("client");
     let sync = ev(Sync, contract_id, 1);
-    let event = skeelo_shared::event::parse("contract.sync", sync.to_string().as_bytes())
+    let event = skeelo_domain::event::parse("contract.sync", sync.to_string().as_bytes())
         .expect("valid sample");
     let details = event.sync.expect("details");
     client
@@ -163,7 +163,7 @@ async fn a_subscription_that_already_exists_at_skeelo_is_adopted() {
     // suspended it at Skeelo.
     let (client, sync) = created_behind_the_fleets_back(&settings, "A1").await;
     client
-        .set_status("A1", skeelo_shared::lifecycle::Status::Inactive)
+        .set_status("A1", skeelo_domain::lifecycle::Status::Inactive)
         .await
         .expect("status");
 
@@ -229,7 +229,7 @@ async fn replicas_migrating_at_once_do_not_race() {
     for _ in 0..4 {
         let url = w.database_url.clone();
         tasks.push(tokio::spawn(async move {
-            let store = skeelo_shared::store::Store::connect(&url, 1)?;
+            let store = skeelo_store::Store::connect(&url, 1)?;
             store.migrate().await
         }));
     }

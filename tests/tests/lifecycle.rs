@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use skeelo_shared::event::EventType::{self, *};
-use skeelo_shared::outcome::Outcome;
-use skeelo_shared::sample;
+use skeelo_domain::event::EventType::{self, *};
+use skeelo_domain::outcome::Outcome;
+use skeelo_domain::sample;
 use skeelo_tests::World;
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::Value;
-use skeelo_shared::event::EventType::*;
-use skeelo_shared::sample;
+use skeelo_domain::event::EventType::*;
+use skeelo_domain::sample;
 use skeelo_tests::World;
 
 /// Metric names a live worker exports (histograms with their series suffixes).

@@ -16,10 +16,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
-use skeelo_shared::broker::{self, Publisher, RESULTS_EXCHANGE, RESULTS_QUEUE};
-use skeelo_shared::event::EventType::*;
-use skeelo_shared::outcome::{EventResult, Outcome};
-use skeelo_shared::sample;
+use skeelo_broker::{self as broker, Publisher, RESULTS_EXCHANGE, RESULTS_QUEUE};
+use skeelo_domain::event::EventType::*;
+use skeelo_domain::outcome::{EventResult, Outcome};
+use skeelo_domain::sample;
 use skeelo_tests::World;
 
 /// How long a queue's deletion takes to reach its consumers' channels. A queue of the

@@ -4,9 +4,9 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use skeelo_shared::event::EventType::*;
-use skeelo_shared::outcome::Outcome;
-use skeelo_shared::sample;
+use skeelo_domain::event::EventType::*;
+use skeelo_domain::outcome::Outcome;
+use skeelo_domain::sample;
 use skeelo_sim::SimConfig;
 use skeelo_tests::World;
 

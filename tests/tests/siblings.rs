@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use serde_json::Value;
-use skeelo_shared::outcome::Outcome;
+use skeelo_domain::outcome::Outcome;
 use skeelo_sim::{Faults, SimConfig};
 use skeelo_tests::World;
 
@@ -41,7 +41,7 @@ async fn a_sibling_waits_only_for_calls_that_are_really_in_flight() {
     let mut all = Vec::new();
     for c in 0..300 {
         let id = format!("SIB{c:04}");
-        let h = skeelo_shared::sample::history(&mut rng, &id, 7);
+        let h = skeelo_domain::sample::history(&mut rng, &id, 7);
         all.extend(h.iter().cloned());
         histories.insert(id, h);
     }

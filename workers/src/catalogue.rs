@@ -10,8 +10,8 @@
 use std::collections::BTreeSet;
 use std::sync::RwLock;
 
-use skeelo_shared::skeelo::{SkeeloClient, SkeeloError};
-use skeelo_shared::store::Store;
+use skeelo_partner::api::{SkeeloClient, SkeeloError};
+use skeelo_store::Store;
 use tokio::sync::Mutex;
 
 pub(crate) struct Catalogue {

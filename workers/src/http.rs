@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use skeelo_shared::metrics::Metrics;
+use skeelo_telemetry::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::App;

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use skeelo_shared::broker::Publisher;
-use skeelo_shared::event::EventType;
-use skeelo_shared::metrics::Metrics;
-use skeelo_shared::pacer::Pacer;
-use skeelo_shared::skeelo::{ClientConfig, SkeeloClient};
-use skeelo_shared::store::Store;
+use skeelo_broker::Publisher;
+use skeelo_domain::event::EventType;
+use skeelo_partner::api::{ClientConfig, SkeeloClient};
+use skeelo_partner::pacer::Pacer;
+use skeelo_store::Store;
+use skeelo_telemetry::metrics::Metrics;
 use tokio::sync::{Notify, RwLock};
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +44,7 @@ pub struct Settings {
     /// fleet through the database; `None` for a partner without one.
     pub rate_per_second: Option<std::num::NonZeroU32>,
     /// How the rate is shared between event types when several wait.
-    pub weights: skeelo_shared::pacer::Weights,
+    pub weights: skeelo_partner::pacer::Weights,
     /// `HTTP_ADDR`: metrics and health. Port 0 picks a free one (tests).
     pub http_addr: SocketAddr,
     /// The event types this process consumes (dedicated deployments run a subset).

@@ -7,7 +7,7 @@ use skeelo_workers::settings::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    skeelo_shared::telemetry::init();
+    skeelo_telemetry::logs::init();
     let threads = cli.threads();
     let settings = match cli.settings() {
         Ok(s) => s,

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::Connection;
-use skeelo_shared::broker::{BrokerError, Publisher, RESULTS_EXCHANGE};
-use skeelo_shared::store::outbox::Pending;
+use skeelo_broker::{BrokerError, Publisher, RESULTS_EXCHANGE};
+use skeelo_store::outbox::Pending;
 use tokio_util::sync::CancellationToken;
 
 use crate::App;

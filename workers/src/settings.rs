@@ -7,8 +7,8 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Parser;
-use skeelo_shared::event::EventType;
-use skeelo_shared::skeelo::{ClientConfig, Credentials};
+use skeelo_domain::event::EventType;
+use skeelo_partner::api::{ClientConfig, Credentials};
 
 use crate::{Outage, Retry, Settings, Trip};
 
@@ -62,8 +62,8 @@ pub struct Cli {
 
     /// How the rate is shared when several event types wait: type=weight, comma
     /// separated; unnamed types keep their default (grant access 4, remove it 1).
-    #[arg(long, env = "SKEELO_LANE_WEIGHTS", default_value = "sync=4,reactivate=4,unblock=4,suspend=1,block=1,cancel=1", value_parser = skeelo_shared::pacer::Weights::parse)]
-    lane_weights: skeelo_shared::pacer::Weights,
+    #[arg(long, env = "SKEELO_LANE_WEIGHTS", default_value = "sync=4,reactivate=4,unblock=4,suspend=1,block=1,cancel=1", value_parser = skeelo_partner::pacer::Weights::parse)]
+    lane_weights: skeelo_partner::pacer::Weights,
 
     /// Timeout of one Skeelo request, in seconds.
     #[arg(long, env = "SKEELO_TIMEOUT_SECONDS", default_value_t = 10)]

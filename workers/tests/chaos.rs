@@ -18,8 +18,8 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use rand::seq::SliceRandom;
 use serde_json::Value;
-use skeelo_shared::broker::{self, Publisher, EVENTS_EXCHANGE, RESULTS_QUEUE};
-use skeelo_shared::outcome::{EventResult, Outcome};
+use skeelo_broker::{self as broker, Publisher, EVENTS_EXCHANGE, RESULTS_QUEUE};
+use skeelo_domain::outcome::{EventResult, Outcome};
 use skeelo_sim::{Faults, SimConfig};
 use skeelo_tests::process::WorkerProcess;
 use skeelo_tests::World;
@@ -132,7 +132,7 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
     let mut all = Vec::new();
     for c in 0..320 {
         let id = format!("CH{c:04}");
-        let h = skeelo_shared::sample::history(&mut rng, &id, 7);
+        let h = skeelo_domain::sample::history(&mut rng, &id, 7);
         all.extend(h.iter().cloned());
         histories.insert(id, h);
     }

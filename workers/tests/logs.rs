@@ -5,9 +5,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use skeelo_shared::broker::{self, Publisher, EVENTS_EXCHANGE};
-use skeelo_shared::event::EventType::*;
-use skeelo_shared::sample;
+use skeelo_broker::{self as broker, Publisher, EVENTS_EXCHANGE};
+use skeelo_domain::event::EventType::*;
+use skeelo_domain::sample;
 use skeelo_sim::{Faults, SimConfig};
 use skeelo_tests::process::{wait_handled, WorkerProcess};
 use skeelo_tests::World;

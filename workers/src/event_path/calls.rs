@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use skeelo_shared::decide::{ContractPlan, Step};
-use skeelo_shared::lifecycle::{self, Call, Facts, Held, Target};
-use skeelo_shared::skeelo::{self, NewSubscription, SkeeloError};
+use skeelo_domain::decide::{ContractPlan, Step};
+use skeelo_domain::lifecycle::{self, Call, Facts, Held, Target};
+use skeelo_partner::api::{self as skeelo, NewSubscription, SkeeloError};
 use tokio::sync::Notify;
 
 use crate::App;

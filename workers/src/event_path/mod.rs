@@ -2,15 +2,16 @@
 //! arrived together (a single event is a batch of one).
 //!
 //! Each round is one transaction ([`round`]): the decisions come from the pure
-//! [`skeelo_shared::decide`], the I/O around them runs once per round, and the result
+//! [`skeelo_domain::decide`], the I/O around them runs once per round, and the result
 //! for the ERP is written to the outbox in the same transaction as the outcome it
 //! reports. A delivery is acked once its round commits; a relay publishes the results
 //! afterwards, so a broker that refuses a result delays it and never causes a
 //! redelivery. What a round could not finish goes to the failure policy
-//! ([`skeelo_shared::policy`]): park, try again here, wait for another attempt's calls,
+//! ([`skeelo_domain::policy`]): park, try again here, wait for another attempt's calls,
 //! a delayed round through the broker, or back to the queue after a pause.
 
 mod calls;
+mod delivery;
 mod round;
 
 use std::sync::atomic::Ordering;
@@ -19,14 +20,15 @@ use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use skeelo_shared::broker::{self, Envelope, DELAY_EXCHANGE};
-use skeelo_shared::event::{self, Event, EventType};
-use skeelo_shared::outcome::{EventResult, Outcome};
-use skeelo_shared::policy::{self, Failure, Next, ParkReason, Situation};
+use skeelo_broker::{self as broker, Envelope, DELAY_EXCHANGE};
+use skeelo_domain::event::{self, Event, EventType};
+use skeelo_domain::outcome::{EventResult, Outcome};
+use skeelo_domain::policy::{self, Failure, Next, ParkReason, Situation};
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub(crate) use calls::InFlight;
+use delivery::{Message, Park, Work};
 
 use crate::App;
 
@@ -124,116 +126,6 @@ impl Batch {
             }
         }
         n
-    }
-}
-
-/// What the event path needs of a delivery.
-pub(crate) struct Message<'d> {
-    delivery: &'d Delivery,
-    envelope: Envelope,
-    /// The event type for labels and results when the body cannot say.
-    label: &'static str,
-}
-
-impl Message<'_> {
-    /// Identity across redeliveries, for the dead-letter table.
-    fn key(&self, event_id: Option<&str>) -> String {
-        if let Some(id) = event_id {
-            return id.to_string();
-        }
-        if let Some(id) = &self.envelope.message_id {
-            return format!("message:{id}");
-        }
-        // FNV-1a over routing key and body: stable, and enough to tell copies apart.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let key = self.envelope.routing_key.bytes();
-        for b in key.chain(self.delivery.data.iter().copied()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("digest:{h:016x}")
-    }
-}
-
-/// A valid event still to decide.
-pub(crate) struct Work {
-    index: usize,
-    event: Event,
-    /// Tries in this process so far.
-    tries: u32,
-}
-
-/// A message to park as a dead letter.
-pub(crate) struct Park {
-    index: usize,
-    /// The event, when the body was valid.
-    event: Option<Event>,
-    reason: ParkReason,
-    class: String,
-    error: String,
-    attempts: u32,
-}
-
-impl Park {
-    fn of_event(
-        w: Work,
-        msgs: &[Message<'_>],
-        reason: ParkReason,
-        class: String,
-        error: String,
-    ) -> Park {
-        let spent = u32::from(reason == ParkReason::Exhausted || reason == ParkReason::Refused);
-        Park {
-            index: w.index,
-            attempts: msgs[w.index].envelope.attempts.saturating_add(spent),
-            event: Some(w.event),
-            reason,
-            class,
-            error,
-        }
-    }
-
-    /// The event id: the event's, or read from a body that is otherwise unreadable.
-    fn event_id(&self, msg: &Message<'_>) -> Option<String> {
-        match &self.event {
-            Some(e) => Some(e.event_id.to_string()),
-            None => event::peek_event_id(&msg.delivery.data).map(|u| u.to_string()),
-        }
-    }
-
-    /// The contract, likewise.
-    fn contract_id(&self, msg: &Message<'_>) -> Option<String> {
-        match &self.event {
-            Some(e) => Some(e.contract_id.clone()),
-            None => event::peek_contract_id(&msg.delivery.data),
-        }
-    }
-
-    fn event_type(&self, msg: &Message<'_>) -> &'static str {
-        self.event
-            .as_ref()
-            .map_or(msg.label, |e| e.event_type.as_str())
-    }
-
-    /// What the ERP is told of a parked message.
-    fn result(&self, msg: &Message<'_>, id: i64) -> EventResult {
-        EventResult {
-            event_id: self
-                .event_id(msg)
-                .or_else(|| msg.envelope.message_id.clone())
-                .unwrap_or_else(|| "unknown".into()),
-            contract_id: self.contract_id(msg),
-            event_type: self.event_type(msg).to_string(),
-            outcome: Outcome::DeadLettered,
-            skeelo_status: None,
-            detail: format!(
-                "dead letter {id} ({}, {}): {}",
-                self.reason.as_str(),
-                self.class,
-                self.error
-            ),
-            at: OffsetDateTime::now_utc(),
-        }
     }
 }
 

@@ -6,20 +6,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use skeelo_shared::decide::{self, Incoming, Report};
-use skeelo_shared::event::Event;
-use skeelo_shared::lifecycle::Held;
-use skeelo_shared::outcome::{EventResult, Outcome};
-use skeelo_shared::pacer;
-use skeelo_shared::policy::{Failure, ParkReason};
-use skeelo_shared::skeelo::SkeeloError;
-use skeelo_shared::store::apply::{self as store, ContractWrite, EventWrite};
-use skeelo_shared::store::dead::NewDeadLetter;
-use skeelo_shared::store::{ContractState, NewHistory, StoreError};
+use skeelo_domain::decide::{self, Incoming, Report};
+use skeelo_domain::event::Event;
+use skeelo_domain::lifecycle::Held;
+use skeelo_domain::outcome::{EventResult, Outcome};
+use skeelo_domain::policy::{Failure, ParkReason};
+use skeelo_partner::api::SkeeloError;
+use skeelo_partner::pacer;
+use skeelo_store::apply::{self as store, ContractWrite, EventWrite};
+use skeelo_store::dead::NewDeadLetter;
+use skeelo_store::{ContractState, NewHistory, StoreError};
 use time::OffsetDateTime;
 
 use super::calls::{self, StepEnd};
-use super::{Message, Park, Work};
+use super::delivery::{Message, Park, Work};
 use crate::App;
 
 /// What a round ended with. Every work item and park it was given is in exactly one

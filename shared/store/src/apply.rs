@@ -9,10 +9,10 @@ use deadpool_postgres::Transaction;
 use time::OffsetDateTime;
 use tokio_postgres::types::{Json, ToSql};
 
-use super::{state_of, text, ContractState, NewHistory, Processed, StoreError, Uncertain};
-use crate::lifecycle::{Held, Status};
-use crate::outcome::{EventResult, Outcome};
-use crate::store::dead::{self, NewDeadLetter};
+use crate::dead::{self, NewDeadLetter};
+use crate::{state_of, text, ContractState, NewHistory, Processed, StoreError, Uncertain};
+use skeelo_domain::lifecycle::{Held, Status};
+use skeelo_domain::outcome::{EventResult, Outcome};
 
 /// What [`lock`] read under the row locks.
 #[derive(Debug, Default)]

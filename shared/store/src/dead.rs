@@ -8,10 +8,10 @@ use tokio_postgres::types::ToSql;
 
 use deadpool_postgres::GenericClient;
 
-use super::{NewHistory, Store, StoreError};
-use crate::outcome::EventResult;
+use crate::{NewHistory, Store, StoreError};
+use skeelo_domain::outcome::EventResult;
 
-pub use crate::policy::ParkReason as Reason;
+pub use skeelo_domain::policy::ParkReason as Reason;
 
 /// A failure to park.
 pub struct NewDeadLetter<'a> {
@@ -247,9 +247,9 @@ impl Store {
                 skeelo_calls: 0,
                 detail: &result.detail,
             };
-            super::insert_history(&tx, &line).await?;
+            crate::insert_history(&tx, &line).await?;
         }
-        super::outbox::enqueue(&tx, &[&result]).await?;
+        crate::outbox::enqueue(&tx, &[&result]).await?;
         tx.commit().await?;
         Ok((id, result))
     }
@@ -410,10 +410,10 @@ pub(super) async fn insert(
     client: &impl GenericClient,
     d: &NewDeadLetter<'_>,
 ) -> Result<i64, StoreError> {
-    let key = super::text(d.message_key);
-    let message_id = d.message_id.map(super::text);
-    let contract_id = d.contract_id.map(super::text);
-    let error = super::text(d.last_error);
+    let key = crate::text(d.message_key);
+    let message_id = d.message_id.map(crate::text);
+    let contract_id = d.contract_id.map(crate::text);
+    let error = crate::text(d.last_error);
     let st = client
         .prepare_cached(
             "INSERT INTO dead_letters (message_key, event_id, contract_id, type, routing_key,
@@ -435,7 +435,7 @@ pub(super) async fn insert(
                 &d.event_id,
                 &contract_id,
                 &d.event_type,
-                &super::text(d.routing_key),
+                &crate::text(d.routing_key),
                 &message_id,
                 &d.body,
                 &d.reason.as_str(),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use crate::{Store, StoreError};
 
 /// Contracts by the state the ERP's screens show ("Assinantes ativos", "cancelados ou
 /// suspensos").

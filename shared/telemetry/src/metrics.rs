@@ -8,8 +8,8 @@ use prometheus::{
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::event::EventType;
-use crate::outcome::Outcome;
+use skeelo_domain::event::EventType;
+use skeelo_domain::outcome::Outcome;
 
 /// Errors building the registry (only on a programming error such as a duplicate name).
 pub type Error = prometheus::Error;

@@ -31,7 +31,7 @@ use lapin::message::Delivery;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::event::EventType;
+use skeelo_domain::event::EventType;
 
 /// Where the ERP publishes contract events.
 pub const EVENTS_EXCHANGE: &str = "erp.contracts";

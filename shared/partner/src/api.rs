@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::event::{Email, Phone};
-use crate::lifecycle::{Changes, Held, Profile, Status};
-use crate::metrics::Metrics;
 use crate::pacer::Pacer;
+use skeelo_domain::event::{Email, Phone};
+use skeelo_domain::lifecycle::{Changes, Held, Profile, Status};
+use skeelo_telemetry::metrics::Metrics;
 
 /// Partner credentials. `Debug` never shows the secret.
 #[derive(Clone)]
@@ -87,8 +87,8 @@ impl SkeeloError {
     }
 
     /// What the failure means for the event (see [`crate::policy`]).
-    pub fn failure(&self) -> crate::policy::Failure {
-        use crate::policy::Failure;
+    pub fn failure(&self) -> skeelo_domain::policy::Failure {
+        use skeelo_domain::policy::Failure;
         match self {
             SkeeloError::Unavailable(_) => Failure::PartnerUnavailable,
             SkeeloError::Transient(_) => Failure::PartnerFailed,
@@ -108,14 +108,7 @@ impl SkeeloError {
     }
 }
 
-/// A product of Skeelo's catalogue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Product {
-    /// The SKU events name.
-    pub sku: String,
-    /// The name operators read.
-    pub name: String,
-}
+pub use skeelo_domain::product::Product;
 
 /// A subscription as Skeelo returns it.
 #[derive(Clone, Serialize, Deserialize)]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Json;
 
-use super::{Store, StoreError};
-use crate::outcome::EventResult;
+use crate::{Store, StoreError};
+use skeelo_domain::outcome::EventResult;
 
 /// A result waiting for the broker.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub async fn enqueue(
         return Ok(());
     }
     let ids: Vec<std::borrow::Cow<'_, str>> =
-        results.iter().map(|r| super::text(&r.event_id)).collect();
+        results.iter().map(|r| crate::text(&r.event_id)).collect();
     let keys: Vec<String> = results.iter().map(|r| r.routing_key()).collect();
     let bodies: Vec<Json<&EventResult>> = results.iter().map(|r| Json(*r)).collect();
     let st = client

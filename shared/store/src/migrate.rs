@@ -2,7 +2,7 @@
 //! one transaction, under a PostgreSQL advisory lock so that replicas starting
 //! together take turns instead of racing to create the same tables.
 
-use super::StoreError;
+use crate::StoreError;
 
 /// The migrations, in order. A file is never edited once released; changes get a new one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[

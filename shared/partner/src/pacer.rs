@@ -25,8 +25,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{oneshot, Notify};
 
-use crate::event::EventType;
-use crate::store::Store;
+use skeelo_domain::event::EventType;
 
 /// Calls are spaced for this share of the partner rate: arrival jitter at Skeelo must
 /// not turn an exactly paced fleet into one request too many in some second.
@@ -124,6 +123,30 @@ impl RoundRobin {
     }
 }
 
+/// A ledger failure, in words (the ledger's own error type stays its own).
+pub type LedgerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A boxed future, so the ledger can be a trait object.
+pub type LedgerFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, LedgerError>> + Send + 'a>>;
+
+/// Where the fleet keeps its shared partner-rate state: the database in production
+/// (`skeelo_store::Store`), a fake in tests. Every process of the fleet leases its
+/// slots from the same ledger, so the fleet together stays within the rate.
+pub trait SlotLedger: Send + Sync + 'static {
+    /// Leases `n` slots `interval` apart from the row `name`: returns when the first one
+    /// begins, on the wall clock. Slots of different leases never overlap.
+    fn lease(
+        &self,
+        name: &str,
+        n: usize,
+        interval: Duration,
+    ) -> LedgerFuture<'_, std::time::SystemTime>;
+
+    /// No slot of the row `name` begins before `wait` from now (a 429's Retry-After).
+    fn pause(&self, name: &str, wait: Duration) -> LedgerFuture<'_, ()>;
+}
+
 /// Hands out turns to call Skeelo. Cheap to clone.
 #[derive(Clone)]
 pub struct Pacer {
@@ -134,7 +157,7 @@ pub struct Pacer {
 }
 
 struct Inner {
-    store: Option<Store>,
+    ledger: Option<Arc<dyn SlotLedger>>,
     interval: Duration,
     local: DefaultDirectRateLimiter,
     queues: Mutex<Queues>,
@@ -176,16 +199,16 @@ impl Pacer {
         Pacer::build(None, rate, Weights::default())
     }
 
-    /// The whole fleet's rate, coordinated through `store`.
-    pub fn fleet(store: Store, rate: NonZeroU32, weights: Weights) -> Pacer {
-        Pacer::build(Some(store), rate, weights)
+    /// The whole fleet's rate, coordinated through `ledger`.
+    pub fn fleet(ledger: impl SlotLedger, rate: NonZeroU32, weights: Weights) -> Pacer {
+        Pacer::build(Some(Arc::new(ledger)), rate, weights)
     }
 
-    fn build(store: Option<Store>, rate: NonZeroU32, weights: Weights) -> Pacer {
+    fn build(ledger: Option<Arc<dyn SlotLedger>>, rate: NonZeroU32, weights: Weights) -> Pacer {
         let interval = Duration::from_secs_f64(1.0 / (f64::from(rate.get()) * SAFETY));
         let paused_until = Arc::new(Mutex::new(None));
         let inner = Arc::new(Inner {
-            store,
+            ledger,
             interval,
             // Spaced at the partner's own rate, a little wider than the slots: a guard
             // against a burst, never a brake that a timer firing late would make
@@ -236,9 +259,9 @@ impl Pacer {
         let Some(inner) = &self.inner else {
             return;
         };
-        if let Some(store) = inner.store.clone() {
+        if let Some(ledger) = inner.ledger.clone() {
             tokio::spawn(async move {
-                if let Err(e) = store.pause_partner(ROW, wait).await {
+                if let Err(e) = ledger.pause(ROW, wait).await {
                     tracing::warn!(error = %e, "could not share the 429 pause with the fleet");
                 }
             });
@@ -304,14 +327,10 @@ async fn dispatch(weak: std::sync::Weak<Inner>) {
     }
 }
 
-type Leasing = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Vec<Instant>, crate::store::StoreError>> + Send>,
->;
+type Leasing =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Instant>, LedgerError>> + Send>>;
 
-async fn take(
-    slots: &mut VecDeque<Instant>,
-    leased: Result<Vec<Instant>, crate::store::StoreError>,
-) {
+async fn take(slots: &mut VecDeque<Instant>, leased: Result<Vec<Instant>, LedgerError>) {
     match leased {
         Ok(more) => slots.extend(more),
         Err(e) => {
@@ -356,10 +375,10 @@ fn lease_size(inner: &Inner, waiting: usize) -> usize {
 /// Leases `n` slots: from the fleet's row when there is one, else just from now. The
 /// row's times are wall-clock times, read against this machine's clock: every process
 /// places a slot at the same moment, however long the answer took to arrive.
-async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, crate::store::StoreError> {
-    let start = match &inner.store {
-        Some(store) => {
-            let first = store.lease_partner_slots(ROW, n, inner.interval).await?;
+async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, LedgerError> {
+    let start = match &inner.ledger {
+        Some(ledger) => {
+            let first = ledger.lease(ROW, n, inner.interval).await?;
             let now = Instant::now();
             match first.duration_since(std::time::SystemTime::now()) {
                 Ok(ahead) => now + ahead,
@@ -440,5 +459,72 @@ mod tests {
             .unwrap_err()
             .contains("not an event type"));
         assert!(Weights::parse("sync=0").unwrap_err().contains("1 to 1000"));
+    }
+
+    /// A ledger in memory: a GCRA row like the database's, and what was asked of it.
+    #[derive(Default)]
+    struct FakeLedger {
+        state: Mutex<FakeRow>,
+    }
+
+    #[derive(Default)]
+    struct FakeRow {
+        tat: Option<std::time::SystemTime>,
+        leased: usize,
+        pauses: Vec<Duration>,
+    }
+
+    impl SlotLedger for Arc<FakeLedger> {
+        fn lease(
+            &self,
+            _name: &str,
+            n: usize,
+            interval: Duration,
+        ) -> LedgerFuture<'_, std::time::SystemTime> {
+            Box::pin(async move {
+                let mut row = self.state.lock().map_err(|_| "poisoned")?;
+                let now = std::time::SystemTime::now() + Duration::from_millis(5);
+                let first = row.tat.map_or(now, |t| t.max(now));
+                row.tat = Some(first + interval * u32::try_from(n)?);
+                row.leased += n;
+                Ok(first)
+            })
+        }
+
+        fn pause(&self, _name: &str, wait: Duration) -> LedgerFuture<'_, ()> {
+            Box::pin(async move {
+                self.state.lock().map_err(|_| "poisoned")?.pauses.push(wait);
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pacer_takes_its_turns_from_the_ledger_and_shares_pauses_with_it() {
+        let ledger = Arc::new(FakeLedger::default());
+        let rate = NonZeroU32::new(200).expect("non-zero");
+        let pacer = Pacer::fleet(ledger.clone(), rate, Weights::default());
+        let started = Instant::now();
+        for _ in 0..20 {
+            LANE.scope(lane(EventType::Sync), pacer.turn()).await;
+        }
+        let took = started.elapsed();
+        // 20 turns at 200/s (less the safety margin) take about 0.1 s, never much less.
+        assert!(took >= Duration::from_millis(90), "{took:?}");
+        let leased = ledger.state.lock().map(|r| r.leased).unwrap_or(0);
+        assert!(leased >= 20, "every turn came from a leased slot: {leased}");
+
+        pacer.pause(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let pauses = ledger
+            .state
+            .lock()
+            .map(|r| r.pauses.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            pauses,
+            vec![Duration::from_millis(300)],
+            "the fleet learns of a 429"
+        );
     }
 }

@@ -12,10 +12,10 @@ use time::OffsetDateTime;
 use tokio_postgres::types::Json;
 use tokio_postgres::NoTls;
 
-use crate::lifecycle::{Facts, Held, Status};
-use crate::outcome::Outcome;
-use crate::policy::Failure;
-use crate::skeelo::Product;
+use skeelo_domain::lifecycle::{Facts, Held, Status};
+use skeelo_domain::outcome::Outcome;
+use skeelo_domain::policy::Failure;
+use skeelo_domain::product::Product;
 
 pub mod apply;
 pub mod dead;
@@ -98,7 +98,7 @@ pub struct Uncertain {
     pub may_land_for: std::time::Duration,
 }
 
-pub use crate::decide::Processed;
+pub use skeelo_domain::decide::Processed;
 
 /// One line of a contract's story.
 #[derive(Debug, Clone)]
@@ -475,4 +475,27 @@ fn state_of(
         held,
         uncertain: None,
     })
+}
+
+/// The fleet's partner-rate ledger is the `partner_rate` table: every process leases its
+/// slots from the same row.
+impl skeelo_partner::pacer::SlotLedger for Store {
+    fn lease(
+        &self,
+        name: &str,
+        n: usize,
+        interval: std::time::Duration,
+    ) -> skeelo_partner::pacer::LedgerFuture<'_, std::time::SystemTime> {
+        let name = name.to_string();
+        Box::pin(async move { Ok(self.lease_partner_slots(&name, n, interval).await?) })
+    }
+
+    fn pause(
+        &self,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> skeelo_partner::pacer::LedgerFuture<'_, ()> {
+        let name = name.to_string();
+        Box::pin(async move { Ok(self.pause_partner(&name, wait).await?) })
+    }
 }

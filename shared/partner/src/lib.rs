@@ -1,0 +1,6 @@
+//! The Skeelo partner API: the client ([`api`], the only module that knows the API, so
+//! the real one can replace the model in one place) and the [`pacer`] that keeps the
+//! whole fleet's calls within the partner's rate, through a ledger it is given.
+
+pub mod api;
+pub mod pacer;
