@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
+use skeelo_domain::event::Sku;
 use skeelo_domain::lifecycle::{self, Target};
 use skeelo_partner::api::{ClientConfig, Credentials, SkeeloClient};
 use skeelo_partner::pacer::{Pacer, Weights};
@@ -47,8 +48,8 @@ struct Row {
     contract_id: String,
     should_be: String,
     skeelo_has: String,
-    products_should_be: Vec<String>,
-    products_at_skeelo: Vec<String>,
+    products_should_be: Vec<Sku>,
+    products_at_skeelo: Vec<Sku>,
     ok: bool,
 }
 
@@ -72,24 +73,21 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let Some(state) = store.contract(&id).await? else {
             continue;
         };
-        let (should_be, products_should_be) = match lifecycle::target(&state.facts) {
+        let target = lifecycle::target(&state.facts);
+        let at_skeelo = ask(&skeelo, &id)
+            .await
+            .with_context(|| format!("asking Skeelo for contract {id}"))?
+            .map(|s| s.held());
+        let ok = lifecycle::holds(&target, at_skeelo.as_ref());
+        let (should_be, products_should_be) = match target {
             Target::Absent => ("absent".to_string(), Vec::new()),
             Target::Withdrawn => ("cancelled".to_string(), Vec::new()),
             Target::Present(h) => (h.status.as_str().to_string(), h.profile.products),
         };
-        let at_skeelo = ask(&skeelo, &id)
-            .await
-            .with_context(|| format!("asking Skeelo for contract {id}"))?;
         let (skeelo_has, products_at_skeelo) = match at_skeelo {
             None => ("absent".to_string(), Vec::new()),
-            Some(s) => {
-                let h = s.held();
-                (h.status.as_str().to_string(), h.profile.products)
-            }
+            Some(h) => (h.status.as_str().to_string(), h.profile.products),
         };
-        let gone = |s: &str| s == "absent" || s == "cancelled";
-        let ok = (gone(&should_be) && gone(&skeelo_has))
-            || (should_be == skeelo_has && products_should_be == products_at_skeelo);
         rows.push(Row {
             contract_id: id,
             should_be,
@@ -113,7 +111,11 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     r.contract_id.clone(),
                     r.should_be.clone(),
                     r.skeelo_has.clone(),
-                    r.products_at_skeelo.join(","),
+                    r.products_at_skeelo
+                        .iter()
+                        .map(Sku::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
                     if r.ok { "ok".into() } else { "DRIFT".into() },
                 ]
             })

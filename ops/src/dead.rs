@@ -13,7 +13,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{json, Value};
 use skeelo_broker::{self as broker, Publisher, REQUEUED_FROM_HEADER, RETRY_EXCHANGE};
 use skeelo_domain::mask;
-use skeelo_store::dead::{DeadLetter, Filter};
+use skeelo_store::dead::{DeadLetter, Filter, LetterState};
 use skeelo_store::Store;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -104,11 +104,36 @@ pub(crate) struct Db {
     database_url: String,
 }
 
+/// Which letters by where they stand, as `--state` takes it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum StateArg {
+    /// Waiting for an operator.
+    #[default]
+    Parked,
+    /// Sent back by an operator.
+    Requeued,
+    /// Put aside, restorable for a while.
+    Archived,
+    /// Every state.
+    All,
+}
+
+impl From<StateArg> for Option<LetterState> {
+    fn from(s: StateArg) -> Option<LetterState> {
+        match s {
+            StateArg::Parked => Some(LetterState::Parked),
+            StateArg::Requeued => Some(LetterState::Requeued),
+            StateArg::Archived => Some(LetterState::Archived),
+            StateArg::All => None,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Default)]
 pub(crate) struct FilterArgs {
     /// parked (default), requeued, archived or all.
-    #[arg(long, default_value = "parked", value_parser = ["parked", "requeued", "archived", "all"])]
-    state: String,
+    #[arg(long, value_enum, default_value = "parked")]
+    state: StateArg,
     /// Event type (sync, suspend, …).
     #[arg(long = "type")]
     event_type: Option<String>,
@@ -133,7 +158,7 @@ impl FilterArgs {
     fn filter(&self) -> Filter {
         Filter {
             ids: Vec::new(),
-            state: (self.state != "all").then(|| self.state.clone()),
+            state: self.state.into(),
             event_type: self.event_type.clone(),
             reason: self.reason.clone(),
             error_class: self.class.clone(),
@@ -181,7 +206,7 @@ impl Select {
         let mut f = self.filter.filter();
         f.ids = self.ids.clone();
         // Requeue and purge act on parked letters only.
-        f.state = Some("parked".into());
+        f.state = Some(LetterState::Parked);
         Ok(f)
     }
 
@@ -312,7 +337,7 @@ async fn list(f: &FilterArgs, limit: i64, json: bool, db: &Db) -> anyhow::Result
                 d.reason.clone(),
                 d.error_class.clone(),
                 d.attempts.to_string(),
-                d.state.clone(),
+                d.state.to_string(),
                 d.last_error.chars().take(70).collect(),
             ]
         })

@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::sync::RwLock;
 
+use skeelo_domain::event::Sku;
 use skeelo_partner::api::{SkeeloClient, SkeeloError};
 use skeelo_store::Store;
 use tokio::sync::Mutex;
@@ -53,20 +54,20 @@ impl Catalogue {
     }
 
     /// The unknown SKUs and the generation of the list they were checked against.
-    fn missing(&self, wanted: &[String]) -> (Vec<String>, u64) {
+    fn missing(&self, wanted: &[Sku]) -> (Vec<Sku>, u64) {
         let Ok(s) = self.skus.read() else {
             return (Vec::new(), 0);
         };
         let missing = wanted
             .iter()
-            .filter(|p| !s.0.contains(*p))
+            .filter(|p| !s.0.contains(p.as_str()))
             .cloned()
             .collect();
         (missing, s.1)
     }
 
     /// Of `products`, those the list in hand does not know (no refresh).
-    pub(crate) fn unknown_now(&self, products: &[String]) -> BTreeSet<String> {
+    pub(crate) fn unknown_now(&self, products: &[Sku]) -> BTreeSet<Sku> {
         self.missing(products).0.into_iter().collect()
     }
 
@@ -77,8 +78,8 @@ impl Catalogue {
         &self,
         store: &Store,
         skeelo: &SkeeloClient,
-        products: &[String],
-    ) -> Result<Option<Vec<String>>, SkeeloError> {
+        products: &[Sku],
+    ) -> Result<Option<Vec<Sku>>, SkeeloError> {
         let (missing, seen) = self.missing(products);
         if missing.is_empty() {
             return Ok(None);

@@ -309,7 +309,7 @@ async fn probe(app: Arc<App>, which: Probe, stop: CancellationToken) {
 async fn count_parked(app: Arc<App>, stop: CancellationToken) {
     loop {
         if let Ok(counts) = app.store.parked_by_reason().await {
-            for reason in ["invalid", "refused", "exhausted", "broker"] {
+            for reason in skeelo_domain::policy::ParkReason::ALL.map(|r| r.as_str()) {
                 let n = counts
                     .iter()
                     .find(|(r, _)| r == reason)

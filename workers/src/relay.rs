@@ -30,6 +30,9 @@ const GAUGES: Duration = Duration::from_secs(5);
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// Refusals in a row after which the channel is replaced.
 const REOPEN_AFTER: u32 = 5;
+/// How long the broker may take to confirm a batch: well inside the lease, so that no
+/// other relay takes rows this one may still be sending.
+const CONFIRMS: Duration = Duration::from_secs(20);
 /// How long the last sending may take when the fleet stops.
 const LAST_SEND: Duration = Duration::from_secs(5);
 
@@ -71,6 +74,27 @@ pub(crate) async fn run(
     relay.gauges().await;
 }
 
+/// Why the broker did not take results (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Returned: no queue is bound for the routing key.
+    Unroutable,
+    /// Nacked: the broker refused to take it.
+    Nacked,
+    /// The channel failed, or confirms did not come in time.
+    Channel,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Unroutable => "unroutable",
+            Refusal::Nacked => "nacked",
+            Refusal::Channel => "channel",
+        }
+    }
+}
+
 struct Relay {
     app: Arc<App>,
     connection: Arc<Connection>,
@@ -108,29 +132,40 @@ impl Relay {
             Err(e) => {
                 let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                 let _ = self.app.store.results_refused(&ids).await;
-                return Err(self.refused("channel", rows.len(), &e.to_string()));
+                return Err(self.refused(Refusal::Channel, rows.len(), &e.to_string()));
             }
         };
         let sends = rows.iter().map(|r| {
             publisher.publish_json(RESULTS_EXCHANGE, &r.routing_key, &r.event_id, &r.body)
         });
-        let answers = futures_util::future::join_all(sends).await;
+        let Ok(answers) =
+            tokio::time::timeout(CONFIRMS, futures_util::future::join_all(sends)).await
+        else {
+            // The rows stay leased until their lease runs out, then any relay sends
+            // them again (the ERP may get a result twice, never none).
+            self.publisher = None;
+            return Err(self.refused(
+                Refusal::Channel,
+                rows.len(),
+                "no confirm from the broker in time",
+            ));
+        };
         let mut sent = Vec::with_capacity(rows.len());
         let mut refused = Vec::new();
-        let mut why: Option<(&'static str, String)> = None;
+        let mut why: Option<(Refusal, String)> = None;
         for (row, answer) in rows.iter().zip(answers) {
             match answer {
                 Ok(()) => sent.push(row.id),
                 Err(e) => {
                     let reason = match &e {
-                        BrokerError::Unroutable { .. } => "unroutable",
-                        BrokerError::Nacked => "nacked",
-                        BrokerError::Amqp(_) => "channel",
+                        BrokerError::Unroutable { .. } => Refusal::Unroutable,
+                        BrokerError::Nacked => Refusal::Nacked,
+                        BrokerError::Amqp(_) => Refusal::Channel,
                     };
                     self.app
                         .metrics
                         .results_refused
-                        .with_label_values(&[reason])
+                        .with_label_values(&[reason.as_str()])
                         .inc();
                     if why.is_none() {
                         why = Some((reason, e.to_string()));
@@ -147,7 +182,7 @@ impl Relay {
         self.app.metrics.results_published.inc_by(sent.len() as u64);
         if let Some((reason, error)) = why {
             let _ = self.app.store.results_refused(&refused).await;
-            if reason == "channel" {
+            if reason == Refusal::Channel {
                 self.publisher = None;
             }
             return Err(self.refused(reason, refused.len(), &error));
@@ -169,7 +204,7 @@ impl Relay {
     }
 
     /// Counts a refusal in a row and says how long to pause before the next try.
-    fn refused(&mut self, reason: &str, n: usize, error: &str) -> Duration {
+    fn refused(&mut self, reason: Refusal, n: usize, error: &str) -> Duration {
         self.refusals = self.refusals.saturating_add(1);
         let pause = Duration::from_millis(100)
             .saturating_mul(1u32 << self.refusals.min(16))
@@ -184,7 +219,7 @@ impl Relay {
         if !quiet || self.refusals == 1 {
             self.last_warning = Some(Instant::now());
             tracing::warn!(
-                reason,
+                reason = reason.as_str(),
                 results = n,
                 refusals_in_a_row = self.refusals,
                 pause_ms = pause.as_millis() as u64,

@@ -350,6 +350,13 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// This delivery may be a second copy of a message already handled: the broker
+    /// redelivered it, or it comes back from a delay queue (the copy a round sent
+    /// carries our first-failure header, whether or not it cost an attempt).
+    pub fn may_repeat(&self) -> bool {
+        self.redelivered || self.attempts > 0 || self.first_failure.is_some()
+    }
+
     /// Reads a delivery's envelope.
     pub fn of(d: &Delivery) -> Envelope {
         let headers = d.properties.headers().as_ref();

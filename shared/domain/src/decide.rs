@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use uuid::Uuid;
 
-use crate::event::Event;
+use crate::event::{Event, Sku};
 use crate::lifecycle::{self, Decision, Facts, Held, Status, Target, Verdict};
 use crate::outcome::Outcome;
 
@@ -63,7 +63,7 @@ pub enum Step {
     },
     /// A sync that would reach Skeelo names products Skeelo does not sell: invalid,
     /// parked, and the facts are left as they were.
-    UnknownProduct(Vec<String>),
+    UnknownProduct(Vec<Sku>),
 }
 
 /// One contract's steps, one per incoming event and in the same order.
@@ -85,7 +85,7 @@ pub fn contract(
     facts: &Facts,
     held: Option<&Held>,
     seen: &HashMap<Uuid, Processed>,
-    unknown: &BTreeSet<String>,
+    unknown: &BTreeSet<Sku>,
     events: &[Incoming<'_>],
 ) -> ContractPlan {
     let mut facts = facts.clone();

@@ -14,6 +14,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use crate::ids::{ContractId, Sku};
 use crate::mask;
 
 /// The six things the ERP can do to a contract; each has its own routing key and queue.
@@ -123,8 +124,8 @@ pub enum InvalidEvent {
         routing_key: String,
     },
     /// One or more products are not in Skeelo's catalogue.
-    #[error("unknown product(s) not in Skeelo's catalogue: {}", .0.join(", "))]
-    UnknownProduct(Vec<String>),
+    #[error("unknown product(s) not in Skeelo's catalogue: {}", .0.iter().map(Sku::as_str).collect::<Vec<_>>().join(", "))]
+    UnknownProduct(Vec<Sku>),
 }
 
 impl InvalidEvent {
@@ -416,7 +417,7 @@ pub struct SyncDetails {
     /// The plan (not sent to Skeelo).
     pub plan: Plan,
     /// Skeelo SKUs, sorted and without repeats, so equal sets compare equal.
-    pub products: Vec<String>,
+    pub products: Vec<Sku>,
     /// The subscriber.
     pub subscriber: Subscriber,
 }
@@ -431,7 +432,7 @@ pub struct Event {
     /// When the ERP did it.
     pub occurred_at: OffsetDateTime,
     /// The ERP contract id (Skeelo's `external_id`).
-    pub contract_id: String,
+    pub contract_id: ContractId,
     /// The contract's version after this change.
     pub version: Version,
     /// Present on every `sync`; ignored on other types.
@@ -441,7 +442,7 @@ pub struct Event {
 }
 
 /// Longest contract id accepted (CONTRACT §1).
-pub const MAX_CONTRACT_ID_LEN: usize = 64;
+pub const MAX_CONTRACT_ID_LEN: usize = crate::ids::MAX_ID_LEN;
 
 /// Parses and validates one message from the ERP. The routing key is the one the broker
 /// delivered the message with; the body's `type` must agree with it.
@@ -474,11 +475,8 @@ pub fn parse(routing_key: &str, body: &[u8]) -> Result<Event, InvalidEvent> {
             .map_err(|_| invalid("occurred_at", "not an RFC 3339 timestamp"))?;
 
     let contract = req_obj(&root, "contract", "contract")?;
-    let contract_id = non_empty(
-        req_str(contract, "id", "contract.id")?,
-        "contract.id",
-        MAX_CONTRACT_ID_LEN,
-    )?;
+    let contract_id = ContractId::parse(req_str(contract, "id", "contract.id")?)
+        .map_err(|why| invalid("contract.id", why))?;
     let version = match present(contract, "version") {
         None => return Err(InvalidEvent::MissingField("contract.version")),
         Some(v) => v
@@ -530,13 +528,9 @@ pub fn peek_event_id(body: &[u8]) -> Option<Uuid> {
 }
 
 /// Reads the contract id of a body that may be otherwise invalid (for the history).
-pub fn peek_contract_id(body: &[u8]) -> Option<String> {
+pub fn peek_contract_id(body: &[u8]) -> Option<ContractId> {
     let v: Value = serde_json::from_slice(body).ok()?;
-    let id = v.get("contract")?.get("id")?.as_str()?.trim();
-    let plausible = !id.is_empty()
-        && id.chars().count() <= MAX_CONTRACT_ID_LEN
-        && !id.chars().any(char::is_control);
-    plausible.then(|| id.to_string())
+    ContractId::parse(v.get("contract")?.get("id")?.as_str()?).ok()
 }
 
 fn invalid(field: &'static str, why: impl Into<String>) -> InvalidEvent {
@@ -632,7 +626,7 @@ fn is_money(s: &str) -> bool {
         && !(s.contains('.') && frac.is_empty())
 }
 
-fn opt_products(contract: &Map<String, Value>) -> Result<Option<Vec<String>>, InvalidEvent> {
+fn opt_products(contract: &Map<String, Value>) -> Result<Option<Vec<Sku>>, InvalidEvent> {
     let Some(value) = present(contract, "products") else {
         return Ok(None);
     };
@@ -647,12 +641,8 @@ fn opt_products(contract: &Map<String, Value>) -> Result<Option<Vec<String>>, In
     }
     let mut skus = Vec::with_capacity(items.len());
     for item in items {
-        match item {
-            Value::String(s)
-                if !s.trim().is_empty() && s.len() <= 64 && !s.chars().any(char::is_control) =>
-            {
-                skus.push(s.trim().to_string())
-            }
+        match item.as_str().map(Sku::parse) {
+            Some(Ok(sku)) => skus.push(sku),
             _ => {
                 return Err(invalid(
                     "contract.products",
@@ -917,8 +907,8 @@ mod tests {
         assert!(id.is_some());
         assert_eq!(peek_event_id(b"nope"), None);
         assert_eq!(
-            peek_contract_id(br#"{"contract":{"id":" 7 "}}"#).as_deref(),
-            Some("7")
+            peek_contract_id(br#"{"contract":{"id":" 7 "}}"#).map(String::from),
+            Some("7".to_string())
         );
     }
 
@@ -953,7 +943,7 @@ mod tests {
             match parse(key, body.to_string().as_bytes()) {
                 Ok(e) => {
                     proptest::prop_assert!(e.version.get() >= 1);
-                    proptest::prop_assert!(!e.contract_id.is_empty());
+                    proptest::prop_assert!(!e.contract_id.as_str().is_empty());
                     proptest::prop_assert_eq!(Some(e.event_type), EventType::from_routing_key(key));
                     if let Some(s) = &e.sync {
                         proptest::prop_assert!(Document::parse(s.subscriber.document.digits()).is_ok());

@@ -7,6 +7,7 @@
 
 pub mod decide;
 pub mod event;
+pub mod ids;
 pub mod lifecycle;
 pub mod mask;
 pub mod outcome;

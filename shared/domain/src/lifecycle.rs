@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Email, Event, EventType, Phone, SyncDetails, Version};
+use crate::event::{Email, Event, EventType, Phone, Sku, SyncDetails, Version};
 
 /// The subscription status at Skeelo (CONTRACT §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -246,7 +246,7 @@ pub struct Profile {
     /// Optional contact number.
     pub phone: Option<Phone>,
     /// Sorted SKUs.
-    pub products: Vec<String>,
+    pub products: Vec<Sku>,
 }
 
 impl Profile {
@@ -315,7 +315,7 @@ pub struct Changes {
     /// New phone (`Some(None)` clears it).
     pub phone: Option<Option<Phone>>,
     /// New product list.
-    pub products: Option<Vec<String>>,
+    pub products: Option<Vec<Sku>>,
 }
 
 /// One call to Skeelo.
@@ -375,6 +375,20 @@ fn diff(have: &Profile, want: &Profile) -> Changes {
         email: (have.email != want.email).then(|| want.email.clone()),
         phone: (have.phone != want.phone).then(|| want.phone.clone()),
         products: (have.products != want.products).then(|| want.products.clone()),
+    }
+}
+
+/// Skeelo holds what the facts call for (the drift check operators run): where no
+/// access should exist, nothing or a cancelled subscription; otherwise the same status
+/// and the same products.
+pub fn holds(target: &Target, held: Option<&Held>) -> bool {
+    let no_access = |h: Option<&Held>| h.is_none_or(|h| h.status == Status::Cancelled);
+    match target {
+        Target::Absent | Target::Withdrawn => no_access(held),
+        Target::Present(want) if want.status == Status::Cancelled => no_access(held),
+        Target::Present(want) => held.is_some_and(|h| {
+            h.status == want.status && h.profile.products == want.profile.products
+        }),
     }
 }
 

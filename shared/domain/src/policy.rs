@@ -31,6 +31,14 @@ pub enum ParkReason {
 }
 
 impl ParkReason {
+    /// Every reason, for metrics whose series should exist from the start.
+    pub const ALL: [ParkReason; 4] = [
+        ParkReason::Invalid,
+        ParkReason::Refused,
+        ParkReason::Exhausted,
+        ParkReason::Broker,
+    ];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,8 +63,11 @@ pub enum Failure {
     PartnerUnavailable,
     /// Skeelo failed this request (500, an unreadable answer).
     PartnerFailed,
-    /// The event's calls outlived the call budget: one may still land at Skeelo.
-    CallsOutlivedBudget,
+    /// One of the event's calls may still land at Skeelo: it outlived the call budget,
+    /// or its request left and no answer came (a timeout, a cut connection, a gateway
+    /// that gave up). Never tried again at once: the next try waits until it cannot
+    /// land any more, then reads Skeelo back.
+    CallMayStillLand,
     /// Another attempt's calls to this contract may still land, for at most this long.
     CallsInFlight(Duration),
     /// The database did not answer or failed (connection, timeout, serialization).
@@ -110,7 +121,7 @@ pub enum Next {
 }
 
 /// The longest pause between quick tries, and before a requeue.
-const MAX_PAUSE: Duration = Duration::from_secs(30);
+pub const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 /// Decides what follows a failure.
 pub fn next(failure: Failure, s: &Situation) -> Next {
@@ -129,7 +140,7 @@ pub fn next(failure: Failure, s: &Situation) -> Next {
         }
         Failure::PartnerThrottled | Failure::DatabaseUnavailable => Next::Postpone,
         Failure::CallsInFlight(at_most) => Next::WaitForCalls(at_most),
-        Failure::PartnerUnavailable | Failure::PartnerFailed | Failure::CallsOutlivedBudget
+        Failure::PartnerUnavailable | Failure::PartnerFailed | Failure::CallMayStillLand
             if s.partner_down =>
         {
             Next::Postpone
@@ -137,7 +148,7 @@ pub fn next(failure: Failure, s: &Situation) -> Next {
         Failure::PartnerUnavailable | Failure::PartnerFailed if s.tries_here <= s.immediate => {
             Next::TryAgain(doubling(s.immediate_base, s.tries_here))
         }
-        Failure::PartnerUnavailable | Failure::PartnerFailed | Failure::CallsOutlivedBudget => {
+        Failure::PartnerUnavailable | Failure::PartnerFailed | Failure::CallMayStillLand => {
             if s.attempts.saturating_add(1) >= s.max_attempts {
                 Next::Park(ParkReason::Exhausted)
             } else {
@@ -300,19 +311,19 @@ mod tests {
             ),
             (
                 "outliving the budget is never retried at once",
-                CallsOutlivedBudget,
+                CallMayStillLand,
                 at(1, 0),
                 Next::DelayRound,
             ),
             (
                 "outliving the budget spends an attempt",
-                CallsOutlivedBudget,
+                CallMayStillLand,
                 at(1, 7),
                 Next::Park(ParkReason::Exhausted),
             ),
             (
                 "outliving the budget in an outage",
-                CallsOutlivedBudget,
+                CallMayStillLand,
                 down(at(1, 7)),
                 Next::Postpone,
             ),

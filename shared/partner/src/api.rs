@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::pacer::Pacer;
-use skeelo_domain::event::{Email, Phone};
+use skeelo_domain::event::{Email, Phone, Sku};
 use skeelo_domain::lifecycle::{Changes, Held, Profile, Status};
 use skeelo_telemetry::metrics::Metrics;
 
@@ -154,7 +154,7 @@ impl Subscription {
     /// What the lifecycle rules compare against. Values Skeelo stored are taken as they
     /// are; an unknown status reads as inactive, which the next plan corrects.
     pub fn held(&self) -> Held {
-        let mut products = self.products.clone();
+        let mut products: Vec<Sku> = self.products.iter().map(|p| Sku::from_partner(p)).collect();
         products.sort();
         products.dedup();
         Held {
@@ -337,7 +337,8 @@ impl SkeeloClient {
             );
         }
         if let Some(p) = &changes.products {
-            body.insert("products".into(), Value::from(p.clone()));
+            let skus: Vec<&str> = p.iter().map(Sku::as_str).collect();
+            body.insert("products".into(), Value::from(skus));
         }
         let path = format!("/v1/subscriptions/{}", path_segment(external_id));
         let (status, answer) = self
@@ -466,11 +467,22 @@ impl SkeeloClient {
         self.wait_turn().await;
         let timer = self.inner.metrics.api_timer(operation);
         let started = Instant::now();
-        // Counted down only when the answer came: a request dropped on the way stays
-        // counted, since Skeelo may still act on it.
+        // Counted down only when Skeelo's own answer came, or when the request never
+        // left (no connection): a request dropped on the way, timed out, cut, or answered
+        // by a gateway that gave up (502, 504) stays counted, since Skeelo may still act
+        // on it.
         let _ = SENT.try_with(|n| n.fetch_add(1, Ordering::SeqCst));
         let result = request.send().await;
-        let _ = SENT.try_with(|n| n.fetch_sub(1, Ordering::SeqCst));
+        let may_land = match &result {
+            Err(e) => !e.is_connect(),
+            Ok(r) => matches!(
+                r.status(),
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            ),
+        };
+        if !may_land {
+            let _ = SENT.try_with(|n| n.fetch_sub(1, Ordering::SeqCst));
+        }
         let response = match result {
             Ok(r) => r,
             Err(e) => {

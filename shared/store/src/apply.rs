@@ -23,6 +23,8 @@ pub struct Locked {
     pub unreadable: HashMap<String, String>,
     /// The event ids decided before, with their first decision.
     pub seen: HashMap<uuid::Uuid, Processed>,
+    /// Event ids decided before whose stored decision does not read, with why.
+    pub unreadable_events: HashMap<uuid::Uuid, String>,
 }
 
 /// Takes the row locks of `contract_ids` (creating rows on first sight), always in the
@@ -87,12 +89,17 @@ pub async fn lock(
         }
     }
     let mut seen = HashMap::with_capacity(decided.len());
+    let mut unreadable_events = HashMap::new();
     for row in &decided {
         let outcome: String = row.get(1);
         let status: Option<String> = row.get(2);
+        let Some(outcome) = Outcome::from_name(&outcome) else {
+            // Written by a newer version, say: this event alone cannot be judged.
+            unreadable_events.insert(row.get(0), format!("unknown stored outcome {outcome}"));
+            continue;
+        };
         let first = Processed {
-            outcome: Outcome::from_name(&outcome)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown outcome {outcome}")))?,
+            outcome,
             skeelo_status: status.as_deref().and_then(Status::from_name),
             detail: row.get(3),
         };
@@ -102,6 +109,7 @@ pub async fn lock(
         contracts,
         unreadable,
         seen,
+        unreadable_events,
     })
 }
 
@@ -181,9 +189,10 @@ pub async fn write(
     let mut r_key = Vec::with_capacity(m);
     let mut r_body = Vec::with_capacity(m);
     for e in events {
-        r_event.push(text(&e.result.event_id));
-        r_key.push(e.result.routing_key());
-        r_body.push(Json(e.result));
+        let result = crate::storable(e.result);
+        r_event.push(text(&result.event_id).into_owned());
+        r_key.push(result.routing_key());
+        r_body.push(Json(result));
         let Some(h) = &e.history else {
             continue;
         };

@@ -13,6 +13,46 @@ use skeelo_domain::outcome::EventResult;
 
 pub use skeelo_domain::policy::ParkReason as Reason;
 
+/// Where a dead letter stands (the `state` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LetterState {
+    /// Waiting for an operator.
+    Parked,
+    /// Sent back to its queue by an operator.
+    Requeued,
+    /// Put aside by an operator; restorable until its `restore_until`.
+    Archived,
+}
+
+impl LetterState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LetterState::Parked => "parked",
+            LetterState::Requeued => "requeued",
+            LetterState::Archived => "archived",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn from_name(s: &str) -> Option<LetterState> {
+        [
+            LetterState::Parked,
+            LetterState::Requeued,
+            LetterState::Archived,
+        ]
+        .into_iter()
+        .find(|l| l.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for LetterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A failure to park.
 pub struct NewDeadLetter<'a> {
     /// Identity across redeliveries (event id, else message id, else a digest).
@@ -85,8 +125,8 @@ pub struct DeadLetter {
     /// Last failure.
     #[serde(with = "time::serde::rfc3339")]
     pub last_failed_at: OffsetDateTime,
-    /// parked / requeued / archived.
-    pub state: String,
+    /// Where it stands.
+    pub state: LetterState,
     /// When an operator requeued it.
     #[serde(with = "time::serde::rfc3339::option")]
     pub requeued_at: Option<OffsetDateTime>,
@@ -108,7 +148,7 @@ pub struct Filter {
     /// These ids only.
     pub ids: Vec<i64>,
     /// In this state (`parked` unless said otherwise by the caller).
-    pub state: Option<String>,
+    pub state: Option<LetterState>,
     /// Of this event type.
     pub event_type: Option<String>,
     /// With this reason.
@@ -134,8 +174,8 @@ impl Filter {
         if !self.ids.is_empty() {
             add("id = ANY(?)", Box::new(self.ids.clone()));
         }
-        if let Some(s) = &self.state {
-            add("state = ?", Box::new(s.clone()));
+        if let Some(s) = self.state {
+            add("state = ?", Box::new(s.as_str()));
         }
         if let Some(t) = &self.event_type {
             add("type = ?", Box::new(t.clone()));
@@ -203,7 +243,8 @@ fn letter(r: &tokio_postgres::Row) -> DeadLetter {
         attempts: r.get(10),
         first_failed_at: r.get(11),
         last_failed_at: r.get(12),
-        state: r.get(13),
+        // The column's CHECK allows only these three.
+        state: LetterState::from_name(r.get(13)).unwrap_or(LetterState::Parked),
         requeued_at: r.get(14),
         requeued_by: r.get(15),
         archived_at: r.get(16),

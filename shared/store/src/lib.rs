@@ -13,7 +13,7 @@ use tokio_postgres::types::Json;
 use tokio_postgres::NoTls;
 
 use skeelo_domain::lifecycle::{Facts, Held, Status};
-use skeelo_domain::outcome::Outcome;
+use skeelo_domain::outcome::{EventResult, Outcome};
 use skeelo_domain::policy::Failure;
 use skeelo_domain::product::Product;
 
@@ -429,6 +429,25 @@ pub(crate) fn text(s: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(s)
     }
+}
+
+/// A result as it can be stored: PostgreSQL's jsonb cannot hold NUL either, and a
+/// result may echo text from outside (an invalid body's type, an error).
+pub(crate) fn storable(r: &EventResult) -> std::borrow::Cow<'_, EventResult> {
+    let has_nul = |s: &str| s.contains('\0');
+    if !has_nul(&r.event_id)
+        && !has_nul(&r.event_type)
+        && !has_nul(&r.detail)
+        && !r.contract_id.as_deref().is_some_and(has_nul)
+    {
+        return std::borrow::Cow::Borrowed(r);
+    }
+    let mut clean = r.clone();
+    clean.event_id = text(&r.event_id).into_owned();
+    clean.event_type = text(&r.event_type).into_owned();
+    clean.detail = text(&r.detail).into_owned();
+    clean.contract_id = r.contract_id.as_deref().map(|c| text(c).into_owned());
+    std::borrow::Cow::Owned(clean)
 }
 
 async fn insert_history(

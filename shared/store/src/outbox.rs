@@ -39,10 +39,10 @@ pub async fn enqueue(
     if results.is_empty() {
         return Ok(());
     }
-    let ids: Vec<std::borrow::Cow<'_, str>> =
-        results.iter().map(|r| crate::text(&r.event_id)).collect();
+    let results: Vec<_> = results.iter().map(|r| crate::storable(r)).collect();
+    let ids: Vec<&str> = results.iter().map(|r| r.event_id.as_str()).collect();
     let keys: Vec<String> = results.iter().map(|r| r.routing_key()).collect();
-    let bodies: Vec<Json<&EventResult>> = results.iter().map(|r| Json(*r)).collect();
+    let bodies: Vec<Json<&EventResult>> = results.iter().map(|r| Json(r.as_ref())).collect();
     let st = client
         .prepare_cached(
             "INSERT INTO results_outbox (event_id, routing_key, body)

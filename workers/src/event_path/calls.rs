@@ -17,10 +17,11 @@ use crate::App;
 pub(super) enum StepEnd {
     /// Done; Skeelo holds this afterwards, after this many calls.
     Done(Option<Held>, i32),
-    /// A call failed (every call made has returned).
+    /// A call failed, and every call made has its answer.
     Failed(SkeeloError),
-    /// The calls outlived the budget: one may still land.
-    Outlived,
+    /// A call may still land at Skeelo: it outlived the budget (no error), or it failed
+    /// with no answer from Skeelo itself (a timeout, a cut connection, a gateway).
+    MayLand(Option<SkeeloError>),
     /// An earlier step of the contract failed: not tried.
     NotReached,
 }
@@ -41,8 +42,29 @@ impl Called {
     }
 
     /// A call may still land at Skeelo.
-    pub(super) fn outlived(&self) -> bool {
-        self.ends.iter().any(|e| matches!(e, StepEnd::Outlived))
+    pub(super) fn may_land(&self) -> bool {
+        self.ends.iter().any(|e| matches!(e, StepEnd::MayLand(_)))
+    }
+
+    /// What the calls say of Skeelo's health: `Some(true)` if a call got its answer
+    /// and none found Skeelo unavailable, `Some(false)` if one did, `None` if no call
+    /// was answered either way.
+    pub(super) fn partner_answered(&self) -> Option<bool> {
+        let unavailable = self.ends.iter().any(|e| match e {
+            StepEnd::Failed(e) | StepEnd::MayLand(Some(e)) => {
+                e.failure() == skeelo_domain::policy::Failure::PartnerUnavailable
+            }
+            _ => false,
+        });
+        let answered = self
+            .ends
+            .iter()
+            .any(|e| matches!(e, StepEnd::Done(_, made) if *made > 0));
+        match (unavailable, answered) {
+            (true, _) => Some(false),
+            (false, true) => Some(true),
+            (false, false) => None,
+        }
     }
 }
 
@@ -83,6 +105,11 @@ pub(super) async fn steps(
                 facts = Some(decision.facts.clone());
                 ends.push(StepEnd::Done(held.clone(), made));
             }
+            Ok(Err(e)) if sent.load(Ordering::SeqCst) > 0 => {
+                stopped = true;
+                tracing::warn!(contract_id, error = %e, "a call to Skeelo got no answer of Skeelo's own; it may still land");
+                ends.push(StepEnd::MayLand(Some(e)));
+            }
             Ok(Err(e)) => {
                 stopped = true;
                 ends.push(StepEnd::Failed(e));
@@ -100,7 +127,7 @@ pub(super) async fn steps(
                     budget_ms = app.settings.retry.call_budget.as_millis() as u64,
                     "Skeelo calls took longer than the call budget; one may still land"
                 );
-                ends.push(StepEnd::Outlived);
+                ends.push(StepEnd::MayLand(None));
             }
         }
     }

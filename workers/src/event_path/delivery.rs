@@ -85,8 +85,8 @@ impl Park {
     /// The contract, likewise.
     pub(super) fn contract_id(&self, msg: &Message<'_>) -> Option<String> {
         match &self.event {
-            Some(e) => Some(e.contract_id.clone()),
-            None => event::peek_contract_id(&msg.delivery.data),
+            Some(e) => Some(e.contract_id.to_string()),
+            None => event::peek_contract_id(&msg.delivery.data).map(String::from),
         }
     }
 

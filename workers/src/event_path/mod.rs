@@ -206,17 +206,22 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
         } else {
             (std::mem::take(&mut work), std::mem::take(&mut parks))
         };
-        let done = round::run(app, &msgs, this_work, this_parks).await;
+        let done = round::run(app, batch.source.label(), &msgs, this_work, this_parks).await;
         one_by_one |= done.split;
         settle_round(app, batch, &msgs, &done.told, &done.parked).await;
-        waiting.extend(done.waiting);
+        for (w, at_most) in done.waiting {
+            let msg = &msgs[w.index];
+            let failure = Failure::CallsInFlight(at_most);
+            match policy::next(failure, &situation(app, batch, msg, w.tries + 1)) {
+                Next::WaitForCalls(at_most) => waiting.push((w, at_most)),
+                _ => work.push(w),
+            }
+        }
         work.extend(done.again);
+        parks.extend(done.parks_again);
         let mut pause = Duration::ZERO;
         for f in done.failed {
             let msg = &msgs[f.work.index];
-            if f.failure == Failure::PartnerUnavailable {
-                app.skeelo_health.failure(&f.error);
-            }
             let situation = situation(app, batch, msg, f.work.tries + 1);
             log_failure(msg, &f.work.event, f.failure, &f.error);
             match policy::next(f.failure, &situation) {
@@ -266,12 +271,13 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
         }
         for (p, failure, error) in done.unparked {
             let msg = &msgs[p.index];
-            let situation = situation(app, batch, msg, 1);
             tracing::error!(error = %error, "cannot park the dead letter now");
-            match policy::next(failure, &situation) {
+            match policy::next(failure, &situation(app, batch, msg, 1)) {
                 Next::Requeue(after) => requeue_after(app, batch, p.index, after).await,
-                // Whatever else: back later through a delay queue, at no cost; it is
-                // judged again then.
+                // The database refuses the letter itself: it waits in its queue, asked
+                // again after the longest pause, never in a loop.
+                Next::Park(_) => requeue_after(app, batch, p.index, policy::MAX_PAUSE).await,
+                // Back later through a delay queue, at no cost; judged again then.
                 _ => delay(app, batch, msg, p.index, msg.envelope.attempts, &error).await,
             }
         }
@@ -389,7 +395,7 @@ async fn wait_for_calls(
             attempt = msgs[w.index].envelope.attempts + 1,
             "another attempt's calls to Skeelo may still land; waiting for them to end"
         );
-        let ended = calls::wait_for(app, &w.event.contract_id, at_most).await;
+        let ended = calls::wait_for(app, w.event.contract_id.as_str(), at_most).await;
         (w, ended)
     });
     let mut again = Vec::new();
@@ -397,7 +403,10 @@ async fn wait_for_calls(
         if ended {
             again.push(w);
         } else {
-            batch.requeue(w.index).await;
+            // The fleet is stopping: back later through a delay queue, at no cost.
+            let msg = &msgs[w.index];
+            let why = "the fleet stopped while it waited for another attempt's calls";
+            delay(app, batch, msg, w.index, msg.envelope.attempts, why).await;
         }
     }
     again

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use skeelo_domain::decide::{self, Incoming, Report};
-use skeelo_domain::event::Event;
+use skeelo_domain::event::{ContractId, Event, Sku};
 use skeelo_domain::lifecycle::Held;
 use skeelo_domain::outcome::{EventResult, Outcome};
 use skeelo_domain::policy::{Failure, ParkReason};
@@ -34,6 +34,8 @@ pub(super) struct Round {
     pub(super) failed: Vec<Failed>,
     /// Parks that could not be written.
     pub(super) unparked: Vec<(Park, Failure, String)>,
+    /// Parks not tried (the round is split to find which event the database refuses).
+    pub(super) parks_again: Vec<Park>,
     /// Not tried (an earlier event of the contract failed): again, at no cost.
     pub(super) again: Vec<Work>,
     /// Another attempt's calls to its contract may still land for this long.
@@ -103,6 +105,7 @@ struct Contract {
 /// Runs one round. `work` is in delivery order.
 pub(super) async fn run(
     app: &App,
+    label: &str,
     msgs: &[Message<'_>],
     work: Vec<Work>,
     parks: Vec<Park>,
@@ -114,7 +117,6 @@ pub(super) async fn run(
     }
     let id = uuid::Uuid::new_v4();
     let n = work.len() + parks.len();
-    let label = work.first().map_or("dead", |w| w.event.event_type.as_str());
     match transact(app, msgs, work, parks, id, &mut round, &unknown).await {
         Ok(()) => {}
         Err(Unwritten { error, work, parks }) => {
@@ -122,11 +124,7 @@ pub(super) async fn run(
             round.split = n > 1 && error.failure() == Failure::DatabaseRefused;
             if round.split {
                 round.again.extend(work);
-                round.unparked.extend(
-                    parks
-                        .into_iter()
-                        .map(|p| (p, Failure::DatabaseUnavailable, String::new())),
-                );
+                round.parks_again.extend(parks);
             } else {
                 for w in work {
                     round.failed.push(Failed::store(w, &error));
@@ -135,7 +133,9 @@ pub(super) async fn run(
                     round.unparked.push((p, error.failure(), error.to_string()));
                 }
             }
-            app.db_health.failure(&error.to_string());
+            if error.failure() == Failure::DatabaseUnavailable {
+                app.db_health.failure(&error.to_string());
+            }
             app.metrics.batches_failed.with_label_values(&[label]).inc();
             tracing::warn!(error = %error, events = n, "a round's transaction failed; nothing of it was written");
         }
@@ -150,8 +150,8 @@ async fn judge_products(
     app: &App,
     work: Vec<Work>,
     round: &mut Round,
-) -> (Vec<Work>, BTreeSet<String>) {
-    let skus: BTreeSet<String> = work
+) -> (Vec<Work>, BTreeSet<Sku>) {
+    let skus: BTreeSet<Sku> = work
         .iter()
         .filter_map(|w| w.event.sync.as_ref())
         .flat_map(|s| s.products.iter().cloned())
@@ -159,10 +159,13 @@ async fn judge_products(
     if skus.is_empty() {
         return (work, BTreeSet::new());
     }
-    let skus: Vec<String> = skus.into_iter().collect();
+    let skus: Vec<Sku> = skus.into_iter().collect();
     match app.catalogue.unknown(&app.store, &app.skeelo, &skus).await {
         Ok(unknown) => (work, unknown.unwrap_or_default().into_iter().collect()),
         Err(e) => {
+            if e.failure() == Failure::PartnerUnavailable {
+                app.skeelo_health.failure(&e.to_string());
+            }
             let stale = app.catalogue.unknown_now(&skus);
             let (cannot, can): (Vec<Work>, Vec<Work>) = work.into_iter().partition(|w| {
                 w.event
@@ -192,7 +195,7 @@ async fn transact(
     parks: Vec<Park>,
     round_id: uuid::Uuid,
     round: &mut Round,
-    unknown: &BTreeSet<String>,
+    unknown: &BTreeSet<Sku>,
 ) -> Result<(), Unwritten> {
     let mut client = match app.store.begin().await {
         Ok(c) => c,
@@ -217,8 +220,13 @@ async fn transact(
     };
 
     // One contract at a time, its events in delivery order.
-    let mut by_contract: BTreeMap<String, Vec<Work>> = BTreeMap::new();
+    let mut by_contract: BTreeMap<ContractId, Vec<Work>> = BTreeMap::new();
     for w in work {
+        if let Some(why) = locked.unreadable_events.get(&w.event.event_id) {
+            let e = StoreError::Corrupt(why.clone());
+            round.failed.push(Failed::store(w, &e));
+            continue;
+        }
         by_contract
             .entry(w.event.contract_id.clone())
             .or_default()
@@ -226,14 +234,14 @@ async fn transact(
     }
     let mut contracts = Vec::with_capacity(by_contract.len());
     for (id, work) in by_contract {
-        if let Some(why) = locked.unreadable.remove(&id) {
+        if let Some(why) = locked.unreadable.remove(id.as_str()) {
             let e = StoreError::Corrupt(why);
             round
                 .failed
                 .extend(work.into_iter().map(|w| Failed::store(w, &e)));
             continue;
         }
-        let state = locked.contracts.remove(&id).unwrap_or_default();
+        let state = locked.contracts.remove(id.as_str()).unwrap_or_default();
         let mut read_back = false;
         if let Some(mark) = state.uncertain {
             if !mark.may_land_for.is_zero() {
@@ -245,7 +253,7 @@ async fn transact(
             read_back = true;
         }
         contracts.push(Contract {
-            id,
+            id: id.into(),
             state,
             work,
             read_back,
@@ -267,9 +275,7 @@ async fn transact(
                     .iter()
                     .map(|w| Incoming {
                         event: &w.event,
-                        repeat_first: w.tries > 0
-                            || msgs[w.index].envelope.redelivered
-                            || msgs[w.index].envelope.attempts > 0,
+                        repeat_first: w.tries > 0 || msgs[w.index].envelope.may_repeat(),
                     })
                     .collect();
                 decide::contract(
@@ -300,13 +306,13 @@ async fn transact(
                 .map(|(c, p)| calls::steps(app, &c.id, c.state.held.clone(), p, deadline)),
         )
         .await;
-        Ok::<_, StoreError>((plans, called, calling.len()))
+        Ok::<_, StoreError>((plans, called))
     };
     let called = match lane {
         Some(lane) => pacer::LANE.scope(lane, calls_of_round).await,
         None => calls_of_round.await,
     };
-    let (plans, called, calling) = match called {
+    let (plans, called) = match called {
         Ok(c) => c,
         Err(error) => {
             let work = contracts.into_iter().flat_map(|c| c.work).collect();
@@ -322,16 +328,17 @@ async fn transact(
     // Contracts whose calls all returned, and of those the ones left unrecorded.
     let mut returned: Vec<String> = Vec::new();
     let mut unsettled: Vec<String> = Vec::new();
-    let mut outlived = false;
     for ((contract, plan), called) in contracts.iter().zip(&plans).zip(&called) {
-        if plan.calls {
-            if called.outlived() {
-                outlived = true;
-            } else {
-                returned.push(contract.id.clone());
-                if !called.settled() {
-                    unsettled.push(contract.id.clone());
-                }
+        // Skeelo's health is recorded here, once per contract that called.
+        match called.partner_answered() {
+            Some(true) => app.skeelo_health.success(),
+            Some(false) => app.skeelo_health.failure("Skeelo is unavailable"),
+            None => {}
+        }
+        if plan.calls && !called.may_land() {
+            returned.push(contract.id.clone());
+            if !called.settled() {
+                unsettled.push(contract.id.clone());
             }
         }
         // A contract read back is written even if no step moved its facts: what
@@ -384,16 +391,20 @@ async fn transact(
                     reports.push(None);
                     round.failed.push(Failed::skeelo(w, &e));
                 }
-                StepEnd::Outlived => {
+                StepEnd::MayLand(e) => {
                     reports.push(None);
                     let budget = app.settings.retry.call_budget;
+                    let error = match e {
+                        Some(e) => format!("{e}; the call may still land at Skeelo"),
+                        None => format!(
+                            "Skeelo calls took longer than the call budget ({budget:?}); one may still land"
+                        ),
+                    };
                     round.failed.push(Failed {
                         work: w,
-                        failure: Failure::CallsOutlivedBudget,
+                        failure: Failure::CallMayStillLand,
                         class: "transient".into(),
-                        error: format!(
-                            "Skeelo calls took longer than the call budget ({budget:?})"
-                        ),
+                        error,
                     });
                 }
                 StepEnd::NotReached => {
@@ -407,7 +418,8 @@ async fn transact(
 
     // Parks: their ids go into the ERP's result.
     let mut parked = Vec::with_capacity(parks.len());
-    for p in parks {
+    let mut remaining = parks.into_iter();
+    while let Some(p) = remaining.next() {
         let msg = &msgs[p.index];
         let event_id = p.event_id(msg);
         let contract_id = p.contract_id(msg);
@@ -436,6 +448,7 @@ async fn transact(
                 let work: Vec<Work> = ended.into_iter().map(|(w, ..)| w).collect();
                 let mut rest: Vec<Park> = parked.into_iter().map(|(_, p)| p).collect();
                 rest.push(p);
+                rest.extend(remaining);
                 release(app, &returned, round_id).await;
                 let callers: Vec<&str> = contracts_work.iter().map(String::as_str).collect();
                 app.calls.ended(&callers);
@@ -457,7 +470,7 @@ async fn transact(
         writes.push(EventWrite {
             decided: report.decides.then_some(w.event.event_id),
             history: Some(NewHistory {
-                contract_id: &w.event.contract_id,
+                contract_id: w.event.contract_id.as_str(),
                 event_id: id,
                 event_type: w.event.event_type.as_str(),
                 version: Some(w.event.version.get()),
@@ -527,9 +540,6 @@ async fn transact(
         return Err(Unwritten { error, work, parks });
     }
     app.db_health.success();
-    if calling > 0 && !outlived {
-        app.skeelo_health.success();
-    }
     round.told = ended.into_iter().map(|(w, r, ..)| (w.index, r)).collect();
     round.parked = parked.into_iter().map(|(r, p)| (p.index, r, p)).collect();
     Ok(())
@@ -556,6 +566,9 @@ async fn read_back(app: &App, contracts: &mut Vec<Contract>, round: &mut Round) 
                 kept.push(c);
             }
             Some(Err(e)) => {
+                if e.failure() == Failure::PartnerUnavailable {
+                    app.skeelo_health.failure(&e.to_string());
+                }
                 let mut work = c.work.into_iter();
                 if let Some(first) = work.next() {
                     round.failed.push(Failed::skeelo(first, &e));
@@ -582,7 +595,7 @@ async fn release(app: &App, contract_ids: &[String], owner: uuid::Uuid) {
 fn result_of(event: &Event, report: &Report) -> EventResult {
     EventResult {
         event_id: event.event_id.to_string(),
-        contract_id: Some(event.contract_id.clone()),
+        contract_id: Some(event.contract_id.to_string()),
         event_type: event.event_type.as_str().to_string(),
         outcome: report.told,
         skeelo_status: report.skeelo_status,

@@ -5,14 +5,20 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::*;
-use crate::event::{Document, Email, EventType, Plan, Subscriber, SyncDetails, Version};
+use crate::event::{
+    ContractId, Document, Email, EventType, Plan, Sku, Subscriber, SyncDetails, Version,
+};
+
+fn sku(s: &str) -> Sku {
+    Sku::parse(s).expect("valid SKU")
+}
 
 fn event(t: EventType, version: i64, products: &[&str]) -> Event {
     Event {
         event_id: Uuid::new_v4(),
         event_type: t,
         occurred_at: OffsetDateTime::UNIX_EPOCH,
-        contract_id: "48213".into(),
+        contract_id: ContractId::parse("48213").expect("valid id"),
         version: Version::new(version).expect("version ≥ 1"),
         sync: (t == EventType::Sync).then(|| SyncDetails {
             plan: Plan {
@@ -20,7 +26,7 @@ fn event(t: EventType, version: i64, products: &[&str]) -> Event {
                 months: 12,
                 monthly_value: "9.90".into(),
             },
-            products: products.iter().map(|p| p.to_string()).collect(),
+            products: products.iter().map(|p| sku(p)).collect(),
             subscriber: Subscriber {
                 id: "10077".into(),
                 name: "Maria".into(),
@@ -47,7 +53,7 @@ fn fresh<'a>(events: &'a [Event]) -> Vec<Incoming<'a>> {
         .collect()
 }
 
-fn none_unknown() -> BTreeSet<String> {
+fn none_unknown() -> BTreeSet<Sku> {
     BTreeSet::new()
 }
 
@@ -138,7 +144,7 @@ fn a_table_of_single_events() {
             repeat_first: false,
             unknown: &["SKEELO-KIDS"],
             event: event(Sync, 1, &["SKEELO-EBOOKS", "SKEELO-KIDS"]),
-            want: |s| *s == Step::UnknownProduct(vec!["SKEELO-KIDS".into()]),
+            want: |s| *s == Step::UnknownProduct(vec![sku("SKEELO-KIDS")]),
             calls: false,
         },
         Case {
@@ -156,7 +162,7 @@ fn a_table_of_single_events() {
         if let Some(o) = case.seen {
             seen.insert(case.event.event_id, first(o));
         }
-        let unknown: BTreeSet<String> = case.unknown.iter().map(|s| s.to_string()).collect();
+        let unknown: BTreeSet<Sku> = case.unknown.iter().map(|s| sku(s)).collect();
         let plan = contract(
             &Facts::default(),
             None,
@@ -181,7 +187,7 @@ fn a_table_of_single_events() {
 #[test]
 fn a_late_sync_is_superseded_not_judged_against_the_catalogue() {
     let events = [ev(EventType::Sync, 5), event(EventType::Sync, 2, &["GONE"])];
-    let unknown = BTreeSet::from(["GONE".to_string()]);
+    let unknown = BTreeSet::from([sku("GONE")]);
     let plan = contract(
         &Facts::default(),
         None,
@@ -198,7 +204,7 @@ fn an_unknown_product_leaves_the_facts_as_they_were_for_the_next_events() {
         event(EventType::Sync, 1, &["GONE"]),
         ev(EventType::Suspend, 2),
     ];
-    let unknown = BTreeSet::from(["GONE".to_string()]);
+    let unknown = BTreeSet::from([sku("GONE")]);
     let plan = contract(
         &Facts::default(),
         None,
@@ -331,10 +337,7 @@ fn reports_say_what_the_erp_is_told() {
     assert_eq!(dup.told, Outcome::Duplicate);
     assert_eq!(dup.skeelo_status, Some(Status::Cancelled));
     assert_eq!(dup.detail, "event already handled (rejected)");
-    assert_eq!(
-        Step::UnknownProduct(vec!["X".into()]).report(None, &[]),
-        None
-    );
+    assert_eq!(Step::UnknownProduct(vec![sku("X")]).report(None, &[]), None);
     assert_eq!(
         Step::Echo { of: 3 }.report(None, &[]),
         None,

@@ -5,10 +5,14 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::*;
-use crate::event::{Document, Plan, Subscriber};
+use crate::event::{ContractId, Document, Plan, Sku, Subscriber};
+
+fn sku(s: &str) -> Sku {
+    Sku::parse(s).expect("valid SKU")
+}
 
 fn details(products: &[&str], name: &str) -> SyncDetails {
-    let mut products: Vec<String> = products.iter().map(|s| s.to_string()).collect();
+    let mut products: Vec<Sku> = products.iter().map(|s| sku(s)).collect();
     products.sort();
     SyncDetails {
         plan: Plan {
@@ -32,7 +36,7 @@ fn ev(t: EventType, version: i64) -> Event {
         event_id: Uuid::new_v4(),
         event_type: t,
         occurred_at: OffsetDateTime::UNIX_EPOCH,
-        contract_id: "48213".into(),
+        contract_id: ContractId::parse("48213").expect("valid id"),
         version: Version::new(version).expect("version ≥ 1"),
         sync: (t == EventType::Sync).then(|| details(&["SKEELO-EBOOKS"], "Maria")),
         actor: None,
@@ -226,10 +230,7 @@ fn a_later_sync_changes_products_with_one_patch() {
     };
     assert_eq!(
         c.products,
-        Some(vec![
-            "SKEELO-AUDIOBOOKS".to_string(),
-            "SKEELO-EBOOKS".to_string()
-        ])
+        Some(vec![sku("SKEELO-AUDIOBOOKS"), sku("SKEELO-EBOOKS")])
     );
     assert_eq!(c.name, None, "unchanged fields are not sent");
     // The older sync arriving late changes nothing.
@@ -240,7 +241,7 @@ fn a_later_sync_changes_products_with_one_patch() {
     let products = w.held.as_ref().map(|h| h.profile.products.clone());
     assert_eq!(
         products,
-        Some(vec!["SKEELO-AUDIOBOOKS".into(), "SKEELO-EBOOKS".into()])
+        Some(vec![sku("SKEELO-AUDIOBOOKS"), sku("SKEELO-EBOOKS")])
     );
 }
 
@@ -290,7 +291,7 @@ fn an_inactive_contract_that_is_cancelled_gets_one_call() {
 #[derive(Debug, PartialEq, Eq)]
 enum End {
     Gone,
-    Live(Status, Vec<String>),
+    Live(Status, Vec<Sku>),
 }
 
 fn end(w: &World) -> End {
@@ -385,4 +386,38 @@ proptest! {
             prop_assert!(!cancelled_before || w.calls.len() == calls_before);
         }
     }
+}
+
+#[test]
+fn holds_tells_drift_from_agreement() {
+    let facts = decide(&Facts::default(), &ev(EventType::Sync, 1)).facts;
+    let Target::Present(active) = target(&facts) else {
+        panic!("a synced contract has a subscription");
+    };
+    let with = |status, products: &[&str]| Held {
+        profile: Profile {
+            products: products.iter().map(|p| sku(p)).collect(),
+            ..active.profile.clone()
+        },
+        status,
+    };
+    let present = Target::Present(active.clone());
+    assert!(holds(&present, Some(&active)));
+    assert!(!holds(&present, None), "missing at Skeelo");
+    assert!(!holds(
+        &present,
+        Some(&with(Status::Inactive, &["SKEELO-EBOOKS"]))
+    ));
+    assert!(
+        !holds(&present, Some(&with(Status::Active, &["SKEELO-KIDS"]))),
+        "other products"
+    );
+    for gone in [Target::Absent, Target::Withdrawn] {
+        assert!(holds(&gone, None));
+        assert!(holds(&gone, Some(&with(Status::Cancelled, &[]))));
+        assert!(!holds(&gone, Some(&active)), "access that should not exist");
+    }
+    let cancelled = Target::Present(with(Status::Cancelled, &["SKEELO-EBOOKS"]));
+    assert!(holds(&cancelled, None));
+    assert!(!holds(&cancelled, Some(&with(Status::Inactive, &[]))));
 }
