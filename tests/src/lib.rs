@@ -143,6 +143,7 @@ impl World {
                 },
                 probe_interval: Duration::from_millis(200),
             },
+            queue_watch: Duration::from_secs(1),
         }
     }
 
@@ -152,6 +153,25 @@ impl World {
         &mut self,
         settings: Settings,
     ) -> anyhow::Result<std::net::SocketAddr> {
+        self.start_fleet_until(settings, "/readyz").await
+    }
+
+    /// Starts a fleet process and returns once it has its broker session (`/readyz`
+    /// says `broker: up`), ready or not: for tests of a fleet that cannot do all its
+    /// work.
+    pub async fn start_fleet_unready(
+        &mut self,
+        settings: Settings,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let addr = self.start_fleet_until(settings, "/healthz").await?;
+        Ok(addr)
+    }
+
+    async fn start_fleet_until(
+        &mut self,
+        settings: Settings,
+        path: &str,
+    ) -> anyhow::Result<std::net::SocketAddr> {
         let (tx, rx) = oneshot::channel();
         let running = skeelo_workers::start(settings, async {
             let _ = rx.await;
@@ -159,16 +179,31 @@ impl World {
         .await?;
         let addr = running.http_addr;
         self.fleets.push((tx, running));
-        self.wait_ready(addr).await?;
+        self.wait_until(addr, path).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !Self::readiness(addr).await.contains("broker: up") {
+            if Instant::now() > deadline {
+                bail!("the fleet never reached its broker");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         if self.erp.is_none() {
             self.connect_erp().await?;
         }
         Ok(addr)
     }
 
-    async fn wait_ready(&self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    /// What a fleet's `/readyz` says now (empty if it does not answer).
+    pub async fn readiness(addr: std::net::SocketAddr) -> String {
+        match reqwest::get(format!("http://{addr}/readyz")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    async fn wait_until(&self, addr: std::net::SocketAddr, path: &str) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("http://{addr}/readyz");
+        let url = format!("http://{addr}{path}");
         loop {
             if let Ok(r) = reqwest::get(&url).await {
                 if r.status().is_success() {
@@ -176,7 +211,7 @@ impl World {
                 }
             }
             if Instant::now() > deadline {
-                bail!("the fleet never became ready");
+                bail!("the fleet never answered {path}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

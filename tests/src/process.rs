@@ -33,6 +33,19 @@ impl WorkerProcess {
         env: &[(&str, &str)],
         stderr: Stdio,
     ) -> anyhow::Result<WorkerProcess> {
+        let mut worker = WorkerProcess::spawn(binary, world, env, stderr).await?;
+        worker.wait_for("/readyz", Duration::from_secs(60)).await?;
+        Ok(worker)
+    }
+
+    /// Starts it like [`WorkerProcess::start`], but returns once `/healthz` answers:
+    /// the process is up, though its broker or database may be away.
+    pub async fn spawn(
+        binary: &Path,
+        world: &World,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> anyhow::Result<WorkerProcess> {
         let port = free_port()?;
         let mut command = Command::new(binary);
         command
@@ -53,18 +66,23 @@ impl WorkerProcess {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let mut worker = WorkerProcess { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        worker.wait_for("/healthz", Duration::from_secs(30)).await?;
+        Ok(worker)
+    }
+
+    async fn wait_for(&mut self, path: &str, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
         loop {
-            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await {
                 if r.status().is_success() {
-                    return Ok(worker);
+                    return Ok(());
                 }
             }
-            if let Ok(Some(status)) = worker.child.try_wait() {
-                bail!("the worker exited before it was ready: {status}");
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("the worker exited before {path} answered: {status}");
             }
             if Instant::now() > deadline {
-                bail!("the worker never became ready");
+                bail!("{path} never answered");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -81,7 +99,8 @@ impl WorkerProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, and how it exited.
+    /// SIGTERM, and how it exited (SIGKILL after ten seconds: then it did not exit
+    /// by itself, and the status says killed).
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
         self.terminate()
     }

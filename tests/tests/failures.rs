@@ -325,3 +325,95 @@ async fn what_rabbitmq_dead_letters_by_itself_reaches_the_table() {
     let _ = conn.close(200, "done".into()).await;
     w.close().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn a_call_that_got_no_answer_is_waited_out_and_read_back_before_it_is_made_again() {
+    // The create leaves, Skeelo takes longer than the client waits: it may still act on
+    // it. Trying again at once could create it twice; the fleet waits until the call
+    // cannot land any more, asks Skeelo what it holds, and only then calls.
+    let mut w = World::new().await.expect("world");
+    let mut settings = w.settings();
+    settings.skeelo.timeout = Duration::from_millis(300);
+    let fence = settings.retry.fence();
+    let addr = w.start_fleet(settings).await.expect("fleet");
+    // A first sync, so the token is in hand before Skeelo slows down.
+    let first = sample::event(Sync, "NA0", 1, &["SKEELO-EBOOKS"]);
+    w.publish(&first).await.expect("published");
+    w.wait_for_events(std::slice::from_ref(&first), WAIT)
+        .await
+        .expect("a result");
+
+    w.sim.set_faults(Faults {
+        error_rate: 0.0,
+        latency_ms: 800,
+        down: false,
+        rate_per_second: None,
+    });
+    let sync = sample::event(Sync, "NA1", 1, &["SKEELO-EBOOKS"]);
+    let started = std::time::Instant::now();
+    w.publish(&sync).await.expect("published");
+    let timed_out =
+        r#"skeelo_api_requests_total{operation="create_subscription",status="timeout"}"#;
+    let mut seen = false;
+    for _ in 0..100 {
+        if World::metric(addr, timed_out).await.expect("metric") >= 1.0 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the create timed out on the client's side");
+    w.sim.set_faults(faults(0.0, false, None));
+
+    w.wait_for_events(std::slice::from_ref(&sync), WAIT)
+        .await
+        .expect("a result");
+    assert_eq!(
+        w.result_for(&sync).map(|r| r.outcome),
+        Some(Outcome::Applied)
+    );
+    assert!(
+        started.elapsed() >= fence - Duration::from_millis(500),
+        "it waited until the call could not land any more: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        w.sim.request_count("get_subscription", 404) + w.sim.request_count("get_subscription", 200),
+        1,
+        "Skeelo was read back once before the create was made again"
+    );
+    assert_eq!(w.sim.request_count("create_subscription", 409), 0);
+    assert_eq!(
+        w.sim.subscription("NA1").map(|s| s.status).as_deref(),
+        Some("active")
+    );
+    assert!(w.sim.anomalies().is_empty(), "{:?}", w.sim.anomalies());
+    w.close().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn a_body_whose_text_the_database_cannot_hold_is_parked_once() {
+    // A NUL inside the body's type: the event is invalid, and its result echoes the
+    // type. PostgreSQL's text and jsonb cannot hold NUL; the fleet stores it replaced,
+    // so the event is parked and told once, never sent round in a loop.
+    let mut w = World::new().await.expect("world");
+    let settings = w.settings();
+    w.start_fleet(settings).await.expect("fleet");
+    let mut body = sample::event(Sync, "NUL1", 1, &["SKEELO-EBOOKS"]);
+    body["type"] = serde_json::json!("sync\u{0}");
+    let id = body["event_id"].as_str().unwrap_or_default().to_string();
+    w.publish_raw("contract.sync", &id, body.to_string().as_bytes())
+        .await
+        .expect("published");
+    w.wait_results(1, WAIT).await.expect("a result");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let results = w.results();
+    assert_eq!(results.len(), 1, "told once: {results:?}");
+    assert_eq!(results[0].outcome, Outcome::DeadLettered);
+    assert_eq!(results[0].event_id, id);
+    assert_eq!(
+        w.dead_letters("parked").await.expect("dead"),
+        vec![("invalid".into(), "invalid_field".into())]
+    );
+    w.close().await.expect("cleanup");
+}

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -17,17 +18,46 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::event_path::{self, Batch, Source};
+use crate::queues::CANCELLED;
 use crate::App;
+
+/// How long connecting to the broker and declaring the shared topology may take.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay down while the client recovers it by itself.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 
 /// One broker connection's life: topology, publisher, a consumer per queue. Returns
 /// `Ok` after a clean shutdown (in-flight work finished) and `Err` when the
 /// connection is lost and must be rebuilt.
 pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<()> {
-    let connection = Arc::new(broker::connect(&app.settings.amqp_url, "skeelo-workers").await?);
-    let publisher = Publisher::open(&connection).await?;
-    broker::declare_topology(publisher.channel(), &app.settings.retry.delays).await?;
+    let url = &app.settings.amqp_url;
+    let opened = async {
+        let connection = broker::connect(url, "skeelo-workers").await?;
+        let publisher = Publisher::open(&connection).await?;
+        broker::declare_shared(publisher.channel(), &app.settings.retry.delays).await?;
+        Ok::<_, broker::BrokerError>((connection, publisher))
+    };
+    // A broker that does not answer must neither hang the process nor keep it from
+    // stopping: the attempt has a time limit, and a stop ends it at once.
+    let (connection, publisher) = tokio::select! {
+        _ = stop.cancelled() => return Ok(()),
+        opened = tokio::time::timeout(BROKER_TIMEOUT, opened) => match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(e)) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("RabbitMQ at {} cannot be used", broker::redacted(url))))
+            }
+            Err(_) => anyhow::bail!(
+                "RabbitMQ at {} did not answer within {BROKER_TIMEOUT:?}",
+                broker::redacted(url)
+            ),
+        },
+    };
+    let connection = Arc::new(connection);
+    declare_unconsumed(&app, &connection).await;
     *app.publisher.write().await = Some(publisher);
     app.broker_up.store(true, Ordering::Relaxed);
+    tracing::info!(broker = %broker::redacted(url), "connected to RabbitMQ");
 
     let tracker = TaskTracker::new();
     let lost = CancellationToken::new();
@@ -50,6 +80,7 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
         )));
     }
     let watcher = tokio::spawn(watch_queues(app.clone(), connection.clone(), lost.clone()));
+    let watchdog = tokio::spawn(watch_connection(connection.clone(), lost.clone()));
     // The relay stops after the work in flight, so the last events' results go out.
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn(crate::relay::run(
@@ -63,13 +94,14 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
         _ = lost.cancelled() => {}
     }
     watcher.abort();
+    watchdog.abort();
     let mut result = Ok(());
     // The channels stay open until the work in flight is acked on them: closing a
     // channel hands its unacked deliveries back to the broker.
     let mut channels = Vec::new();
     for l in loops {
         match l.await {
-            Ok(Ok(channel)) => channels.push(channel),
+            Ok(Ok(opened)) => channels.extend(opened),
             Ok(Err(e)) => result = Err(e),
             Err(e) => result = Err(anyhow::anyhow!("consumer task failed: {e}")),
         }
@@ -82,22 +114,78 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
     if let Err(e) = relay.await {
         tracing::error!(error = %e, "the results relay failed");
     }
-    for channel in channels {
-        let _ = channel.close(200, "consumer stopped".into()).await;
-    }
+    // On a connection that is gone these may never be answered: bounded.
+    let closing = futures_util::future::join_all(
+        channels
+            .iter()
+            .map(|c| c.close(200, "consumer stopped".into())),
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
     if stop.is_cancelled() {
-        let _ = connection
-            .close(200, "skeelo-workers stopping".into())
-            .await;
+        let closing = connection.close(200, "skeelo-workers stopping".into());
+        let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+    } else if result.is_ok() {
+        // Lost without a stop: the caller connects again.
+        result = Err(anyhow::anyhow!("the broker connection was lost"));
     }
     result
+}
+
+/// Ends the session when the connection stays down: the client's own recovery may
+/// retry for many minutes, or never complete, after a broker restart; past
+/// [`RECOVERY_LIMIT`] a new connection is made from scratch.
+async fn watch_connection(connection: Arc<Connection>, lost: CancellationToken) {
+    let mut down_since: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = lost.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let status = connection.status();
+        if status.connected() {
+            if down_since.take().is_some() {
+                tracing::info!("the broker connection recovered");
+            }
+            continue;
+        }
+        let since = *down_since.get_or_insert_with(std::time::Instant::now);
+        if status.closed() || status.errored() || since.elapsed() > RECOVERY_LIMIT {
+            tracing::error!(
+                down_ms = since.elapsed().as_millis() as u64,
+                "the broker connection did not recover; connecting again from scratch"
+            );
+            lost.cancel();
+            return;
+        }
+    }
+}
+
+/// Declares the work queues of the types this process does not consume, each on its
+/// own channel: the ERP's events of those types then wait in their queue for their
+/// dedicated workers, whichever process starts first. A refusal concerns only that
+/// queue; it is logged, and its own workers report it.
+async fn declare_unconsumed(app: &App, connection: &Connection) {
+    for t in EventType::ALL {
+        if app.settings.consumers.contains(&t) {
+            continue;
+        }
+        let declared = async {
+            let channel = connection.create_channel().await?;
+            broker::declare_work_queue(&channel, t).await?;
+            let _ = channel.close(200, "declared".into()).await;
+            Ok::<_, broker::BrokerError>(())
+        };
+        if let Err(e) = declared.await {
+            tracing::warn!(queue = %broker::queue_name(t), error = %e, "could not declare the queue of a type this process does not consume");
+        }
+    }
 }
 
 /// Reads every queue's depth and consumers every few seconds (a passive declare), for
 /// `skeelo_queue_messages` and `skeelo_queue_consumers`: how far behind, and whether
 /// anyone is consuming at all.
 async fn watch_queues(app: Arc<App>, connection: Arc<Connection>, lost: CancellationToken) {
-    let Ok(channel) = connection.create_channel().await else {
+    let Ok(mut channel) = connection.create_channel().await else {
         return;
     };
     let mut queues: Vec<String> = EventType::ALL.into_iter().map(broker::queue_name).collect();
@@ -130,15 +218,42 @@ async fn watch_queues(app: Arc<App>, connection: Arc<Connection>, lost: Cancella
                         .with_label_values(&[q])
                         .set(i64::from(info.consumer_count()));
                 }
-                // A passive declare of a missing queue closes the channel: stop here;
-                // the next session starts a new watcher.
-                Err(_) => return,
+                // A passive declare of a missing queue closes the channel: say so, and
+                // go on with a new one.
+                Err(_) => {
+                    app.metrics.queue_consumers.with_label_values(&[q]).set(0);
+                    match connection.create_channel().await {
+                        Ok(c) => channel = c,
+                        Err(_) => return,
+                    }
+                }
             }
         }
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        tokio::select! {
+            _ = lost.cancelled() => return,
+            _ = tokio::time::sleep(app.settings.queue_watch) => {}
+        }
     }
 }
 
+/// How one consumer's run ended.
+enum Ended {
+    /// Stopped or the connection was lost: its channel stays open until the work in
+    /// flight is acked on it.
+    Stopped(Channel),
+    /// Its queue refused it (a declaration or the consume), or the broker cancelled
+    /// the consumer: only this consumer starts again, on a new channel.
+    Queue {
+        channel: Channel,
+        reason: &'static str,
+        error: String,
+    },
+}
+
+/// Runs one queue's consumer for the whole session. A queue that cannot be declared
+/// or consumed affects its own type only: it is named in `/readyz` and
+/// `skeelo_queue_unavailable`, and tried again after a pause that doubles up to half
+/// a minute, while the other types go on. Returns every channel it opened.
 async fn consume(
     app: Arc<App>,
     connection: Arc<Connection>,
@@ -146,12 +261,55 @@ async fn consume(
     stop: CancellationToken,
     lost: CancellationToken,
     tracker: TaskTracker,
-) -> anyhow::Result<Channel> {
-    let outcome = consume_until_stopped(&app, &connection, source, &stop, &lost, &tracker).await;
-    if outcome.is_err() {
-        lost.cancel();
+) -> anyhow::Result<Vec<Channel>> {
+    let queue = source.queue();
+    let mut channels = Vec::new();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match consume_until_stopped(&app, &connection, source, &stop, &lost, &tracker).await {
+            Ok(Ended::Stopped(channel)) => {
+                channels.push(channel);
+                return Ok(channels);
+            }
+            Ok(Ended::Queue {
+                channel,
+                reason,
+                error,
+            }) => {
+                channels.push(channel);
+                app.metrics
+                    .consumer_restarts
+                    .with_label_values(&[&queue, reason])
+                    .inc();
+                if reason != CANCELLED {
+                    app.queues.down(&app.metrics, &queue, reason, &error);
+                }
+                tracing::error!(queue = %queue, reason, error = %error, pause_ms = pause.as_millis() as u64, "this queue cannot be consumed now; the other types go on; trying again");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(channels),
+                    _ = lost.cancelled() => return Ok(channels),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                lost.cancel();
+                return Err(e);
+            }
+        }
     }
-    outcome
+}
+
+/// A queue-level refusal ends only this consumer; anything else ends the session.
+fn refused(channel: Channel, e: lapin::Error) -> anyhow::Result<Ended> {
+    match broker::queue_refusal(&e) {
+        Some(reason) => Ok(Ended::Queue {
+            channel,
+            reason,
+            error: e.to_string(),
+        }),
+        None => Err(e.into()),
+    }
 }
 
 fn paused(app: &App) -> bool {
@@ -165,12 +323,20 @@ async fn consume_until_stopped(
     stop: &CancellationToken,
     lost: &CancellationToken,
     tracker: &TaskTracker,
-) -> anyhow::Result<Channel> {
+) -> anyhow::Result<Ended> {
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(app.settings.prefetch, BasicQosOptions::default())
         .await?;
     let queue = source.queue();
+    if let Source::Work(t) = source {
+        match broker::declare_work_queue(&channel, t).await {
+            Ok(()) => {}
+            Err(broker::BrokerError::Amqp(e)) => return refused(channel, e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    app.queues.up(&app.metrics, &queue);
     let batches = Arc::new(tokio::sync::Semaphore::new(app.settings.batches_per_type()));
     let mut skeelo_down = app.skeelo_health.watch();
     let mut db_down = app.db_health.watch();
@@ -178,8 +344,8 @@ async fn consume_until_stopped(
         // Outage mode: take no new work until every downstream answers again.
         while paused(app) {
             tokio::select! {
-                _ = stop.cancelled() => return Ok(channel),
-                _ = lost.cancelled() => return Ok(channel),
+                _ = stop.cancelled() => return Ok(Ended::Stopped(channel)),
+                _ = lost.cancelled() => return Ok(Ended::Stopped(channel)),
                 _ = skeelo_down.changed() => {}
                 _ = db_down.changed() => {}
             }
@@ -193,33 +359,36 @@ async fn consume_until_stopped(
         // a batch costs the database's round trips once. Nothing waits for a batch to
         // fill, so a lone event is as quick as ever; while this type's batches are all
         // busy, deliveries gather for the next one.
-        let mut deliveries = channel
+        let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?
-            .ready_chunks(app.settings.batch_size());
+            .await;
+        let mut deliveries = match consumer {
+            Ok(c) => c.ready_chunks(app.settings.batch_size()),
+            Err(e) => return refused(channel, e),
+        };
         tracing::info!(queue = %queue, prefetch = app.settings.prefetch, "consuming");
         loop {
             let permit = tokio::select! {
                 _ = stop.cancelled() => {
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     tracing::info!(queue = %queue, "stopped taking work");
-                    return Ok(channel);
+                    return Ok(Ended::Stopped(channel));
                 }
-                _ = lost.cancelled() => return Ok(channel),
+                _ = lost.cancelled() => return Ok(Ended::Stopped(channel)),
                 permit = batches.clone().acquire_owned() => permit?,
             };
             tokio::select! {
                 _ = stop.cancelled() => {
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     tracing::info!(queue = %queue, "stopped taking work");
-                    return Ok(channel);
+                    return Ok(Ended::Stopped(channel));
                 }
-                _ = lost.cancelled() => return Ok(channel),
+                _ = lost.cancelled() => return Ok(Ended::Stopped(channel)),
                 _ = skeelo_down.changed() => {}
                 _ = db_down.changed() => {}
                 next = deliveries.next() => match next {
@@ -229,7 +398,13 @@ async fn consume_until_stopped(
                             channel.wait_for_recovery(e).await?;
                         }
                     }
-                    None => anyhow::bail!("the broker ended the consumer on {queue}"),
+                    None => {
+                        return Ok(Ended::Queue {
+                            channel,
+                            reason: CANCELLED,
+                            error: "the broker ended the consumer (its queue deleted?)".into(),
+                        })
+                    }
                 }
             }
             if paused(app) {

@@ -1,6 +1,7 @@
 //! `/metrics`, `/healthz` (the process is alive) and `/readyz` (broker and database
-//! answer: send work here). They answer from the first moment; `/readyz` says
-//! `starting` until the fleet is built.
+//! answer, and every queue of this process is consumed). They answer from the first
+//! moment; `/readyz` says `starting` until the fleet is built, and names any queue
+//! the broker refuses.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -64,12 +65,21 @@ async fn ready(State(e): State<Arc<Endpoints>>) -> impl IntoResponse {
     };
     let broker = app.broker_up.load(Ordering::Relaxed);
     let database = app.store.ping().await;
-    let body = format!(
+    let mut body = format!(
         "broker: {}\ndatabase: {}\n",
         if broker { "up" } else { "down" },
         if database { "up" } else { "down" }
     );
-    let code = if broker && database {
+    let unavailable = app.queues.unavailable();
+    for (queue, reason, error) in &unavailable {
+        body.push_str(&format!("queue {queue}: unavailable ({reason}): {error}\n"));
+    }
+    let consumed = app.consumed_queues();
+    let starting = app.queues.starting(&consumed);
+    for queue in &starting {
+        body.push_str(&format!("queue {queue}: starting\n"));
+    }
+    let code = if broker && database && unavailable.is_empty() && starting.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

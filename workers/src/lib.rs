@@ -25,6 +25,7 @@ mod consumer;
 mod event_path;
 mod http;
 mod outage;
+mod queues;
 mod relay;
 pub mod settings;
 
@@ -58,6 +59,8 @@ pub struct Settings {
     pub retry: Retry,
     /// When a downstream counts as down, and how often to ask it while it is.
     pub outage: Outage,
+    /// How often the queues' depth and consumers are read from the broker.
+    pub queue_watch: Duration,
 }
 
 impl Settings {
@@ -135,9 +138,23 @@ pub(crate) struct App {
     broker_refusals: AtomicU32,
     /// Results were written to the outbox: the relay sends them now.
     outbox_wake: Notify,
+    /// The queues this process cannot consume now.
+    queues: queues::QueueStates,
 }
 
 impl App {
+    /// The queues this process consumes: its event types' and the broker's dead letters.
+    fn consumed_queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self
+            .settings
+            .consumers
+            .iter()
+            .map(|t| skeelo_broker::queue_name(*t))
+            .collect();
+        queues.push(skeelo_broker::DEAD_QUEUE.to_string());
+        queues
+    }
+
     /// The confirm-mode publisher of the current broker session.
     async fn publisher(&self) -> Option<Publisher> {
         self.publisher.read().await.clone()
@@ -166,9 +183,25 @@ pub async fn start(
         .with_context(|| format!("binding HTTP_ADDR {}", settings.http_addr))?;
     let http_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
+    // A stop is heard from the first moment, even while the database is still being
+    // waited for at start.
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
     let endpoints = Arc::new(http::Endpoints::new(metrics.clone()));
     tokio::spawn(http::serve(listener, endpoints.clone(), stop.clone()));
-    let built = build(settings, metrics, stop.clone()).await;
+    let built = tokio::select! {
+        built = build(settings, metrics, stop.clone()) => built,
+        _ = stop.cancelled() => {
+            tracing::info!("stopped before the fleet was ready");
+            let done = tokio::spawn(async { Ok(()) });
+            return Ok(Running { http_addr, done });
+        }
+    };
     let app = match built {
         Ok(app) => app,
         Err(e) => {
@@ -177,13 +210,6 @@ pub async fn start(
         }
     };
     endpoints.ready(app.clone());
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stop.cancel();
-        });
-    }
     tokio::spawn(probe(app.clone(), Probe::Skeelo, stop.clone()));
     tokio::spawn(probe(app.clone(), Probe::Database, stop.clone()));
     tokio::spawn(count_parked(app.clone(), stop.clone()));
@@ -222,6 +248,7 @@ async fn build(
         calls: event_path::InFlight::default(),
         broker_refusals: AtomicU32::new(0),
         outbox_wake: Notify::new(),
+        queues: queues::QueueStates::default(),
     }))
 }
 
@@ -336,7 +363,13 @@ async fn supervise(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<()>
             Ok(()) => break,
             Err(e) => {
                 app.broker_up.store(false, Ordering::Relaxed);
-                tracing::error!(error = %e, pause_ms = pause.as_millis() as u64, "broker session ended; reconnecting");
+                app.queues.session_ended();
+                // Logged once per try, and the tries slow down to one every 10 s.
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    pause_ms = pause.as_millis() as u64,
+                    "no broker session; connecting again"
+                );
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(pause) => {}

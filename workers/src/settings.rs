@@ -116,6 +116,10 @@ pub struct Cli {
     #[arg(long, env = "SKEELO_OUTAGE_WINDOW_SECONDS", default_value_t = 30)]
     outage_window_seconds: u64,
 
+    /// How often the queues' depth and consumers are read from the broker, in seconds.
+    #[arg(long, env = "SKEELO_QUEUE_WATCH_SECONDS", default_value_t = 5)]
+    queue_watch_seconds: u64,
+
     /// How often a downstream in outage is probed, in milliseconds (backs off to 8x).
     #[arg(long, env = "SKEELO_PROBE_INTERVAL_MS", default_value_t = 2000)]
     probe_interval_ms: u64,
@@ -239,6 +243,7 @@ impl Cli {
                 },
                 probe_interval: Duration::from_millis(cli.probe_interval_ms.max(50)),
             },
+            queue_watch: Duration::from_secs(cli.queue_watch_seconds.max(1)),
         })
     }
 }

@@ -95,6 +95,9 @@ pub enum BrokerError {
 /// Connects with automatic recovery on, naming the connection so the management UI
 /// shows which process holds it.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    // With recovery on, the client retries the TCP connection many times with a growing
+    // pause, the first connection too: a caller bounds the wait with a time limit of
+    // its own, and supervises a connection whose recovery does not end.
     let props = ConnectionProperties::default()
         .enable_auto_recover()
         .with_connection_name(name.into());
@@ -104,6 +107,19 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
 /// Declares every exchange, queue and binding; safe to run from every process at once.
 /// `delays` are the retry delays in use (each gets its queue).
 pub async fn declare_topology(
+    channel: &Channel,
+    delays: &[std::time::Duration],
+) -> Result<(), BrokerError> {
+    declare_shared(channel, delays).await?;
+    for t in EventType::ALL {
+        declare_work_queue(channel, t).await?;
+    }
+    Ok(())
+}
+
+/// Declares the exchanges and the queues every type shares (dead letters, results,
+/// delays): without them no type can work.
+pub async fn declare_shared(
     channel: &Channel,
     delays: &[std::time::Duration],
 ) -> Result<(), BrokerError> {
@@ -145,33 +161,6 @@ pub async fn declare_topology(
         FieldTable::default(),
     )
     .await?;
-    for t in EventType::ALL {
-        let name = queue_name(t);
-        let mut args = quorum(Some(DEAD_EXCHANGE));
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
-        channel
-            .queue_declare(name.as_str().into(), queue, args)
-            .await?;
-        bind(
-            channel,
-            &name,
-            EVENTS_EXCHANGE,
-            &t.routing_key(),
-            FieldTable::default(),
-        )
-        .await?;
-        bind(
-            channel,
-            &name,
-            RETRY_EXCHANGE,
-            &t.routing_key(),
-            FieldTable::default(),
-        )
-        .await?;
-    }
     for delay in delays {
         let name = delay_queue_name(*delay);
         let mut args = quorum(Some(RETRY_EXCHANGE));
@@ -189,6 +178,78 @@ pub async fn declare_topology(
         bind(channel, &name, DELAY_EXCHANGE, "", matching).await?;
     }
     Ok(())
+}
+
+/// Declares one type's work queue and its bindings. A failure here (a queue that
+/// exists with other arguments, say) closes the channel: use one of its own, so that
+/// only this type is affected.
+pub async fn declare_work_queue(channel: &Channel, t: EventType) -> Result<(), BrokerError> {
+    let name = queue_name(t);
+    let mut args = quorum(Some(DEAD_EXCHANGE));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    channel
+        .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await?;
+    bind(
+        channel,
+        &name,
+        EVENTS_EXCHANGE,
+        &t.routing_key(),
+        FieldTable::default(),
+    )
+    .await?;
+    bind(
+        channel,
+        &name,
+        RETRY_EXCHANGE,
+        &t.routing_key(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every reason [`queue_refusal`] gives.
+pub const QUEUE_REFUSALS: [&str; 4] = [
+    "access_refused",
+    "not_found",
+    "resource_locked",
+    "precondition_failed",
+];
+
+/// The reason, from a fixed set (a metric label), when the broker refused an
+/// operation on one queue with a channel-level error: the queue exists with other
+/// arguments (`precondition_failed`), is missing (`not_found`), is not ours to use
+/// (`access_refused`) or is held exclusively by another connection
+/// (`resource_locked`). `None` for anything else, such as a lost connection.
+pub fn queue_refusal(e: &lapin::Error) -> Option<&'static str> {
+    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
+        return None;
+    };
+    match amqp.get_id() {
+        403 => Some("access_refused"),
+        404 => Some("not_found"),
+        405 => Some("resource_locked"),
+        406 => Some("precondition_failed"),
+        _ => None,
+    }
+}
+
+/// `url` with its password replaced, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
 }
 
 async fn bind(
@@ -457,4 +518,24 @@ fn death(headers: Option<&FieldTable>) -> Option<Death> {
         routing_key,
         count: header_int(Some(first), "count").unwrap_or(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_a_log() {
+        assert_eq!(
+            redacted("amqp://guest:s3cr3t@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redacted("amqps://user:p@ss@broker:5671/vh"),
+            "amqps://user:***@broker:5671/vh"
+        );
+        assert_eq!(redacted("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+        assert_eq!(redacted("amqp://guest@host"), "amqp://guest@host");
+        assert_eq!(redacted("not a url"), "not a url");
+    }
 }

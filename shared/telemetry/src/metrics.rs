@@ -59,6 +59,13 @@ pub struct Metrics {
     pub results_refused: IntCounterVec,
     /// `skeelo_api_throttled_total`: 429 answers from Skeelo.
     pub throttled: IntCounter,
+    /// `skeelo_queue_unavailable{queue,reason}`: 1 while this process cannot consume
+    /// the queue (the broker refused its declaration or its consumer); the other types
+    /// go on.
+    pub queue_unavailable: IntGaugeVec,
+    /// `skeelo_consumer_restarts_total{queue,reason}`: consumers replaced by a fresh
+    /// channel and consumer (the broker cancelled one, or refused the queue).
+    pub consumer_restarts: IntCounterVec,
     /// `skeelo_outage_mode{downstream}`: 1 while consumers are paused because Skeelo
     /// or the database keeps failing.
     pub outage_mode: IntGaugeVec,
@@ -195,6 +202,20 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let queue_unavailable = IntGaugeVec::new(
+            Opts::new(
+                "skeelo_queue_unavailable",
+                "1 while this process cannot consume the queue, by reason.",
+            ),
+            &["queue", "reason"],
+        )?;
+        let consumer_restarts = IntCounterVec::new(
+            Opts::new(
+                "skeelo_consumer_restarts_total",
+                "Consumers replaced by a fresh channel and consumer, by queue and reason.",
+            ),
+            &["queue", "reason"],
+        )?;
         let queue_messages = IntGaugeVec::new(
             Opts::new(
                 "skeelo_queue_messages",
@@ -207,6 +228,8 @@ impl Metrics {
             &["queue"],
         )?;
         registry.register(Box::new(queue_messages.clone()))?;
+        registry.register(Box::new(queue_unavailable.clone()))?;
+        registry.register(Box::new(consumer_restarts.clone()))?;
         registry.register(Box::new(queue_consumers.clone()))?;
         registry.register(Box::new(outage_mode.clone()))?;
         registry.register(Box::new(dead_letters_parked.clone()))?;
@@ -264,6 +287,8 @@ impl Metrics {
             outbox_oldest,
             results_refused,
             throttled,
+            queue_unavailable,
+            consumer_restarts,
             outage_mode,
             dead_letters_parked,
             queue_messages,
