@@ -426,6 +426,29 @@ pub enum Expected {
     },
 }
 
+/// `count` contracts named `{prefix}0000`… with random histories of up to 7 events,
+/// and every event to publish: each once, every 37th twice (as a publisher's
+/// retransmit would), all shuffled.
+pub fn random_histories(
+    count: usize,
+    prefix: &str,
+) -> (std::collections::BTreeMap<String, Vec<Value>>, Vec<Value>) {
+    use rand::seq::SliceRandom;
+    let mut rng = rand::rng();
+    let mut histories = std::collections::BTreeMap::new();
+    let mut all = Vec::new();
+    for c in 0..count {
+        let id = format!("{prefix}{c:04}");
+        let h = skeelo_domain::sample::history(&mut rng, &id, 7);
+        all.extend(h.iter().cloned());
+        histories.insert(id, h);
+    }
+    let dups: Vec<Value> = all.iter().step_by(37).cloned().collect();
+    all.extend(dups);
+    all.shuffle(&mut rng);
+    (histories, all)
+}
+
 /// The end a contract's history calls for.
 pub fn expected(history: &[Value]) -> Expected {
     let (mut synced, mut suspended, mut blocked, mut cancelled) = (false, false, false, false);

@@ -2,11 +2,8 @@
 //! that fails 5 % of its calls: every contract ends right at Skeelo, every event gets a
 //! result, and Skeelo saw no call that a correct client would not make.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rand::seq::SliceRandom;
-use serde_json::Value;
 use skeelo_sim::{Faults, SimConfig};
 use skeelo_tests::World;
 
@@ -22,19 +19,7 @@ async fn three_hundred_random_contracts_in_random_order_with_failing_skeelo_all_
     let settings = w.settings();
     w.start_fleet(settings).await.expect("fleet");
 
-    let mut rng = rand::rng();
-    let mut histories = BTreeMap::new();
-    let mut all = Vec::new();
-    for c in 0..300 {
-        let id = format!("RND{c:04}");
-        let h = skeelo_domain::sample::history(&mut rng, &id, 7);
-        all.extend(h.iter().cloned());
-        histories.insert(id, h);
-    }
-    // A few redeliveries of the same event id, as a publisher retransmit would cause.
-    let dups: Vec<Value> = all.iter().step_by(37).cloned().collect();
-    all.extend(dups);
-    all.shuffle(&mut rng);
+    let (histories, all) = skeelo_tests::random_histories(300, "RND");
     for e in &all {
         w.publish(e).await.expect("published");
     }

@@ -9,8 +9,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use rand::seq::SliceRandom;
-use serde_json::Value;
 use skeelo_domain::outcome::Outcome;
 use skeelo_sim::{Faults, SimConfig};
 use skeelo_tests::World;
@@ -36,19 +34,7 @@ async fn a_sibling_waits_only_for_calls_that_are_really_in_flight() {
     settings.retry.call_budget = Duration::from_secs(45);
     w.start_fleet(settings).await.expect("fleet");
 
-    let mut rng = rand::rng();
-    let mut histories = BTreeMap::new();
-    let mut all = Vec::new();
-    for c in 0..300 {
-        let id = format!("SIB{c:04}");
-        let h = skeelo_domain::sample::history(&mut rng, &id, 7);
-        all.extend(h.iter().cloned());
-        histories.insert(id, h);
-    }
-    // A few redeliveries of the same event id, as a publisher retransmit would cause.
-    let dups: Vec<Value> = all.iter().step_by(37).cloned().collect();
-    all.extend(dups);
-    all.shuffle(&mut rng);
+    let (histories, all) = skeelo_tests::random_histories(300, "SIB");
 
     let started = Instant::now();
     for e in &all {
