@@ -8,8 +8,7 @@ use tokio_postgres::types::ToSql;
 
 use deadpool_postgres::GenericClient;
 
-use crate::{NewHistory, Store, StoreError};
-use skeelo_domain::outcome::EventResult;
+use crate::{Store, StoreError};
 
 pub use skeelo_domain::policy::ParkReason as Reason;
 
@@ -79,17 +78,6 @@ pub struct NewDeadLetter<'a> {
     pub attempts: i32,
     /// When it first failed (from its retry header), if before now.
     pub first_failed_at: Option<OffsetDateTime>,
-}
-
-/// What the contract's story records of the parked event beside its result.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Story<'a> {
-    /// The contract version it carried.
-    pub version: Option<i64>,
-    /// Who acted in the ERP.
-    pub actor: Option<&'a str>,
-    /// When the ERP acted.
-    pub occurred_at: Option<OffsetDateTime>,
 }
 
 /// A stored dead letter.
@@ -261,40 +249,6 @@ fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 impl Store {
-    /// Parks a letter (a redelivered failure updates its parked row) and, in the same
-    /// transaction, records what the ERP is told: `report` turns the letter's id into
-    /// the result, which goes to the outbox and, when it names a contract, into the
-    /// contract's story with `story`'s facts. Either all of it is durable or none.
-    pub async fn park(
-        &self,
-        d: &NewDeadLetter<'_>,
-        story: Story<'_>,
-        report: impl FnOnce(i64) -> EventResult,
-    ) -> Result<(i64, EventResult), StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let id = insert(&tx, d).await?;
-        let result = report(id);
-        if let Some(contract_id) = result.contract_id.as_deref() {
-            let line = NewHistory {
-                contract_id,
-                event_id: &result.event_id,
-                event_type: &result.event_type,
-                version: story.version,
-                actor: story.actor,
-                occurred_at: story.occurred_at,
-                outcome: result.outcome,
-                skeelo_status: result.skeelo_status,
-                skeelo_calls: 0,
-                detail: &result.detail,
-            };
-            crate::insert_history(&tx, &line).await?;
-        }
-        crate::outbox::enqueue(&tx, &[&result]).await?;
-        tx.commit().await?;
-        Ok((id, result))
-    }
-
     /// Letters matching `filter`, newest failure first.
     pub async fn dead_letters(
         &self,

@@ -343,13 +343,6 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Records a line of a contract's story outside any event transaction (duplicates,
-    /// invalid input, failures).
-    pub async fn record_history(&self, entry: &NewHistory<'_>) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        insert_history(&client, entry).await
-    }
-
     /// A contract's story, oldest first.
     pub async fn history(&self, contract_id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
         let client = self.pool.get().await?;
@@ -448,32 +441,6 @@ pub(crate) fn storable(r: &EventResult) -> std::borrow::Cow<'_, EventResult> {
     clean.detail = text(&r.detail).into_owned();
     clean.contract_id = r.contract_id.as_deref().map(|c| text(c).into_owned());
     std::borrow::Cow::Owned(clean)
-}
-
-async fn insert_history(
-    client: &impl deadpool_postgres::GenericClient,
-    h: &NewHistory<'_>,
-) -> Result<(), StoreError> {
-    let event_id = text(h.event_id);
-    let detail = text(h.detail);
-    client.execute(&client.prepare_cached("INSERT INTO contract_events (contract_id, event_id, type, version, actor, occurred_at,
-                                          outcome, skeelo_status, skeelo_calls, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)").await?,
-            &[
-                &h.contract_id,
-                &event_id,
-                &h.event_type,
-                &h.version,
-                &h.actor,
-                &h.occurred_at,
-                &h.outcome.as_str(),
-                &h.skeelo_status.map(Status::as_str),
-                &h.skeelo_calls,
-                &detail,
-            ],
-        )
-        .await?;
-    Ok(())
 }
 
 /// A contract's stored state, from the row's `facts` and `skeelo` columns. A value

@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
-use tokio_postgres::types::Json;
 
 use crate::{Store, StoreError};
-use skeelo_domain::outcome::EventResult;
 
 /// A result waiting for the broker.
 #[derive(Debug, Clone)]
@@ -29,28 +27,6 @@ pub struct Backlog {
     pub depth: i64,
     /// Age of the oldest of them; zero when there is none.
     pub oldest: Duration,
-}
-
-/// Adds `results` to the outbox, inside the caller's transaction.
-pub async fn enqueue(
-    client: &impl GenericClient,
-    results: &[&EventResult],
-) -> Result<(), StoreError> {
-    if results.is_empty() {
-        return Ok(());
-    }
-    let results: Vec<_> = results.iter().map(|r| crate::storable(r)).collect();
-    let ids: Vec<&str> = results.iter().map(|r| r.event_id.as_str()).collect();
-    let keys: Vec<String> = results.iter().map(|r| r.routing_key()).collect();
-    let bodies: Vec<Json<&EventResult>> = results.iter().map(|r| Json(r.as_ref())).collect();
-    let st = client
-        .prepare_cached(
-            "INSERT INTO results_outbox (event_id, routing_key, body)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])",
-        )
-        .await?;
-    client.execute(&st, &[&ids, &keys, &bodies]).await?;
-    Ok(())
 }
 
 impl Store {
