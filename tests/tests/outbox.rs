@@ -32,8 +32,13 @@ const DELIVERED_WITHIN: Duration = Duration::from_secs(15);
 /// How long nothing more may arrive after that.
 const QUIET: Duration = Duration::from_secs(2);
 
-#[tokio::test]
-async fn a_missing_results_queue_delays_results_but_loses_and_falsifies_nothing() {
+/// A world with a fleet, and an operator's connection and channel on its broker.
+async fn fleet_and_operator() -> (
+    World,
+    std::net::SocketAddr,
+    lapin::Connection,
+    lapin::Channel,
+) {
     let mut w = World::new().await.expect("world");
     let settings = w.settings();
     let addr = w.start_fleet(settings).await.expect("fleet");
@@ -41,6 +46,12 @@ async fn a_missing_results_queue_delays_results_but_loses_and_falsifies_nothing(
         .await
         .expect("connect");
     let channel = conn.create_channel().await.expect("channel");
+    (w, addr, conn, channel)
+}
+
+#[tokio::test]
+async fn a_missing_results_queue_delays_results_but_loses_and_falsifies_nothing() {
+    let (w, addr, conn, channel) = fleet_and_operator().await;
     // Someone deletes the results queue; its binding goes with it, so every result the
     // fleet publishes now comes back unroutable.
     channel
@@ -62,13 +73,7 @@ async fn a_missing_results_queue_delays_results_but_loses_and_falsifies_nothing(
 
 #[tokio::test]
 async fn a_broker_that_nacks_results_delays_them_and_then_delivers_each_once() {
-    let mut w = World::new().await.expect("world");
-    let settings = w.settings();
-    let addr = w.start_fleet(settings).await.expect("fleet");
-    let conn = broker::connect(&w.amqp_url, "erp-test-operator")
-        .await
-        .expect("connect");
-    let channel = conn.create_channel().await.expect("channel");
+    let (w, addr, conn, channel) = fleet_and_operator().await;
     // A full queue holds its messages: nobody may be consuming it. The ERP's consumer
     // goes with the queue, which comes back, as the fleet declares it, once the
     // deletion has reached that consumer.
