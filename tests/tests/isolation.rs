@@ -38,6 +38,23 @@ async fn a_queue_the_broker_refuses_stops_only_its_own_type() {
         .start_fleet_unready(w.settings())
         .await
         .expect("the fleet starts");
+    // The five other queues are declared while the sync queue is refused; wait for
+    // them rather than for a readiness that cannot come.
+    let mut declared = false;
+    for _ in 0..300 {
+        let readiness = World::readiness(addr).await;
+        if readiness.contains("erp.contracts.sync: unavailable") && !readiness.contains("starting")
+        {
+            declared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        declared,
+        "the other queues are declared: {}",
+        World::readiness(addr).await
+    );
     let others: Vec<_> = [Suspend, Reactivate, Cancel, Block, Unblock]
         .into_iter()
         .enumerate()
