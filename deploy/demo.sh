@@ -29,6 +29,7 @@ rabbitmqctl set_permissions -p "$VHOST" guest '.*' '.*' '.*' >/dev/null
 psql -w -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 
 export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$VHOST"
+export RABBITMQ_MANAGEMENT_URL="http://guest:guest@127.0.0.1:15672"
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
 export SKEELO_BASE_URL="http://$SIM_ADDR"
 export SKEELO_CLIENT_ID=demo-client

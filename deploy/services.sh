@@ -49,6 +49,13 @@ if ! rabbitmqctl await_startup >/dev/null 2>&1; then
   exit 1
 fi
 
+# The management API: workers read the broker's unacknowledged counts from it.
+if ! rabbitmq-plugins is_enabled rabbitmq_management >/dev/null 2>&1; then
+  echo "services: enabling RabbitMQ's management API (port 15672)"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null
+fi
+wait_port 15672 "RabbitMQ's management API"
+
 # --- PostgreSQL -------------------------------------------------------------
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   echo "services: installing PostgreSQL"

@@ -144,6 +144,12 @@ impl World {
                 probe_interval: Duration::from_millis(200),
             },
             queue_watch: Duration::from_secs(1),
+            management_url: Some(
+                std::env::var("RABBITMQ_MANAGEMENT_URL")
+                    .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into()),
+            ),
+            // Above the broker's statistics interval (5 s), whose figures lag that much.
+            held_after: Duration::from_secs(6),
         }
     }
 

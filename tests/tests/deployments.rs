@@ -93,6 +93,8 @@ fn kubernetes_runs_every_consumer_group_with_probes_secrets_and_scaling() {
         .unwrap_or_default();
     for k in [
         "AMQP_URL",
+        "KEDA_AMQP_URL",
+        "RABBITMQ_MANAGEMENT_URL",
         "DATABASE_URL",
         "SKEELO_CLIENT_ID",
         "SKEELO_CLIENT_SECRET",

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::event_path::{self, Batch, Source};
-use crate::queues::CANCELLED;
+use crate::held::Held;
+use crate::queues::{CANCELLED, HELD};
 use crate::App;
 
 /// How long connecting to the broker and declaring the shared topology may take.
@@ -31,33 +32,39 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 /// connection is lost and must be rebuilt.
 pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<()> {
     let url = &app.settings.amqp_url;
+    let nodes = broker::nodes(url);
+    let first = app.broker_node.load(Ordering::Relaxed);
     let opened = async {
-        let connection = broker::connect(url, "skeelo-workers").await?;
+        let (connection, node) = broker::connect_from(url, "skeelo-workers", first).await?;
         let publisher = Publisher::open(&connection).await?;
         broker::declare_shared(publisher.channel(), &app.settings.retry.delays).await?;
-        Ok::<_, broker::BrokerError>((connection, publisher))
+        Ok::<_, broker::BrokerError>((connection, publisher, node))
     };
     // A broker that does not answer must neither hang the process nor keep it from
-    // stopping: the attempt has a time limit, and a stop ends it at once.
-    let (connection, publisher) = tokio::select! {
+    // stopping: the attempt has a time limit (each node of a cluster its own), and a
+    // stop ends it at once.
+    let limit = BROKER_TIMEOUT * u32::try_from(nodes.len().max(1)).unwrap_or(1);
+    let (connection, publisher, node) = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
-        opened = tokio::time::timeout(BROKER_TIMEOUT, opened) => match opened {
+        opened = tokio::time::timeout(limit, opened) => match opened {
             Ok(Ok(opened)) => opened,
             Ok(Err(e)) => {
                 return Err(anyhow::Error::new(e)
                     .context(format!("RabbitMQ at {} cannot be used", broker::redacted(url))))
             }
             Err(_) => anyhow::bail!(
-                "RabbitMQ at {} did not answer within {BROKER_TIMEOUT:?}",
+                "RabbitMQ at {} did not answer within {limit:?}",
                 broker::redacted(url)
             ),
         },
     };
+    app.broker_node.store(node, Ordering::Relaxed);
     let connection = Arc::new(connection);
     declare_unconsumed(&app, &connection).await;
     *app.publisher.write().await = Some(publisher);
     app.broker_up.store(true, Ordering::Relaxed);
-    tracing::info!(broker = %broker::redacted(url), "connected to RabbitMQ");
+    let reached = nodes.get(node).copied().unwrap_or(url.as_str());
+    tracing::info!(broker = %broker::redacted(reached), nodes = nodes.len(), "connected to RabbitMQ");
 
     let tracker = TaskTracker::new();
     let lost = CancellationToken::new();
@@ -127,6 +134,10 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
     } else if result.is_ok() {
         // Lost without a stop: the caller connects again.
         result = Err(anyhow::anyhow!("the broker connection was lost"));
+    }
+    if !stop.is_cancelled() {
+        // A cluster's node that went away is tried last next time.
+        app.broker_node.store(node + 1, Ordering::Relaxed);
     }
     result
 }
@@ -202,7 +213,9 @@ async fn watch_queues(app: Arc<App>, connection: Arc<Connection>, lost: Cancella
         passive: true,
         ..Default::default()
     };
+    let mut management_failing = Quiet::default();
     while !lost.is_cancelled() {
+        read_unacked(&app, &queues, &mut management_failing).await;
         for q in &queues {
             match channel
                 .queue_declare(q.as_str().into(), passive, FieldTable::default())
@@ -232,6 +245,58 @@ async fn watch_queues(app: Arc<App>, connection: Arc<Connection>, lost: Cancella
         tokio::select! {
             _ = lost.cancelled() => return,
             _ = tokio::time::sleep(app.settings.queue_watch) => {}
+        }
+    }
+}
+
+/// A failure said once, again at most once a minute while it lasts, and its end said.
+#[derive(Default)]
+struct Quiet(Option<std::time::Instant>);
+
+impl Quiet {
+    /// True when the failure should be logged now.
+    fn failing(&mut self) -> bool {
+        match self.0 {
+            Some(last) if last.elapsed() < Duration::from_secs(60) => false,
+            _ => {
+                self.0 = Some(std::time::Instant::now());
+                true
+            }
+        }
+    }
+
+    /// True when a failure had been said and is over now.
+    fn recovered(&mut self) -> bool {
+        self.0.take().is_some()
+    }
+}
+
+/// The broker's unacknowledged counts, for `skeelo_queue_messages_unacked` and for the
+/// consumers' check of deliveries held but not handled. When the API does not answer
+/// the counts are unknown, and no consumer is replaced on stale figures.
+async fn read_unacked(app: &App, queues: &[String], failing: &mut Quiet) {
+    let Some((management, vhost)) = &app.management else {
+        return;
+    };
+    match management.unacked(vhost).await {
+        Ok(counts) => {
+            if failing.recovered() {
+                tracing::info!(management = %management.shown(), "the management API answers again");
+            }
+            for q in queues {
+                let n = counts.get(q).copied().unwrap_or(0);
+                app.metrics
+                    .queue_unacked
+                    .with_label_values(&[q])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            app.queues.set_unacked(Some(counts));
+        }
+        Err(e) => {
+            if failing.failing() {
+                tracing::warn!(error = %e, "the broker's unacknowledged counts cannot be read; deliveries held but not handled are not watched meanwhile");
+            }
+            app.queues.set_unacked(None);
         }
     }
 }
@@ -281,10 +346,14 @@ async fn consume(
                     .consumer_restarts
                     .with_label_values(&[&queue, reason])
                     .inc();
-                if reason != CANCELLED {
-                    app.queues.down(&app.metrics, &queue, reason, &error);
+                if reason == HELD {
+                    tracing::warn!(queue = %queue, error = %error, "consumer replaced: the broker counted messages delivered to it that it never received");
+                } else {
+                    if reason != CANCELLED {
+                        app.queues.down(&app.metrics, &queue, reason, &error);
+                    }
+                    tracing::error!(queue = %queue, reason, error = %error, pause_ms = pause.as_millis() as u64, "this queue cannot be consumed now; the other types go on; trying again");
                 }
-                tracing::error!(queue = %queue, reason, error = %error, pause_ms = pause.as_millis() as u64, "this queue cannot be consumed now; the other types go on; trying again");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(channels),
                     _ = lost.cancelled() => return Ok(channels),
@@ -372,6 +441,11 @@ async fn consume_until_stopped(
             Err(e) => return refused(channel, e),
         };
         tracing::info!(queue = %queue, prefetch = app.settings.prefetch, "consuming");
+        let in_work = app.metrics.in_flight.with_label_values(&[source.label()]);
+        let mut held = Held::new(app.settings.held_after);
+        let mut received = 0u64;
+        let mut look = tokio::time::interval(app.settings.queue_watch);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let permit = tokio::select! {
                 _ = stop.cancelled() => {
@@ -391,8 +465,25 @@ async fn consume_until_stopped(
                 _ = lost.cancelled() => return Ok(Ended::Stopped(channel)),
                 _ = skeelo_down.changed() => {}
                 _ = db_down.changed() => {}
+                _ = look.tick() => {
+                    let broker = app.queues.unacked(&queue);
+                    if held.look(std::time::Instant::now(), broker, in_work.get(), received) {
+                        // Closing the channel is what makes the broker give them back.
+                        let _ = channel.close(200, "deliveries held but never received".into()).await;
+                        return Ok(Ended::Queue {
+                            channel,
+                            reason: HELD,
+                            error: format!(
+                                "{} unacknowledged at the broker for {:?}, none received or in work here",
+                                broker.unwrap_or(0),
+                                app.settings.held_after
+                            ),
+                        });
+                    }
+                }
                 next = deliveries.next() => match next {
                     Some(chunk) => {
+                        received += chunk.len() as u64;
                         if let Some(e) = dispatch(app, source, chunk, tracker, permit) {
                             tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
                             channel.wait_for_recovery(e).await?;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 mod catalogue;
 mod consumer;
 mod event_path;
+mod held;
 mod http;
 mod outage;
 mod queues;
@@ -35,8 +36,14 @@ pub use outage::Trip;
 /// (No `Debug`: the URLs may carry passwords.)
 #[derive(Clone)]
 pub struct Settings {
-    /// `AMQP_URL`.
+    /// `AMQP_URL`: one broker, or a cluster's nodes separated by commas.
     pub amqp_url: String,
+    /// `RABBITMQ_MANAGEMENT_URL`: the broker's count of unacknowledged messages per
+    /// queue, to find deliveries held but not handled. `None`: not watched.
+    pub management_url: Option<String>,
+    /// How long messages may stay held but not handled before the consumer is
+    /// started again.
+    pub held_after: Duration,
     /// `DATABASE_URL`.
     pub database_url: String,
     /// How to reach Skeelo (`SKEELO_*`).
@@ -128,6 +135,9 @@ pub(crate) struct App {
     catalogue: catalogue::Catalogue,
     publisher: RwLock<Option<Publisher>>,
     broker_up: AtomicBool,
+    /// Which of `AMQP_URL`'s nodes to try first: the one reached last, or the next
+    /// after a node was lost.
+    broker_node: std::sync::atomic::AtomicUsize,
     skeelo_health: outage::Downstream,
     db_health: outage::Downstream,
     /// The fleet is stopping: waits end early.
@@ -140,6 +150,8 @@ pub(crate) struct App {
     outbox_wake: Notify,
     /// The queues this process cannot consume now.
     queues: queues::QueueStates,
+    /// The broker's management API, when configured, and the vhost to read in it.
+    management: Option<(skeelo_broker::management::Management, String)>,
 }
 
 impl App {
@@ -234,6 +246,7 @@ async fn build(
         .context("building the Skeelo client")?;
     let catalogue = catalogue::Catalogue::load(&store, &skeelo).await?;
     let trip = settings.outage.trip;
+    let management = management(&settings)?;
     Ok(Arc::new(App {
         settings,
         store,
@@ -242,6 +255,7 @@ async fn build(
         catalogue,
         publisher: RwLock::new(None),
         broker_up: AtomicBool::new(false),
+        broker_node: std::sync::atomic::AtomicUsize::new(0),
         skeelo_health: outage::Downstream::new("skeelo", trip),
         db_health: outage::Downstream::new("database", trip),
         stop,
@@ -249,7 +263,24 @@ async fn build(
         broker_refusals: AtomicU32::new(0),
         outbox_wake: Notify::new(),
         queues: queues::QueueStates::default(),
+        management,
     }))
+}
+
+/// The management API client, or `None` (said once: a fault cannot be seen without it).
+fn management(
+    settings: &Settings,
+) -> anyhow::Result<Option<(skeelo_broker::management::Management, String)>> {
+    let Some(url) = &settings.management_url else {
+        tracing::warn!("RABBITMQ_MANAGEMENT_URL is not set: deliveries the broker holds for a consumer that never received them cannot be seen or healed");
+        return Ok(None);
+    };
+    let management =
+        skeelo_broker::management::Management::new(url).context("RABBITMQ_MANAGEMENT_URL")?;
+    let vhost = skeelo_broker::vhost(&settings.amqp_url)
+        .context("AMQP_URL is not an amqp:// or amqps:// URL")?;
+    tracing::info!(management = %management.shown(), "the broker's unacknowledged counts are watched");
+    Ok(Some((management, vhost)))
 }
 
 /// Starts the fleet and waits until it has stopped.

@@ -9,12 +9,18 @@ use skeelo_telemetry::metrics::Metrics;
 
 /// The reason label of a consumer the broker cancelled.
 pub(crate) const CANCELLED: &str = "cancelled";
+/// The reason label of a consumer replaced because the broker counted messages
+/// delivered to it that it never received.
+pub(crate) const HELD: &str = "held";
 
 #[derive(Default)]
 pub(crate) struct QueueStates {
     down: Mutex<BTreeMap<String, (&'static str, String)>>,
     /// Queues declared and consumed in this broker session.
     up: Mutex<std::collections::BTreeSet<String>>,
+    /// The broker's unacknowledged messages per queue at its last reading; `None`
+    /// when unknown (no management API, or it did not answer).
+    unacked: Mutex<Option<std::collections::HashMap<String, u64>>>,
 }
 
 impl QueueStates {
@@ -50,11 +56,30 @@ impl QueueStates {
                 .with_label_values(&[queue, reason])
                 .set(0);
         }
-        for reason in skeelo_broker::QUEUE_REFUSALS.into_iter().chain([CANCELLED]) {
+        for reason in skeelo_broker::QUEUE_REFUSALS
+            .into_iter()
+            .chain([CANCELLED, HELD])
+        {
             metrics
                 .consumer_restarts
                 .with_label_values(&[queue, reason]);
         }
+    }
+
+    /// The broker's latest unacknowledged counts, or `None` when they are not known.
+    pub(crate) fn set_unacked(&self, counts: Option<std::collections::HashMap<String, u64>>) {
+        if let Ok(mut unacked) = self.unacked.lock() {
+            *unacked = counts;
+        }
+    }
+
+    /// One queue's unacknowledged messages as the broker last counted them.
+    pub(crate) fn unacked(&self, queue: &str) -> Option<u64> {
+        self.unacked
+            .lock()
+            .ok()?
+            .as_ref()
+            .map(|counts| counts.get(queue).copied().unwrap_or(0))
     }
 
     /// A new broker session: every queue is declared again before it counts as up.

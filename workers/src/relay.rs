@@ -160,7 +160,7 @@ impl Relay {
                     let reason = match &e {
                         BrokerError::Unroutable { .. } => Refusal::Unroutable,
                         BrokerError::Nacked => Refusal::Nacked,
-                        BrokerError::Amqp(_) => Refusal::Channel,
+                        BrokerError::Amqp(_) | BrokerError::Node { .. } => Refusal::Channel,
                     };
                     self.app
                         .metrics

@@ -35,7 +35,9 @@ pub struct Cli {
     #[arg(long, env = "SKEELO_CONSUMERS", default_value = "all", value_parser = parse_consumers)]
     consumers: Consumers,
 
-    /// RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2f
+    /// RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2f. For a cluster, its nodes
+    /// separated by commas (one vhost): the first that accepts is used, and when it
+    /// goes away the next.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     amqp_url: String,
 
@@ -119,6 +121,21 @@ pub struct Cli {
     /// How often the queues' depth and consumers are read from the broker, in seconds.
     #[arg(long, env = "SKEELO_QUEUE_WATCH_SECONDS", default_value_t = 5)]
     queue_watch_seconds: u64,
+
+    /// The RabbitMQ management API, e.g. http://guest:guest@127.0.0.1:15672 (several
+    /// nodes of a cluster separated by commas). Optional, but without it a consumer
+    /// that the broker believes holds messages it never received (a queue deleted and
+    /// declared again under it) cannot be seen or healed, and
+    /// skeelo_queue_messages_unacked is not exported.
+    #[arg(long, env = "RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
+    rabbitmq_management_url: Option<String>,
+
+    /// A consumer is started again when, for this long, the broker counts messages of
+    /// its queue as delivered and unacknowledged while this process holds none and
+    /// receives none, in seconds. Keep it above the broker's statistics interval (5 s
+    /// by default): the broker's figures lag that much.
+    #[arg(long, env = "SKEELO_HELD_AFTER_SECONDS", default_value_t = 30)]
+    held_after_seconds: u64,
 
     /// How often a downstream in outage is probed, in milliseconds (backs off to 8x).
     #[arg(long, env = "SKEELO_PROBE_INTERVAL_MS", default_value_t = 2000)]
@@ -211,8 +228,15 @@ impl Cli {
         {
             return Err("SKEELO_BASE_URL must start with http:// or https://".into());
         }
+        skeelo_broker::check_urls(&cli.amqp_url).map_err(|e| format!("AMQP_URL: {e}"))?;
+        if let Some(url) = &cli.rabbitmq_management_url {
+            skeelo_broker::management::Management::new(url)
+                .map_err(|e| format!("RABBITMQ_MANAGEMENT_URL: {e}"))?;
+        }
         Ok(Settings {
             amqp_url: cli.amqp_url,
+            management_url: cli.rabbitmq_management_url,
+            held_after: Duration::from_secs(cli.held_after_seconds.max(1)),
             database_url: cli.database_url,
             skeelo: ClientConfig {
                 base_url: cli.skeelo_base_url,
@@ -318,6 +342,22 @@ mod tests {
             (
                 &["--skeelo-base-url", "ftp://x"],
                 "must start with http:// or https://",
+            ),
+            (
+                &["--rabbitmq-management-url", "amqp://guest:secret@h:5672"],
+                "RABBITMQ_MANAGEMENT_URL: `amqp://guest:***@h:5672` is not a management API address",
+            ),
+            (
+                &["--rabbitmq-management-url", "http://h:15672"],
+                "no user",
+            ),
+            (
+                &["--amqp-url", "amqp://u:p@a:5672/one,amqp://u:p@b:5672/two"],
+                "AMQP_URL: the nodes name different vhosts",
+            ),
+            (
+                &["--amqp-url", "http://u:secret@a:5672/x"],
+                "`http://u:***@a:5672/x` is not an AMQP URL",
             ),
         ];
         for (extra, want) in cases {

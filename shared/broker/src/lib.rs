@@ -71,6 +71,8 @@ pub fn queue_name(t: EventType) -> String {
     format!("erp.contracts.{}", t.as_str())
 }
 
+pub mod management;
+
 /// Broker failures.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -80,6 +82,14 @@ pub enum BrokerError {
     /// The broker refused to take a message (nack).
     #[error("RabbitMQ refused the message (nack)")]
     Nacked,
+    /// No node of the cluster accepted a connection; the last one's reason.
+    #[error("no RabbitMQ node accepted a connection; the last, {node}: {reason}")]
+    Node {
+        /// The node's address, without its password.
+        node: String,
+        /// Why it did not.
+        reason: String,
+    },
     /// No queue is bound for the routing key: the message would have gone nowhere.
     #[error(
         "no queue is bound to {exchange} for routing key {routing_key}: nothing would receive it"
@@ -92,16 +102,108 @@ pub enum BrokerError {
     },
 }
 
-/// Connects with automatic recovery on, naming the connection so the management UI
-/// shows which process holds it.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
-    // With recovery on, the client retries the TCP connection many times with a growing
-    // pause, the first connection too: a caller bounds the wait with a time limit of
-    // its own, and supervises a connection whose recovery does not end.
-    let props = ConnectionProperties::default()
-        .enable_auto_recover()
-        .with_connection_name(name.into());
-    Ok(Connection::connect(url, props).await?)
+/// The vhost an AMQP URL names (`/` when it names none), or `None` for a URL that is
+/// not one. For a list of a cluster's nodes, the first node's.
+pub fn vhost(url: &str) -> Option<String> {
+    nodes(url)
+        .first()
+        .and_then(|u| u.parse::<lapin::uri::AMQPUri>().ok())
+        .map(|u| u.vhost)
+}
+
+/// The addresses of `AMQP_URL`: one broker, or a cluster's nodes separated by commas.
+pub fn nodes(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// What is wrong with an `AMQP_URL`, if anything: every address an amqp:// or amqps://
+/// URL, and one vhost for all of them (they are nodes of one cluster).
+pub fn check_urls(urls: &str) -> Result<(), String> {
+    let list = nodes(urls);
+    if list.is_empty() {
+        return Err("give at least one amqp:// or amqps:// address".into());
+    }
+    let mut vhosts = Vec::new();
+    for u in &list {
+        let parsed = u
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| format!("`{}` is not an AMQP URL: {e}", redacted(u)))?;
+        if !u.starts_with("amqp://") && !u.starts_with("amqps://") {
+            return Err(format!(
+                "`{}` must start with amqp:// or amqps://",
+                redacted(u)
+            ));
+        }
+        vhosts.push(parsed.vhost);
+    }
+    vhosts.dedup();
+    if vhosts.len() > 1 {
+        return Err(format!(
+            "the nodes name different vhosts ({}); a cluster's nodes share one",
+            vhosts.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// How long one node of a cluster may take to accept a connection before the next is
+/// tried.
+const NODE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects, naming the connection so the management UI shows which process holds it.
+/// `urls` is one broker or a cluster's nodes; see [`connect_from`].
+pub async fn connect(urls: &str, name: &str) -> Result<Connection, BrokerError> {
+    connect_from(urls, name, 0).await.map(|(c, _)| c)
+}
+
+/// Connects to the first node of `urls` that accepts, trying them in turn from the
+/// `first`-th, and says which one it reached.
+///
+/// One broker: automatic recovery is on, and the client retries the TCP connection many
+/// times with a growing pause, the first connection too; a caller bounds the wait with
+/// a time limit of its own, and supervises a connection whose recovery does not end.
+/// Several nodes: recovery is off, so a node that goes away ends the connection at once
+/// and the caller connects to the next node, rather than waiting for the lost one to
+/// come back; each node gets a few seconds to accept.
+pub async fn connect_from(
+    urls: &str,
+    name: &str,
+    first: usize,
+) -> Result<(Connection, usize), BrokerError> {
+    let list = nodes(urls);
+    if list.len() <= 1 {
+        let props = ConnectionProperties::default()
+            .enable_auto_recover()
+            .with_connection_name(name.into());
+        return Ok((Connection::connect(urls.trim(), props).await?, 0));
+    }
+    let mut last = None;
+    for i in 0..list.len() {
+        let at = (first + i) % list.len();
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(NODE_TIMEOUT, Connection::connect(list[at], props)).await {
+            Ok(Ok(connection)) => return Ok((connection, at)),
+            Ok(Err(e)) => {
+                last = Some(BrokerError::Node {
+                    node: redacted(list[at]),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                last = Some(BrokerError::Node {
+                    node: redacted(list[at]),
+                    reason: format!("no answer within {NODE_TIMEOUT:?}"),
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(BrokerError::Node {
+        node: String::new(),
+        reason: "no address".into(),
+    }))
 }
 
 /// Declares every exchange, queue and binding; safe to run from every process at once.
@@ -240,6 +342,9 @@ pub fn queue_refusal(e: &lapin::Error) -> Option<&'static str> {
 
 /// `url` with its password replaced, for logs and errors.
 pub fn redacted(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redacted).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -525,6 +630,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cluster_is_a_list_of_nodes_with_one_vhost() {
+        let urls = "amqp://u:p@a:5672/%2f, amqp://u:p@b:5673/%2f,";
+        assert_eq!(
+            nodes(urls),
+            ["amqp://u:p@a:5672/%2f", "amqp://u:p@b:5673/%2f"]
+        );
+        assert_eq!(check_urls(urls), Ok(()));
+        assert_eq!(vhost(urls).as_deref(), Some("/"));
+        let e = check_urls("amqp://u:p@a/one,amqp://u:p@b/two").expect_err("two vhosts");
+        assert!(e.contains("different vhosts"), "{e}");
+        let e = check_urls("amqp://u:secret@a/x,http://u:secret@b/x").expect_err("http");
+        assert!(!e.contains("secret"), "{e}");
+        assert!(check_urls(" , ").is_err());
+    }
+
+    #[test]
+    fn the_vhost_comes_from_the_url() {
+        assert_eq!(vhost("amqp://u:p@h:5672/%2f").as_deref(), Some("/"));
+        assert_eq!(vhost("amqp://u:p@h:5672/skeelo").as_deref(), Some("skeelo"));
+        assert_eq!(vhost("amqp://h").as_deref(), Some("/"));
+        assert_eq!(vhost("http://h"), None);
+    }
+
+    #[test]
     fn passwords_never_reach_a_log() {
         assert_eq!(
             redacted("amqp://guest:s3cr3t@127.0.0.1:5672/%2f"),
@@ -537,5 +666,9 @@ mod tests {
         assert_eq!(redacted("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
         assert_eq!(redacted("amqp://guest@host"), "amqp://guest@host");
         assert_eq!(redacted("not a url"), "not a url");
+        assert_eq!(
+            redacted("amqp://u:one@a:5672/%2f,amqp://u:two@b:5672/%2f"),
+            "amqp://u:***@a:5672/%2f,amqp://u:***@b:5672/%2f"
+        );
     }
 }

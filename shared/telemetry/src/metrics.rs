@@ -76,6 +76,11 @@ pub struct Metrics {
     pub queue_messages: IntGaugeVec,
     /// `skeelo_queue_consumers{queue}`: consumers attached to each queue.
     pub queue_consumers: IntGaugeVec,
+    /// `skeelo_queue_messages_unacked{queue}`: messages delivered and not yet
+    /// acknowledged, as RabbitMQ counts them (from its management API, which lags by
+    /// its statistics interval). Compared with `skeelo_events_in_flight`, it shows
+    /// messages held by a consumer that is not handling them.
+    pub queue_unacked: IntGaugeVec,
 }
 
 impl Metrics {
@@ -230,7 +235,15 @@ impl Metrics {
         registry.register(Box::new(queue_messages.clone()))?;
         registry.register(Box::new(queue_unavailable.clone()))?;
         registry.register(Box::new(consumer_restarts.clone()))?;
+        let queue_unacked = IntGaugeVec::new(
+            Opts::new(
+                "skeelo_queue_messages_unacked",
+                "Messages delivered and not yet acknowledged, as RabbitMQ counts them (management API).",
+            ),
+            &["queue"],
+        )?;
         registry.register(Box::new(queue_consumers.clone()))?;
+        registry.register(Box::new(queue_unacked.clone()))?;
         registry.register(Box::new(outage_mode.clone()))?;
         registry.register(Box::new(dead_letters_parked.clone()))?;
         for d in ["skeelo", "database"] {
@@ -293,6 +306,7 @@ impl Metrics {
             dead_letters_parked,
             queue_messages,
             queue_consumers,
+            queue_unacked,
         })
     }
 

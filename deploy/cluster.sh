@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# A three-node RabbitMQ cluster on this machine, beside (not instead of) the broker on
+# 5672: nodes skeelo-a, skeelo-b and skeelo-c on AMQP ports 5681-5683 (management API
+# on 15681-15683), b and c joined to a. For trying the fleet against a cluster and for
+# the cluster test; the broker on 5672 is left alone.
+#
+#   deploy/cluster.sh start    # start (or finish starting) the three nodes; idempotent
+#   deploy/cluster.sh stop     # stop them and remove their data
+#   deploy/cluster.sh urls     # print AMQP_URL and RABBITMQ_MANAGEMENT_URL for them
+#
+# Needs RabbitMQ installed (deploy/services.sh installs it) and root (the nodes run as
+# the rabbitmq user, with its Erlang cookie). Data lives in target/cluster/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NODES=(a b c)
+AMQP_PORTS=(5681 5682 5683)
+BASE=$(pwd)/target/cluster
+
+node_name() { echo "skeelo-$1@localhost"; }
+
+ctl() { rabbitmqctl -q -n "$(node_name "$1")" "${@:2}"; }
+
+urls() {
+  local amqp="" mgmt=""
+  for i in 0 1 2; do
+    amqp+="${amqp:+,}amqp://guest:guest@127.0.0.1:${AMQP_PORTS[$i]}/%2f"
+    mgmt+="${mgmt:+,}http://guest:guest@127.0.0.1:$((AMQP_PORTS[$i] + 10000))"
+  done
+  echo "AMQP_URL=$amqp"
+  echo "RABBITMQ_MANAGEMENT_URL=$mgmt"
+}
+
+start_node() {
+  local n=$1 port=$2 dir=$BASE/$1
+  if ctl "$n" await_startup --timeout 1 >/dev/null 2>&1; then
+    return 0
+  fi
+  mkdir -p "$dir/log" "$dir/mnesia"
+  cat >"$dir/rabbitmq.conf" <<CONF
+listeners.tcp.local = 127.0.0.1:$port
+management.tcp.ip = 127.0.0.1
+management.tcp.port = $((port + 10000))
+loopback_users = none
+CONF
+  echo '[rabbitmq_management].' >"$dir/enabled_plugins"
+  chown -R rabbitmq:rabbitmq "$BASE"
+  echo "cluster: starting $(node_name "$n") on port $port"
+  env RABBITMQ_NODENAME="$(node_name "$n")" \
+      RABBITMQ_DIST_PORT=$((port + 20000)) \
+      RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
+      RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
+      RABBITMQ_MNESIA_BASE="$dir/mnesia" \
+      RABBITMQ_LOG_BASE="$dir/log" \
+      RABBITMQ_PID_FILE="$dir/pid" \
+      rabbitmq-server -detached
+}
+
+start() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "cluster: needs root (the nodes run as the rabbitmq user)" >&2
+    exit 1
+  fi
+  command -v rabbitmq-server >/dev/null || deploy/services.sh
+  for i in 0 1 2; do
+    start_node "${NODES[$i]}" "${AMQP_PORTS[$i]}"
+  done
+  for n in "${NODES[@]}"; do
+    if ! ctl "$n" await_startup --timeout 120 >/dev/null; then
+      echo "cluster: $(node_name "$n") did not start; see $BASE/$n/log" >&2
+      exit 1
+    fi
+  done
+  local first
+  first=$(node_name a)
+  for n in b c; do
+    if ! ctl "$n" cluster_status --formatter json | grep -q "\"$first\""; then
+      echo "cluster: joining $(node_name "$n") to $first"
+      # The nodes' own chatter while joining goes to a log, shown if the join fails.
+      if ! { ctl "$n" stop_app && ctl "$n" reset && ctl "$n" join_cluster "$first" &&
+             ctl "$n" start_app; } 2>>"$BASE/join.log"; then
+        cat "$BASE/join.log" >&2
+        echo "cluster: $(node_name "$n") could not join $first" >&2
+        exit 1
+      fi
+    fi
+  done
+  for n in "${NODES[@]}"; do
+    ctl "$n" await_startup --timeout 120 >/dev/null
+  done
+  local running
+  running=$(ctl a cluster_status --formatter json | grep -o 'skeelo-[abc]@localhost' | sort -u | wc -l)
+  if [ "$running" -lt 3 ]; then
+    echo "cluster: only $running nodes in the cluster" >&2
+    exit 1
+  fi
+  echo "cluster: three nodes up"
+  urls
+}
+
+stop() {
+  for n in "${NODES[@]}"; do
+    ctl "$n" stop >/dev/null 2>&1 || true
+  done
+  rm -rf "$BASE"
+  echo "cluster: stopped"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  urls) urls ;;
+  *)
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

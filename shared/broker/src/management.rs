@@ -1,0 +1,255 @@
+//! The broker's own count of deliveries handed out and not yet settled, per queue, read
+//! from the RabbitMQ management API.
+//!
+//! AMQP cannot show a consumer deliveries that the broker believes it holds but that
+//! never reached it: a quorum queue deleted and declared again under a live consumer
+//! keeps that consumer registered on the new queue, sends it no `basic.cancel`, and
+//! checks messages out to it that the client never sees. Only the broker's count per
+//! queue reveals them. The API is optional; without it the fleet cannot see this
+//! fault and says so when it starts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+use reqwest::Url;
+use serde::Deserialize;
+
+/// How long one read of the API may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the management API could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementError {
+    /// The setting is not a list of `http(s)://user:password@host:port` addresses.
+    #[error("`{0}` is not a management API address (http(s)://user:password@host:15672)")]
+    BadUrl(String),
+    /// No node's API answered.
+    #[error("the management API at {url} could not be read: {reason}")]
+    Unreachable {
+        /// The address asked, without credentials.
+        url: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// The API answered with an error status (bad credentials, a vhost not allowed).
+    #[error("the management API at {url} answered HTTP {status}")]
+    Status {
+        /// The address asked, without credentials.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The answer was not the list of queues expected.
+    #[error("the management API at {url} answered something unreadable: {reason}")]
+    Unreadable {
+        /// The address asked, without credentials.
+        url: String,
+        /// What could not be read.
+        reason: String,
+    },
+}
+
+/// One node's API: its address without credentials, and the credentials apart.
+#[derive(Clone)]
+struct Node {
+    base: Url,
+    user: String,
+    password: Option<String>,
+}
+
+impl Node {
+    fn parse(raw: &str) -> Result<Node, ManagementError> {
+        let bad = || ManagementError::BadUrl(crate::redacted(raw));
+        let mut base = Url::parse(raw.trim()).map_err(|_| bad())?;
+        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+            return Err(bad());
+        }
+        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let user = decode(base.username());
+        let password = base.password().map(decode);
+        base.set_username("").map_err(|_| bad())?;
+        base.set_password(None).map_err(|_| bad())?;
+        if user.is_empty() {
+            return Err(ManagementError::BadUrl(format!(
+                "{} (no user: give http://user:password@host:15672)",
+                crate::redacted(raw)
+            )));
+        }
+        Ok(Node {
+            base,
+            user,
+            password,
+        })
+    }
+
+    /// `/api/queues/{vhost}` with only the columns read; the vhost is one path segment
+    /// (`/` becomes `%2F`).
+    fn queues_url(&self, vhost: &str) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(["api", "queues", vhost]);
+        }
+        url.set_query(Some("columns=name,messages_unacknowledged"));
+        url
+    }
+}
+
+#[derive(Deserialize)]
+struct QueueRow {
+    name: String,
+    /// Absent while the broker has no statistics for the queue yet.
+    messages_unacknowledged: Option<u64>,
+}
+
+/// A client of the management API of one broker or of a cluster's nodes (any node
+/// answers for the whole cluster; the next is tried when one does not answer).
+pub struct Management {
+    nodes: Vec<Node>,
+    client: reqwest::Client,
+    /// The node that answered last: asked first next time.
+    preferred: AtomicUsize,
+}
+
+impl Management {
+    /// `urls`: one address or several separated by commas, each
+    /// `http(s)://user:password@host:port` (a path prefix is kept).
+    pub fn new(urls: &str) -> Result<Management, ManagementError> {
+        let nodes = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(Node::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(ManagementError::BadUrl(String::new()));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|e| ManagementError::Unreachable {
+                url: nodes[0].base.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Management {
+            nodes,
+            client,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// The addresses, without credentials, for logs.
+    pub fn shown(&self) -> String {
+        let shown: Vec<String> = self.nodes.iter().map(|n| n.base.to_string()).collect();
+        shown.join(",")
+    }
+
+    /// Messages delivered and not yet acknowledged, per queue of `vhost`, as the broker
+    /// counts them. The broker refreshes these figures every few seconds (its
+    /// `collect_statistics_interval`, 5 s by default), so they may lag that much.
+    /// Queues without statistics yet are left out.
+    pub async fn unacked(&self, vhost: &str) -> Result<HashMap<String, u64>, ManagementError> {
+        let first = self.preferred.load(Ordering::Relaxed) % self.nodes.len();
+        let mut last = None;
+        for i in 0..self.nodes.len() {
+            let at = (first + i) % self.nodes.len();
+            match self.read(&self.nodes[at], vhost).await {
+                Ok(rows) => {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return Ok(rows);
+                }
+                // A node that answers with an error speaks for the cluster.
+                Err(e @ (ManagementError::Status { .. } | ManagementError::Unreadable { .. })) => {
+                    return Err(e)
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ManagementError::BadUrl(String::new())))
+    }
+
+    async fn read(
+        &self,
+        node: &Node,
+        vhost: &str,
+    ) -> Result<HashMap<String, u64>, ManagementError> {
+        let url = node.queues_url(vhost);
+        let shown = || url.as_str().to_string();
+        let answer = self
+            .client
+            .get(url.clone())
+            .basic_auth(&node.user, node.password.as_deref())
+            .send()
+            .await
+            .map_err(|e| ManagementError::Unreachable {
+                url: shown(),
+                reason: e.to_string(),
+            })?;
+        if !answer.status().is_success() {
+            return Err(ManagementError::Status {
+                url: shown(),
+                status: answer.status().as_u16(),
+            });
+        }
+        let rows: Vec<QueueRow> = answer
+            .json()
+            .await
+            .map_err(|e| ManagementError::Unreadable {
+                url: shown(),
+                reason: e.to_string(),
+            })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| Some((r.name, r.messages_unacknowledged?)))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_taken_out_of_the_address() {
+        let m = Management::new("http://guest:s%40cret@127.0.0.1:15672").expect("parsed");
+        assert_eq!(m.nodes[0].user, "guest");
+        assert_eq!(m.nodes[0].password.as_deref(), Some("s@cret"));
+        assert_eq!(m.shown(), "http://127.0.0.1:15672/");
+        assert!(!m.shown().contains("cret"));
+    }
+
+    #[test]
+    fn the_vhost_is_one_path_segment() {
+        let m = Management::new("http://guest:guest@h:15672/rabbit/").expect("parsed");
+        assert_eq!(
+            m.nodes[0].queues_url("/").as_str(),
+            "http://h:15672/rabbit/api/queues/%2F?columns=name,messages_unacknowledged"
+        );
+        assert_eq!(
+            m.nodes[0].queues_url("skeelo").path(),
+            "/rabbit/api/queues/skeelo"
+        );
+    }
+
+    #[test]
+    fn a_cluster_is_a_list() {
+        let m = Management::new("http://u:p@a:15672, http://u:p@b:15672,").expect("parsed");
+        assert_eq!(m.nodes.len(), 2);
+        assert_eq!(m.shown(), "http://a:15672/,http://b:15672/");
+    }
+
+    #[test]
+    fn bad_addresses_are_refused_without_the_password() {
+        for bad in [
+            "",
+            "amqp://guest:guest@h:5672",
+            "http://h:15672",
+            "not a url",
+            "http://guest:topsecret@",
+        ] {
+            let e = Management::new(bad).err().expect(bad).to_string();
+            assert!(!e.contains("topsecret"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! A RabbitMQ cluster: two `skeelo-workers` processes run against three nodes
+//! (`deploy/cluster.sh`), with every queue a quorum queue replicated on all three.
+//! While events stream in, the node the fleet is connected to is stopped (phase 1),
+//! and later the node leading the sync queue (phase 2), each started again before the
+//! next so a majority always stands. Afterwards every event has a result, none was
+//! dead-lettered, every contract is right at Skeelo, and Skeelo saw no call a correct
+//! client would not make.
+//!
+//! It starts and stops RabbitMQ nodes of its own (ports 5681-5683; the broker on 5672
+//! is left alone) and needs root, so it is `#[ignore]`d and CI runs it alone:
+//! `cargo test -p skeelo-workers --test cluster -- --ignored`.
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+use skeelo_broker::{self as broker, Publisher, EVENTS_EXCHANGE, RESULTS_QUEUE};
+use skeelo_domain::outcome::{EventResult, Outcome};
+use skeelo_sim::SimConfig;
+use skeelo_tests::process::WorkerProcess;
+use skeelo_tests::World;
+
+const NODES: [&str; 3] = [
+    "skeelo-a@localhost",
+    "skeelo-b@localhost",
+    "skeelo-c@localhost",
+];
+const MANAGEMENT_PORTS: [u16; 3] = [15681, 15682, 15683];
+
+fn script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster.sh")
+}
+
+/// The three nodes, up and joined; stopped and wiped when dropped (also on a failure).
+struct Cluster {
+    amqp_url: String,
+    management_url: String,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let out = Command::new(script())
+            .arg("start")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("deploy/cluster.sh runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "the cluster starts:\n{text}");
+        let var = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("deploy/cluster.sh printed no {name}:\n{text}"))
+        };
+        Cluster {
+            amqp_url: var("AMQP_URL"),
+            management_url: var("RABBITMQ_MANAGEMENT_URL"),
+        }
+    }
+
+    fn ctl(node: &str, args: &[&str]) {
+        let status = Command::new("rabbitmqctl")
+            .args(["-q", "-n", node])
+            .args(args)
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success(), "rabbitmqctl -n {node} {args:?} failed");
+    }
+
+    /// Stops RabbitMQ on `node` (its connections close, its replicas go away).
+    fn stop_node(node: &str) {
+        Self::ctl(node, &["stop_app"]);
+    }
+
+    fn start_node(node: &str) {
+        Self::ctl(node, &["start_app"]);
+        Self::ctl(node, &["await_startup"]);
+    }
+
+    /// A management API answer from any node that is up.
+    async fn api(path: &str) -> Value {
+        let client = reqwest::Client::new();
+        for port in MANAGEMENT_PORTS {
+            let answer = client
+                .get(format!("http://127.0.0.1:{port}/api/{path}"))
+                .basic_auth("guest", Some("guest"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if let Ok(a) = answer {
+                if a.status().is_success() {
+                    if let Ok(v) = a.json::<Value>().await {
+                        return v;
+                    }
+                }
+            }
+        }
+        panic!("no node's management API answered {path}");
+    }
+
+    /// The nodes the workers' connections are on.
+    async fn fleet_nodes() -> Vec<String> {
+        let connections = Self::api("connections?columns=node,client_properties").await;
+        let mut nodes: Vec<String> = connections
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["client_properties"]["connection_name"] == "skeelo-workers")
+            .filter_map(|c| c["node"].as_str().map(str::to_string))
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// The quorum queue's leader and its members.
+    async fn queue(name: &str) -> (String, Vec<String>) {
+        let q = Self::api(&format!("queues/%2F/{name}")).await;
+        let leader = q["leader"].as_str().unwrap_or_default().to_string();
+        let members = q["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str().map(str::to_string))
+            .collect();
+        (leader, members)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(script()).arg("stop").status();
+    }
+}
+
+async fn worker(w: &World, cluster: &Cluster, name: &str) -> WorkerProcess {
+    let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster");
+    let _ = std::fs::create_dir_all(&log_dir);
+    let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).expect("log file");
+    let env = [
+        ("AMQP_URL", cluster.amqp_url.as_str()),
+        ("RABBITMQ_MANAGEMENT_URL", cluster.management_url.as_str()),
+        ("SKEELO_RATE_PER_SECOND", "60"),
+        ("SKEELO_PREFETCH", "8"),
+        ("SKEELO_RETRY_DELAYS", "200ms,1s,2s"),
+        ("RUST_LOG", "info"),
+    ];
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_skeelo-workers"));
+    WorkerProcess::start(binary, w, &env, Stdio::from(log))
+        .await
+        .expect("skeelo-workers starts")
+}
+
+/// The ERP's side: publishes with confirms to any node that accepts, connecting again
+/// (to the next node) when one goes away; an event whose confirm was lost is published
+/// again, as a real publisher would.
+async fn publish_all(amqp_url: &str, events: &[Value], pause: Duration) {
+    let mut i = 0;
+    let mut node = 0;
+    while i < events.len() {
+        let attempt = async {
+            let (conn, at) = broker::connect_from(amqp_url, "erp-cluster", node).await?;
+            node = at;
+            let publisher = Publisher::open(&conn).await?;
+            while i < events.len() {
+                let e = &events[i];
+                let key = format!("contract.{}", e["type"].as_str().unwrap_or("sync"));
+                let id = e["event_id"].as_str().unwrap_or_default();
+                publisher
+                    .publish_json(EVENTS_EXCHANGE, &key, id, e.to_string().as_bytes())
+                    .await?;
+                i += 1;
+                tokio::time::sleep(pause).await;
+            }
+            let _ = conn.close(200, "done".into()).await;
+            Ok::<(), anyhow::Error>(())
+        };
+        if attempt.await.is_err() {
+            node += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The ERP's results reader, moving to another node when its node goes away.
+fn read_results(amqp_url: String, results: Arc<Mutex<Vec<EventResult>>>) {
+    tokio::spawn(async move {
+        let mut node = 0;
+        loop {
+            let session = async {
+                let (conn, at) =
+                    broker::connect_from(&amqp_url, "erp-cluster-results", node).await?;
+                node = at;
+                let channel = conn.create_channel().await?;
+                let mut consumer = channel
+                    .basic_consume(
+                        RESULTS_QUEUE.into(),
+                        "erp-cluster".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                while let Some(Ok(d)) = consumer.next().await {
+                    if let Ok(r) = serde_json::from_slice::<EventResult>(&d.data) {
+                        if let Ok(mut v) = results.lock() {
+                            v.push(r);
+                        }
+                    }
+                    let _ = d.ack(BasicAckOptions::default()).await;
+                }
+                Ok::<(), anyhow::Error>(())
+            };
+            let _ = session.await;
+            node += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts RabbitMQ nodes of its own (needs root): run alone (CI runs it after the other tests)"]
+async fn the_fleet_fails_over_between_the_nodes_of_a_cluster() {
+    let cluster = Cluster::start();
+    let config = SimConfig {
+        rate_per_second: Some(120),
+        ..SimConfig::default()
+    };
+    let w = World::with_sim(config).await.expect("world");
+    let a = worker(&w, &cluster, "worker-a").await;
+    let b = worker(&w, &cluster, "worker-b").await;
+    let results = Arc::new(Mutex::new(Vec::new()));
+    read_results(cluster.amqp_url.clone(), results.clone());
+    let started = Instant::now();
+
+    for q in ["erp.contracts.sync", "erp.contracts.cancel", "erp.results"] {
+        let (_, members) = Cluster::queue(q).await;
+        assert_eq!(
+            members.len(),
+            3,
+            "{q} is replicated on all three nodes: {members:?}"
+        );
+    }
+
+    let (histories, all) = skeelo_tests::random_histories(240, "CL");
+    let parts: Vec<Vec<Value>> = all
+        .chunks(all.len().div_ceil(3))
+        .map(<[Value]>::to_vec)
+        .collect();
+    let pace = Duration::from_millis(8);
+    publish_all(&cluster.amqp_url, &parts[0], pace).await;
+
+    // Phase 1: the node the fleet is connected to goes away mid-stream.
+    let connected = Cluster::fleet_nodes().await;
+    assert!(!connected.is_empty(), "the workers' connections are listed");
+    let victim = connected[0].clone();
+    let stream = tokio::spawn({
+        let url = cluster.amqp_url.clone();
+        let part = parts[1].clone();
+        async move { publish_all(&url, &part, pace).await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    eprintln!(
+        "cluster {:?}: stopping {victim}, which the fleet is connected to",
+        started.elapsed()
+    );
+    Cluster::stop_node(&victim);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let moved = Cluster::fleet_nodes().await;
+    assert!(
+        !moved.is_empty() && !moved.contains(&victim),
+        "the workers reconnected to the other nodes: {moved:?}"
+    );
+    stream.await.expect("publishing");
+    Cluster::start_node(&victim);
+    eprintln!("cluster {:?}: {victim} is back", started.elapsed());
+
+    // Phase 2: the node leading a work queue goes away mid-stream.
+    let (leader, _) = Cluster::queue("erp.contracts.sync").await;
+    assert!(
+        NODES.contains(&leader.as_str()),
+        "the sync queue has a leader: {leader}"
+    );
+    let stream = tokio::spawn({
+        let url = cluster.amqp_url.clone();
+        let part = parts[2].clone();
+        async move { publish_all(&url, &part, pace).await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    eprintln!(
+        "cluster {:?}: stopping {leader}, the sync queue's leader",
+        started.elapsed()
+    );
+    Cluster::stop_node(&leader);
+    stream.await.expect("publishing");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (new_leader, _) = Cluster::queue("erp.contracts.sync").await;
+    assert_ne!(new_leader, leader, "another node leads the sync queue");
+    Cluster::start_node(&leader);
+    eprintln!("cluster {:?}: {leader} is back", started.elapsed());
+
+    // Every event ends with a result.
+    let wanted: HashSet<String> = all
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_string))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let got: HashSet<String> = results
+            .lock()
+            .map(|v| v.iter().map(|r| r.event_id.clone()).collect())
+            .unwrap_or_default();
+        let missing = wanted.difference(&got).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{missing} events have no result");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("cluster {:?}: every event has a result", started.elapsed());
+
+    let dead: Vec<EventResult> = results
+        .lock()
+        .map(|v| {
+            v.iter()
+                .filter(|r| r.outcome == Outcome::DeadLettered)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(dead.is_empty(), "valid events were dead-lettered: {dead:?}");
+    let wrong = skeelo_tests::wrong_at_skeelo(&w.sim, &histories);
+    assert!(
+        wrong.is_empty(),
+        "{} contracts wrong at Skeelo:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert!(
+        w.sim.anomalies().is_empty(),
+        "calls a correct client never makes: {:?}",
+        w.sim.anomalies()
+    );
+    for p in [a, b] {
+        let status = p.stop().expect("worker exits");
+        assert!(status.success(), "a SIGTERM stop exits 0: {status:?}");
+    }
+    w.close().await.expect("cleanup");
+    drop(cluster);
+}
