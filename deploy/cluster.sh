@@ -9,13 +9,14 @@
 #   deploy/cluster.sh urls     # print AMQP_URL and RABBITMQ_MANAGEMENT_URL for them
 #
 # Needs RabbitMQ installed (deploy/services.sh installs it) and root (the nodes run as
-# the rabbitmq user, with its Erlang cookie). Data lives in target/cluster/.
+# the rabbitmq user, with its Erlang cookie). Their data lives in /tmp/skeelo-cluster
+# (SKEELO_CLUSTER_DIR), where the rabbitmq user can reach it wherever the checkout is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NODES=(a b c)
 AMQP_PORTS=(5681 5682 5683)
-BASE=$(pwd)/target/cluster
+BASE=${SKEELO_CLUSTER_DIR:-/tmp/skeelo-cluster}
 
 node_name() { echo "skeelo-$1@localhost"; }
 
