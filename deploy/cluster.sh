@@ -9,14 +9,14 @@
 #   deploy/cluster.sh urls     # print AMQP_URL and RABBITMQ_MANAGEMENT_URL for them
 #
 # Needs RabbitMQ installed (deploy/services.sh installs it) and root (the nodes run as
-# the rabbitmq user, with its Erlang cookie). Their data lives in /tmp/skeelo-cluster
-# (SKEELO_CLUSTER_DIR), where the rabbitmq user can reach it wherever the checkout is.
+# the rabbitmq user, with its Erlang cookie). Their data lives in
+# /var/lib/rabbitmq/skeelo-cluster (SKEELO_CLUSTER_DIR), owned by that user.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NODES=(a b c)
 AMQP_PORTS=(5681 5682 5683)
-BASE=${SKEELO_CLUSTER_DIR:-/tmp/skeelo-cluster}
+BASE=$(realpath -m "${SKEELO_CLUSTER_DIR:-/var/lib/rabbitmq/skeelo-cluster}")
 
 node_name() { echo "skeelo-$1@localhost"; }
 
@@ -34,10 +34,12 @@ urls() {
 
 start_node() {
   local n=$1 port=$2 dir=$BASE/$1
-  if ctl "$n" await_startup --timeout 1 >/dev/null 2>&1; then
+  # A node whose VM runs (its app started or stopped) is started, not launched again.
+  if ctl "$n" ping >/dev/null 2>&1; then
+    ctl "$n" start_app >/dev/null 2>&1 || true
     return 0
   fi
-  mkdir -p "$dir/log" "$dir/mnesia"
+  install -d -o rabbitmq -g rabbitmq -m 700 "$dir" "$dir/log" "$dir/mnesia"
   cat >"$dir/rabbitmq.conf" <<CONF
 listeners.tcp.local = 127.0.0.1:$port
 management.tcp.ip = 127.0.0.1
@@ -45,7 +47,7 @@ management.tcp.port = $((port + 10000))
 loopback_users = none
 CONF
   echo '[rabbitmq_management].' >"$dir/enabled_plugins"
-  chown -R rabbitmq:rabbitmq "$BASE"
+  chown rabbitmq:rabbitmq "$dir/rabbitmq.conf" "$dir/enabled_plugins"
   echo "cluster: starting $(node_name "$n") on port $port"
   env RABBITMQ_NODENAME="$(node_name "$n")" \
       RABBITMQ_DIST_PORT=$((port + 20000)) \
@@ -63,10 +65,20 @@ start() {
     exit 1
   fi
   command -v rabbitmq-server >/dev/null || deploy/services.sh
+  if [ -e "$BASE" ] && [ "$(stat -c %U "$BASE")" != rabbitmq ]; then
+    echo "cluster: $BASE exists and is not the rabbitmq user's; remove it or set SKEELO_CLUSTER_DIR" >&2
+    exit 1
+  fi
+  install -d -o rabbitmq -g rabbitmq -m 700 "$BASE"
   for i in 0 1 2; do
     start_node "${NODES[$i]}" "${AMQP_PORTS[$i]}"
   done
   for n in "${NODES[@]}"; do
+    # A node answers pings only once its VM has registered; then it finishes booting.
+    for _ in $(seq 1 120); do
+      ctl "$n" ping >/dev/null 2>&1 && break
+      sleep 0.5
+    done
     if ! ctl "$n" await_startup --timeout 120 >/dev/null; then
       echo "cluster: $(node_name "$n") did not start; see $BASE/$n/log" >&2
       exit 1
@@ -90,7 +102,8 @@ start() {
     ctl "$n" await_startup --timeout 120 >/dev/null
   done
   local running
-  running=$(ctl a cluster_status --formatter json | grep -o 'skeelo-[abc]@localhost' | sort -u | wc -l)
+  running=$(ctl a cluster_status --formatter json |
+    sed -n 's/.*"running_nodes":\[\([^]]*\)\].*/\1/p' | grep -o 'skeelo-[abc]@localhost' | sort -u | wc -l)
   if [ "$running" -lt 3 ]; then
     echo "cluster: only $running nodes in the cluster" >&2
     exit 1
@@ -100,9 +113,17 @@ start() {
 }
 
 stop() {
+  local left=0
   for n in "${NODES[@]}"; do
-    ctl "$n" stop >/dev/null 2>&1 || true
+    if ctl "$n" ping >/dev/null 2>&1; then
+      # shutdown waits for the VM to exit.
+      ctl "$n" shutdown >/dev/null 2>&1 || left=1
+    fi
   done
+  if [ "$left" -ne 0 ]; then
+    echo "cluster: a node did not stop; its data stays in $BASE" >&2
+    exit 1
+  fi
   rm -rf "$BASE"
   echo "cluster: stopped"
 }

@@ -15,12 +15,15 @@ pub(crate) enum Command {
     Show {
         /// The ERP contract id.
         id: String,
-        /// Show personal data unmasked.
+        /// Show personal data unmasked (written to the audit trail).
         #[arg(long)]
         reveal: bool,
         /// One JSON object, for scripts.
         #[arg(long)]
         json: bool,
+        /// Who is looking, for the audit trail of --reveal; defaults to $USER.
+        #[arg(long, env = "SKEELO_OPERATOR")]
+        operator: Option<String>,
         /// PostgreSQL.
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
@@ -32,6 +35,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         id,
         reveal,
         json,
+        operator,
         database_url,
     } = command;
     let store = crate::database(&database_url).await?;
@@ -39,6 +43,18 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         eprintln!("no contract {id}: the fleet has received no event for it");
         return Ok(ExitCode::from(3));
     };
+    if reveal {
+        let who = crate::dead::operator(&operator);
+        store
+            .audit(
+                &who,
+                "reveal",
+                &format!("contract {id}"),
+                1,
+                &json!({ "contract": id }),
+            )
+            .await?;
+    }
     let history = store.history(&id).await?;
     let f = &state.facts;
     let want = match lifecycle::target(f) {

@@ -50,12 +50,15 @@ pub(crate) enum Command {
     Show {
         /// The dead letter's id (from `list`).
         id: i64,
-        /// Show personal data unmasked.
+        /// Show personal data unmasked (written to the audit trail).
         #[arg(long)]
         reveal: bool,
         /// One JSON object, for scripts.
         #[arg(long)]
         json: bool,
+        /// Who is looking, for the audit trail of --reveal; defaults to $USER.
+        #[arg(long, env = "SKEELO_OPERATOR")]
+        operator: Option<String>,
         #[command(flatten)]
         db: Db,
     },
@@ -234,7 +237,8 @@ impl Select {
     }
 }
 
-fn operator(given: &Option<String>) -> String {
+/// Who acts: `--operator`, `SKEELO_OPERATOR`, else `$USER`.
+pub(crate) fn operator(given: &Option<String>) -> String {
     given
         .clone()
         .or_else(|| std::env::var("USER").ok())
@@ -292,8 +296,12 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
             id,
             reveal,
             json,
+            operator: who,
             db,
-        } => show(id, reveal, json, &db).await,
+        } => {
+            let reveal = reveal.then(|| operator(&who));
+            show(id, reveal, json, &db).await
+        }
         Command::Requeue {
             select,
             amqp_url,
@@ -320,8 +328,12 @@ async fn store(db: &Db) -> anyhow::Result<Store> {
 async fn list(f: &FilterArgs, limit: i64, json: bool, db: &Db) -> anyhow::Result<ExitCode> {
     let store = store(db).await?;
     let filter = f.filter();
-    let letters = store.dead_letters(&filter, limit).await?;
+    let mut letters = store.dead_letters(&filter, limit).await?;
     let total = store.count_dead_letters(&filter).await?;
+    // An error may quote the body it could not read.
+    for d in &mut letters {
+        d.last_error = mask::text(&d.last_error);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&letters)?);
         return Ok(ExitCode::SUCCESS);
@@ -393,11 +405,14 @@ async fn groups(f: &FilterArgs, json: bool, db: &Db) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// The body as people may read it: personal data masked wherever it is, in a valid
+/// event, in JSON that is not one, and in a body that is not JSON at all.
 fn body_for_people(d: &DeadLetter, reveal: bool) -> Value {
     match serde_json::from_slice::<Value>(&d.body) {
         Ok(mut v) => {
             if !reveal {
                 mask::event_body(&mut v);
+                mask::json(&mut v);
             }
             v
         }
@@ -406,17 +421,32 @@ fn body_for_people(d: &DeadLetter, reveal: bool) -> Value {
                 .chars()
                 .take(2000)
                 .collect();
-            Value::from(text)
+            Value::from(if reveal { text } else { mask::text(&text) })
         }
     }
 }
 
-async fn show(id: i64, reveal: bool, json: bool, db: &Db) -> anyhow::Result<ExitCode> {
+/// `reveal`: who asked to see personal data unmasked (the audit trail says so).
+async fn show(id: i64, reveal: Option<String>, json: bool, db: &Db) -> anyhow::Result<ExitCode> {
     let store = store(db).await?;
-    let Some(d) = store.dead_letter(id).await? else {
+    let Some(mut d) = store.dead_letter(id).await? else {
         eprintln!("no dead letter {id}");
         return Ok(ExitCode::from(3));
     };
+    if let Some(who) = &reveal {
+        store
+            .audit(
+                who,
+                "reveal",
+                &format!("dead letter {id}"),
+                1,
+                &json!({ "ids": [id] }),
+            )
+            .await?;
+    } else {
+        d.last_error = mask::text(&d.last_error);
+    }
+    let reveal = reveal.is_some();
     let body = body_for_people(&d, reveal);
     let history = match &d.contract_id {
         Some(c) => store.history(c).await?,

@@ -182,11 +182,77 @@ async fn an_operator_finds_understands_requeues_and_purges_dead_letters() {
     assert_eq!(
         audit,
         vec![
+            ("ana.ops".into(), "reveal".into(), 1),
             ("ana.ops".into(), "requeue".into(), 1),
             ("ana.ops".into(), "purge".into(), 2),
             ("ana.ops".into(), "restore".into(), 1),
             ("ana.ops".into(), "delete_expired".into(), 0),
         ]
     );
+    w.close().await.expect("cleanup");
+}
+
+/// A sync whose body is not JSON (a trailing comma) still carries a subscriber: no
+/// output of the console shows the subscriber's data unless `--reveal`, which is
+/// audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_body_shows_no_personal_data() {
+    let mut w = World::new().await.expect("world");
+    let settings = w.settings();
+    w.start_fleet(settings).await.expect("fleet");
+    let body = r#"{"event_id": "5f0c1d9e-2b7a-4c1e-9a0e-3d2f1b7c6a55", "type": "sync",
+        "occurred_at": "2026-11-29T10:00:00Z", "actor": "operador.demo",
+        "contract": {"id": "PII1", "version": 1, "products": ["SKEELO-EBOOKS"]},
+        "subscriber": {"id": "S77", "name": "Joana Pereira Lima", "document": "529.982.247-25",
+            "email": "joana.lima@example.com.br", "phone": "+55 (21) 99876-5432",},}"#;
+    w.publish_raw("contract.sync", "broken-pii", body.as_bytes())
+        .await
+        .expect("published");
+    w.wait_results(1, Duration::from_secs(30))
+        .await
+        .expect("a result");
+    let letters = json(&ops(&w, &["dead", "list", "--json"]));
+    let id = letters[0]["id"].as_i64().expect("an id").to_string();
+    let subject = [
+        "Joana",
+        "Pereira",
+        "529.982.247",
+        "52998224725",
+        "joana.lima@",
+        "99876",
+    ];
+    for args in [
+        vec!["dead", "list"],
+        vec!["dead", "list", "--json"],
+        vec!["dead", "groups"],
+        vec!["dead", "groups", "--json"],
+        vec!["dead", "show", &id],
+        vec!["dead", "show", &id, "--json"],
+    ] {
+        let out = ops(&w, &args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let out = text(&out);
+        for secret in subject {
+            assert!(!out.contains(secret), "{args:?} shows {secret}:\n{out}");
+        }
+    }
+    let shown = text(&ops(&w, &["dead", "show", &id]));
+    assert!(
+        shown.contains("PII1") && shown.contains("j***@example.com.br"),
+        "what operators need stays: {shown}"
+    );
+
+    let revealed = text(&ops(&w, &["dead", "show", &id, "--reveal"]));
+    assert!(revealed.contains("joana.lima@example.com.br"), "{revealed}");
+    let db = w.db().await.expect("db");
+    let audited: i64 = db
+        .query_one(
+            "SELECT count(*) FROM operator_actions WHERE action = 'reveal' AND operator = 'ana.ops'",
+            &[],
+        )
+        .await
+        .expect("audit")
+        .get(0);
+    assert_eq!(audited, 1, "--reveal is in the audit trail");
     w.close().await.expect("cleanup");
 }

@@ -116,6 +116,27 @@ fn merge_faults(mut faults: Faults, map: &fields::Object) -> Result<Faults, ApiE
             ),
         };
     }
+    if let Some(value) = map.get("throttle_all") {
+        faults.throttle_all = value
+            .as_bool()
+            .ok_or_else(|| ApiError::invalid_request("throttle_all must be a boolean"))?;
+    }
+    if let Some(value) = map.get("retry_after") {
+        faults.retry_after = match value {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            _ => {
+                return Err(ApiError::invalid_request(
+                    "retry_after must be null or a string (\"0\", \"1\", an HTTP date)",
+                ))
+            }
+        };
+    }
+    if let Some(value) = map.get("expires_in_as_string") {
+        faults.expires_in_as_string = value
+            .as_bool()
+            .ok_or_else(|| ApiError::invalid_request("expires_in_as_string must be a boolean"))?;
+    }
     Ok(faults)
 }
 

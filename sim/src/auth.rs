@@ -27,10 +27,16 @@ impl State {
         let token = uuid::Uuid::new_v4().simple().to_string();
         self.tokens
             .insert(token.clone(), now.checked_add(self.token_ttl));
+        let ttl = self.token_ttl.as_secs();
+        let expires_in = if self.faults.expires_in_as_string {
+            json!(ttl.to_string())
+        } else {
+            json!(ttl)
+        };
         Ok(Reply::ok(json!({
             "access_token": token,
             "token_type": "Bearer",
-            "expires_in": self.token_ttl.as_secs(),
+            "expires_in": expires_in,
         })))
     }
 

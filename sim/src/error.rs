@@ -13,6 +13,8 @@ pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) message: String,
+    /// The `Retry-After` header of a 429, if any.
+    pub(crate) retry_after: Option<String>,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -80,12 +83,16 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
     }
 
-    pub(crate) fn rate_limited() -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests in the last second; retry after 1 second",
-        )
+    /// A 429 carrying `retry_after` as its `Retry-After` header (none when `None`).
+    pub(crate) fn rate_limited(retry_after: Option<String>) -> Self {
+        Self {
+            retry_after,
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; retry later",
+            )
+        }
     }
 
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
@@ -101,8 +108,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
         let headers = response.headers_mut();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(value) = self
+            .retry_after
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            headers.insert(header::RETRY_AFTER, value);
         }
         if self.code == "invalid_token" {
             headers.insert(

@@ -60,6 +60,15 @@ pub struct Faults {
     pub down: bool,
     /// Accepted partner calls allowed in any sliding one-second window; `None` is unlimited.
     pub rate_per_second: Option<u32>,
+    /// When true every partner call, token included, answers 429, as a partner
+    /// throttling everyone for a while.
+    pub throttle_all: bool,
+    /// The `Retry-After` a 429 carries, as real partners send it (`"1"`, `"0"`, an HTTP
+    /// date); `None` sends none.
+    pub retry_after: Option<String>,
+    /// The token answer's `expires_in` is a string (`"3600"`), as some OAuth servers
+    /// send it.
+    pub expires_in_as_string: bool,
 }
 
 impl Default for Faults {
@@ -69,6 +78,9 @@ impl Default for Faults {
             latency_ms: 0,
             down: false,
             rate_per_second: None,
+            throttle_all: false,
+            retry_after: Some("1".into()),
+            expires_in_as_string: false,
         }
     }
 }
@@ -125,8 +137,8 @@ impl SimConfig {
         Faults {
             error_rate: self.error_rate,
             latency_ms: u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX),
-            down: false,
             rate_per_second: self.rate_per_second,
+            ..Faults::default()
         }
         .sanitized()
     }

@@ -135,6 +135,9 @@ impl State {
                 "simulated outage: the partner API is down",
             ));
         }
+        if self.faults.throttle_all {
+            return Err(ApiError::rate_limited(self.faults.retry_after.clone()));
+        }
         self.admit(Instant::now(), unix_second())?;
         if op != Operation::Token
             && self.faults.error_rate > 0.0
@@ -162,7 +165,7 @@ impl State {
         }
         if let Some(limit) = self.faults.rate_per_second {
             if self.recent.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
-                return Err(ApiError::rate_limited());
+                return Err(ApiError::rate_limited(self.faults.retry_after.clone()));
             }
         }
         self.recent.push_back(now);

@@ -487,7 +487,8 @@ async fn state_endpoint_shape() -> TestResult {
         .is_some_and(|n| (1..=4).contains(&n)));
     assert_eq!(
         state["faults"],
-        json!({"error_rate": 0.0, "latency_ms": 0, "down": false, "rate_per_second": null})
+        json!({"error_rate": 0.0, "latency_ms": 0, "down": false, "rate_per_second": null,
+            "throttle_all": false, "retry_after": "1", "expires_in_as_string": false})
     );
 
     let one: Value = client

@@ -215,9 +215,7 @@ async fn failed_calls_inside_batches_end_right() {
     // One call in five fails: most batches hand some event to the one-event path.
     w.sim.set_faults(Faults {
         error_rate: 0.2,
-        latency_ms: 0,
-        down: false,
-        rate_per_second: None,
+        ..Faults::default()
     });
     let addr = w.start_fleet(settings).await.expect("fleet again");
     let results = w.wait_results(all.len(), WAIT).await.expect("results");

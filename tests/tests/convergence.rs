@@ -15,6 +15,7 @@ async fn three_hundred_random_contracts_in_random_order_with_failing_skeelo_all_
         latency_ms: 0,
         down: false,
         rate_per_second: None,
+        ..Faults::default()
     });
     let settings = w.settings();
     w.start_fleet(settings).await.expect("fleet");

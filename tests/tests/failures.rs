@@ -17,6 +17,7 @@ fn faults(error_rate: f64, down: bool, rate: Option<u32>) -> Faults {
         latency_ms: 0,
         down,
         rate_per_second: rate,
+        ..Faults::default()
     }
 }
 
@@ -348,6 +349,7 @@ async fn a_call_that_got_no_answer_is_waited_out_and_read_back_before_it_is_made
         latency_ms: 800,
         down: false,
         rate_per_second: None,
+        ..Faults::default()
     });
     let sync = sample::event(Sync, "NA1", 1, &["SKEELO-EBOOKS"]);
     let started = std::time::Instant::now();

@@ -192,6 +192,7 @@ async fn stopping_finishes_the_work_in_flight_and_loses_nothing() {
         latency_ms: 150,
         down: false,
         rate_per_second: None,
+        ..Faults::default()
     });
     let mut settings = w.settings();
     settings.prefetch = 4;

@@ -205,3 +205,57 @@ async fn a_queue_deleted_and_declared_again_by_hand_is_consumed_again() {
     let _ = operator.close(200, "done".into()).await;
     w.close().await.expect("cleanup");
 }
+
+/// The broker counts a message unacknowledged while one process works on it for long
+/// (a slow partner); another process's idle consumer of the same queue is healthy and
+/// is left alone: the message is its holder's channel's, not an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_held_by_another_process_does_not_replace_an_idle_consumer() {
+    let mut w = World::new().await.expect("world");
+    let mut slow = w.settings();
+    slow.skeelo.timeout = Duration::from_secs(30);
+    slow.retry.call_budget = Duration::from_secs(30);
+    let busy = w.start_fleet(slow).await.expect("the busy fleet");
+    let mut faults = w.sim.faults();
+    faults.latency_ms = 25_000;
+    w.sim.set_faults(faults.clone());
+    let sync = ev(Sync, "HW1", 1);
+    w.publish(&sync).await.expect("published");
+    let in_work = r#"skeelo_events_in_flight{type="sync"}"#;
+    let mut taken = false;
+    for _ in 0..50 {
+        if World::metric(busy, in_work).await.unwrap_or(0.0) >= 1.0 {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(taken, "the busy fleet works on the sync");
+    let idle = w.start_fleet(w.settings()).await.expect("the idle fleet");
+    // Past the held bound (6 s) and the broker's statistics lag (5 s), the sync still
+    // in work on the busy fleet.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        unacked(&w.vhost, "erp.contracts.sync"),
+        Some(1),
+        "the broker counts the message in work"
+    );
+    let held = r#"skeelo_consumer_restarts_total{queue="erp.contracts.sync",reason="held"}"#;
+    for (name, addr) in [("idle", idle), ("busy", busy)] {
+        assert_eq!(
+            World::metric(addr, held).await.expect("metric"),
+            0.0,
+            "the {name} fleet's consumer is not replaced"
+        );
+    }
+    faults.latency_ms = 0;
+    w.sim.set_faults(faults);
+    w.wait_for_events(std::slice::from_ref(&sync), WAIT)
+        .await
+        .expect("the sync is handled");
+    assert_eq!(
+        w.result_for(&sync).map(|r| r.outcome),
+        Some(Outcome::Applied)
+    );
+    w.close().await.expect("cleanup");
+}

@@ -24,6 +24,7 @@ async fn a_sibling_waits_only_for_calls_that_are_really_in_flight() {
         latency_ms: 0,
         down: false,
         rate_per_second: None,
+        ..Faults::default()
     });
     let mut settings = w.settings();
     // Production's rounds: a fence of the call budget and a third lands in the 2 m one.

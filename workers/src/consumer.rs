@@ -35,7 +35,15 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
     let nodes = broker::nodes(url);
     let first = app.broker_node.load(Ordering::Relaxed);
     let opened = async {
-        let (connection, node) = broker::connect_from(url, "skeelo-workers", first).await?;
+        // The first session connects without the client's own recovery, so a failure
+        // that waiting cannot fix (a certificate, a password) is seen and stops the
+        // process; later sessions let the client recover a connection by itself.
+        let recover = app.broker_ever_up.load(Ordering::Relaxed);
+        let (connection, node) =
+            broker::connect_from(url, "skeelo-workers", first, recover).await?;
+        // A node that accepts the connection but fails what follows (booting, in a
+        // minority partition) is not tried first again.
+        app.broker_node.store(node + 1, Ordering::Relaxed);
         let publisher = Publisher::open(&connection).await?;
         broker::declare_shared(publisher.channel(), &app.settings.retry.delays).await?;
         Ok::<_, broker::BrokerError>((connection, publisher, node))
@@ -63,6 +71,7 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
     declare_unconsumed(&app, &connection).await;
     *app.publisher.write().await = Some(publisher);
     app.broker_up.store(true, Ordering::Relaxed);
+    app.broker_ever_up.store(true, Ordering::Relaxed);
     let reached = nodes.get(node).copied().unwrap_or(url.as_str());
     tracing::info!(broker = %broker::redacted(reached), nodes = nodes.len(), "connected to RabbitMQ");
 
@@ -196,8 +205,20 @@ async fn declare_unconsumed(app: &App, connection: &Connection) {
 /// `skeelo_queue_messages` and `skeelo_queue_consumers`: how far behind, and whether
 /// anyone is consuming at all.
 async fn watch_queues(app: Arc<App>, connection: Arc<Connection>, lost: CancellationToken) {
-    let Ok(mut channel) = connection.create_channel().await else {
-        return;
+    watch_queues_until_lost(&app, &connection, &lost).await;
+    // No figures from a session that is over: no consumer is replaced on stale ones.
+    app.queues.set_orphaned(None);
+}
+
+async fn watch_queues_until_lost(app: &App, connection: &Connection, lost: &CancellationToken) {
+    let mut channel = loop {
+        match connection.create_channel().await {
+            Ok(c) => break c,
+            Err(_) => tokio::select! {
+                _ = lost.cancelled() => return,
+                _ = tokio::time::sleep(app.settings.queue_watch) => {}
+            },
+        }
     };
     let mut queues: Vec<String> = EventType::ALL.into_iter().map(broker::queue_name).collect();
     queues.extend(
@@ -215,7 +236,7 @@ async fn watch_queues(app: Arc<App>, connection: Arc<Connection>, lost: Cancella
     };
     let mut management_failing = Quiet::default();
     while !lost.is_cancelled() {
-        read_unacked(&app, &queues, &mut management_failing).await;
+        read_unacked(app, &queues, &mut management_failing).await;
         for q in &queues {
             match channel
                 .queue_declare(q.as_str().into(), passive, FieldTable::default())
@@ -237,7 +258,8 @@ async fn watch_queues(app: Arc<App>, connection: Arc<Connection>, lost: Cancella
                     app.metrics.queue_consumers.with_label_values(&[q]).set(0);
                     match connection.create_channel().await {
                         Ok(c) => channel = c,
-                        Err(_) => return,
+                        // Tried again at the next round.
+                        Err(_) => break,
                     }
                 }
             }
@@ -278,25 +300,29 @@ async fn read_unacked(app: &App, queues: &[String], failing: &mut Quiet) {
     let Some((management, vhost)) = &app.management else {
         return;
     };
-    match management.unacked(vhost).await {
+    match management.counts(vhost).await {
         Ok(counts) => {
             if failing.recovered() {
                 tracing::info!(management = %management.shown(), "the management API answers again");
             }
             for q in queues {
-                let n = counts.get(q).copied().unwrap_or(0);
+                let n = counts.unacked.get(q).copied().unwrap_or(0);
                 app.metrics
                     .queue_unacked
                     .with_label_values(&[q])
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
-            app.queues.set_unacked(Some(counts));
+            app.queues.set_orphaned(Some(counts.orphaned));
         }
         Err(e) => {
             if failing.failing() {
                 tracing::warn!(error = %e, "the broker's unacknowledged counts cannot be read; deliveries held but not handled are not watched meanwhile");
             }
-            app.queues.set_unacked(None);
+            app.queues.set_orphaned(None);
+            // Unknown, not what it was: a frozen figure would fire the alert, or hide it.
+            for q in queues {
+                let _ = app.metrics.queue_unacked.remove_label_values(&[q]);
+            }
         }
     }
 }
@@ -329,9 +355,16 @@ async fn consume(
 ) -> anyhow::Result<Vec<Channel>> {
     let queue = source.queue();
     let mut channels = Vec::new();
-    let mut pause = Duration::from_millis(500);
+    const FIRST_PAUSE: Duration = Duration::from_millis(500);
+    let mut pause = FIRST_PAUSE;
     loop {
-        match consume_until_stopped(&app, &connection, source, &stop, &lost, &tracker).await {
+        let started = std::time::Instant::now();
+        let ended = consume_until_stopped(&app, &connection, source, &stop, &lost, &tracker).await;
+        // A consumer that ran a while before it ended starts again as quickly as a new one.
+        if started.elapsed() > Duration::from_secs(60) {
+            pause = FIRST_PAUSE;
+        }
+        match ended {
             Ok(Ended::Stopped(channel)) => {
                 channels.push(channel);
                 return Ok(channels);
@@ -354,12 +387,17 @@ async fn consume(
                     }
                     tracing::error!(queue = %queue, reason, error = %error, pause_ms = pause.as_millis() as u64, "this queue cannot be consumed now; the other types go on; trying again");
                 }
+                let wait = if reason == HELD { FIRST_PAUSE } else { pause };
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(channels),
                     _ = lost.cancelled() => return Ok(channels),
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                pause = (pause * 2).min(Duration::from_secs(30));
+                // A consumer replaced for holding messages had nothing wrong with its
+                // queue: its replacement starts at once, with no growing pause.
+                if reason != HELD {
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
             }
             Err(e) => {
                 lost.cancel();
@@ -456,7 +494,10 @@ async fn consume_until_stopped(
                 _ = lost.cancelled() => return Ok(Ended::Stopped(channel)),
                 permit = batches.clone().acquire_owned() => permit?,
             };
+            // Biased: a delivery that is here is taken before the look, so a consumer
+            // is never replaced with a delivery in hand.
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => {
                     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     tracing::info!(queue = %queue, "stopped taking work");
@@ -465,22 +506,6 @@ async fn consume_until_stopped(
                 _ = lost.cancelled() => return Ok(Ended::Stopped(channel)),
                 _ = skeelo_down.changed() => {}
                 _ = db_down.changed() => {}
-                _ = look.tick() => {
-                    let broker = app.queues.unacked(&queue);
-                    if held.look(std::time::Instant::now(), broker, in_work.get(), received) {
-                        // Closing the channel is what makes the broker give them back.
-                        let _ = channel.close(200, "deliveries held but never received".into()).await;
-                        return Ok(Ended::Queue {
-                            channel,
-                            reason: HELD,
-                            error: format!(
-                                "{} unacknowledged at the broker for {:?}, none received or in work here",
-                                broker.unwrap_or(0),
-                                app.settings.held_after
-                            ),
-                        });
-                    }
-                }
                 next = deliveries.next() => match next {
                     Some(chunk) => {
                         received += chunk.len() as u64;
@@ -496,27 +521,72 @@ async fn consume_until_stopped(
                             error: "the broker ended the consumer (its queue deleted?)".into(),
                         })
                     }
+                },
+                _ = look.tick() => {
+                    // Figures older than a few readings are stale: not acted on.
+                    let fresh = app.settings.queue_watch * 3 + Duration::from_secs(5);
+                    let broker = app.queues.orphaned(&queue, fresh);
+                    if held.look(std::time::Instant::now(), broker, in_work.get(), received) {
+                        // Closing the channel is what makes the broker give them back.
+                        let _ = channel.close(200, "deliveries held but never received".into()).await;
+                        return Ok(Ended::Queue {
+                            channel,
+                            reason: HELD,
+                            error: format!(
+                                "{} unacknowledged at the broker that no consumer's channel counts, for {:?}, none received or in work here",
+                                broker.unwrap_or(0),
+                                app.settings.held_after
+                            ),
+                        });
+                    }
                 }
             }
             if paused(app) {
-                let _ = channel
+                let cancelled = channel
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                     .await;
+                if let Err(e) = cancelled {
+                    // A consumer that could not be cancelled would go on taking work
+                    // through the outage: its channel is closed instead (what it holds
+                    // goes back to the queue).
+                    let _ = channel.close(200, "outage mode".into()).await;
+                    return Ok(Ended::Queue {
+                        channel,
+                        reason: CANCELLED,
+                        error: format!("outage mode: the consumer could not be cancelled: {e}"),
+                    });
+                }
                 tracing::warn!(queue = %queue, "outage mode: stopped taking work");
                 // Deliveries already sent before the cancel still come out of the
-                // stream: hand them to the handler (they will be postponed at no cost)
-                // rather than leave them unacknowledged on the channel.
-                let drain = async {
-                    while let Some(chunk) = deliveries.next().await {
-                        let Ok(permit) = batches.clone().acquire_owned().await else {
-                            break;
+                // stream until the broker confirms the cancel: hand every one to the
+                // handler (they are postponed at no cost) rather than leave any
+                // unacknowledged on the channel, however long the handler takes. The
+                // stream ends with the cancel's confirmation; a stop or a lost
+                // connection ends the drain too (the channel's close then gives back
+                // what is left). It is tracked, so a stop waits for it.
+                let drain = {
+                    let (app, tracker_inner, batches) =
+                        (app.clone(), tracker.clone(), batches.clone());
+                    let (stop, lost) = (stop.clone(), lost.clone());
+                    async move {
+                        let drained = async {
+                            while let Some(chunk) = deliveries.next().await {
+                                let Ok(permit) = batches.clone().acquire_owned().await else {
+                                    break;
+                                };
+                                if dispatch(&app, source, chunk, &tracker_inner, permit).is_some() {
+                                    break;
+                                }
+                            }
                         };
-                        if dispatch(app, source, chunk, tracker, permit).is_some() {
-                            break;
+                        tokio::select! {
+                            _ = drained => {}
+                            _ = stop.cancelled() => {}
+                            _ = lost.cancelled() => {}
                         }
                     }
                 };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+                tracker.spawn(drain);
                 break;
             }
         }

@@ -1,16 +1,16 @@
 //! Deliveries held but not handled: the broker counts messages of a queue as delivered
-//! to a consumer and unacknowledged, while the consumer has none of them. RabbitMQ does
-//! this without a word when a quorum queue is deleted and declared again under a live
+//! and unacknowledged that no consumer's channel counts as its own. RabbitMQ does this
+//! without a word when a quorum queue is deleted and declared again under a live
 //! consumer (no `basic.cancel`; the new queue checks messages out to the old
 //! registration, and the client never sees them). Only closing the channel gives them
 //! back, so such a consumer is replaced.
 //!
-//! The broker's figures lag by its statistics interval and are per queue, not per
-//! consumer, so the rule is deliberately one that a healthy consumer cannot meet for
-//! long: messages unacknowledged at the broker for a whole `bound`, while this consumer
-//! had nothing in work and received nothing. Replacing a consumer that meets it costs
-//! nothing (it holds no deliveries); under another process's long work the same rule
-//! only replaces an idle consumer.
+//! The broker's figures lag by its statistics interval and name no consumer, so the
+//! rule is one a healthy consumer cannot meet for long: orphaned messages in its queue
+//! for a whole `bound`, while this consumer had nothing in work and received nothing.
+//! Work another process holds is counted by that process's channel, so it is never
+//! taken for orphans. Replacing a consumer that meets the rule costs nothing (it holds
+//! no deliveries); when several idle consumers share the queue, each is replaced once.
 
 use std::time::{Duration, Instant};
 
@@ -27,8 +27,8 @@ impl Held {
         Held { bound, since: None }
     }
 
-    /// One look. `broker`: the queue's unacknowledged messages as the broker counts
-    /// them (`None` when unknown); `in_work`: deliveries this consumer is working on;
+    /// One look. `broker`: the queue's orphaned messages as the broker counts them
+    /// (`None` when unknown); `in_work`: deliveries this consumer is working on;
     /// `received`: deliveries it has received in all. True when the consumer holds
     /// messages it is not handling and must be replaced.
     pub(crate) fn look(

@@ -135,6 +135,8 @@ pub(crate) struct App {
     catalogue: catalogue::Catalogue,
     publisher: RwLock<Option<Publisher>>,
     broker_up: AtomicBool,
+    /// A broker session was opened once since the start.
+    broker_ever_up: AtomicBool,
     /// Which of `AMQP_URL`'s nodes to try first: the one reached last, or the next
     /// after a node was lost.
     broker_node: std::sync::atomic::AtomicUsize,
@@ -237,7 +239,7 @@ async fn build(
 ) -> anyhow::Result<Arc<App>> {
     let store =
         Store::connect(&settings.database_url, settings.db_pool_size).context("DATABASE_URL")?;
-    migrate_with_patience(&store).await?;
+    migrate_with_patience(&store, &settings.database_url).await?;
     let pacer = match settings.rate_per_second {
         Some(rate) => Pacer::fleet(store.clone(), rate, settings.weights),
         None => Pacer::unlimited(),
@@ -255,7 +257,11 @@ async fn build(
         catalogue,
         publisher: RwLock::new(None),
         broker_up: AtomicBool::new(false),
-        broker_node: std::sync::atomic::AtomicUsize::new(0),
+        broker_ever_up: AtomicBool::new(false),
+        // Each process starts at a node of its own, so a fleet spreads over a cluster.
+        broker_node: std::sync::atomic::AtomicUsize::new(
+            (uuid::Uuid::new_v4().as_u128() % 1024) as usize,
+        ),
         skeelo_health: outage::Downstream::new("skeelo", trip),
         db_health: outage::Downstream::new("database", trip),
         stop,
@@ -293,13 +299,20 @@ pub async fn run(
 }
 
 /// Replicas and the database often start together: wait for it a little before giving up.
-async fn migrate_with_patience(store: &Store) -> anyhow::Result<()> {
+async fn migrate_with_patience(store: &Store, url: &str) -> anyhow::Result<()> {
+    let database = skeelo_store::tls::shown(url);
     let mut pause = Duration::from_millis(200);
     for attempt in 1.. {
         match store.migrate().await {
             Ok(()) => return Ok(()),
+            // Waiting cannot fix a wrong certificate, password or database name.
+            Err(e) if e.is_permanent() => {
+                return Err(e).context(format!(
+                    "DATABASE_URL {database} cannot be used (waiting will not fix this)"
+                ))
+            }
             Err(e) if attempt < 8 => {
-                tracing::warn!(attempt, error = %e, "database not ready; waiting");
+                tracing::warn!(attempt, %database, error = %e, "database not ready; waiting");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
@@ -392,6 +405,19 @@ async fn supervise(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<()>
     while !stop.is_cancelled() {
         match consumer::session(app.clone(), stop.clone()).await {
             Ok(()) => break,
+            // Before the first session, a failure that waiting cannot fix (TLS,
+            // credentials, vhost, URL) stops the process, naming it; once it has run,
+            // the same failure is a broker changed under it, and it waits.
+            Err(e)
+                if !app.broker_ever_up.load(Ordering::Relaxed)
+                    && e.chain().any(|c| {
+                        c.downcast_ref::<skeelo_broker::BrokerError>()
+                            .is_some_and(skeelo_broker::BrokerError::is_permanent)
+                    }) =>
+            {
+                stop.cancel();
+                return Err(e.context("AMQP_URL cannot be used (waiting will not fix this)"));
+            }
             Err(e) => {
                 app.broker_up.store(false, Ordering::Relaxed);
                 app.queues.session_ended();

@@ -18,9 +18,10 @@ pub(crate) struct QueueStates {
     down: Mutex<BTreeMap<String, (&'static str, String)>>,
     /// Queues declared and consumed in this broker session.
     up: Mutex<std::collections::BTreeSet<String>>,
-    /// The broker's unacknowledged messages per queue at its last reading; `None`
-    /// when unknown (no management API, or it did not answer).
-    unacked: Mutex<Option<std::collections::HashMap<String, u64>>>,
+    /// Per queue, the unacknowledged messages that no consumer's channel counts, at the
+    /// broker's last reading; `None` when unknown (no management API, or it did not
+    /// answer).
+    orphaned: Mutex<Option<(std::time::Instant, std::collections::HashMap<String, u64>)>>,
 }
 
 impl QueueStates {
@@ -66,24 +67,25 @@ impl QueueStates {
         }
     }
 
-    /// The broker's latest unacknowledged counts, or `None` when they are not known.
-    pub(crate) fn set_unacked(&self, counts: Option<std::collections::HashMap<String, u64>>) {
-        if let Ok(mut unacked) = self.unacked.lock() {
-            *unacked = counts;
+    /// The broker's latest orphaned counts, or `None` when they are not known.
+    pub(crate) fn set_orphaned(&self, counts: Option<std::collections::HashMap<String, u64>>) {
+        if let Ok(mut orphaned) = self.orphaned.lock() {
+            *orphaned = counts.map(|c| (std::time::Instant::now(), c));
         }
     }
 
-    /// One queue's unacknowledged messages as the broker last counted them.
-    pub(crate) fn unacked(&self, queue: &str) -> Option<u64> {
-        self.unacked
-            .lock()
-            .ok()?
-            .as_ref()
-            .map(|counts| counts.get(queue).copied().unwrap_or(0))
+    /// One queue's unacknowledged messages that no consumer's channel counts, as the
+    /// broker last counted them, unless that reading is older than `fresh` (then they
+    /// are unknown).
+    pub(crate) fn orphaned(&self, queue: &str, fresh: std::time::Duration) -> Option<u64> {
+        let orphaned = self.orphaned.lock().ok()?;
+        let (read_at, counts) = orphaned.as_ref()?;
+        (read_at.elapsed() <= fresh).then(|| counts.get(queue).copied().unwrap_or(0))
     }
 
     /// A new broker session: every queue is declared again before it counts as up.
     pub(crate) fn session_ended(&self) {
+        self.set_orphaned(None);
         if let Ok(mut up) = self.up.lock() {
             up.clear();
         }

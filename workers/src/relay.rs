@@ -160,7 +160,10 @@ impl Relay {
                     let reason = match &e {
                         BrokerError::Unroutable { .. } => Refusal::Unroutable,
                         BrokerError::Nacked => Refusal::Nacked,
-                        BrokerError::Amqp(_) | BrokerError::Node { .. } => Refusal::Channel,
+                        BrokerError::Amqp(_)
+                        | BrokerError::Node { .. }
+                        | BrokerError::Url(_)
+                        | BrokerError::Tls(_) => Refusal::Channel,
                     };
                     self.app
                         .metrics

@@ -37,11 +37,15 @@ pub struct Cli {
 
     /// RabbitMQ, e.g. amqp://guest:guest@127.0.0.1:5672/%2f. For a cluster, its nodes
     /// separated by commas (one vhost): the first that accepts is used, and when it
-    /// goes away the next.
+    /// goes away the next. amqps:// is TLS, checked against the system's CAs plus
+    /// ?cacertfile=/path/ca.pem; &certfile=…&keyfile=… (PEM) give a client
+    /// certificate.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     amqp_url: String,
 
-    /// PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/skeelo
+    /// PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/skeelo. TLS as libpq:
+    /// ?sslmode=disable|prefer (default)|require|verify-ca|verify-full,
+    /// &sslrootcert=/path/ca.pem (or system), &sslcert=…&sslkey=… (client certificate).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
 
@@ -131,8 +135,8 @@ pub struct Cli {
     rabbitmq_management_url: Option<String>,
 
     /// A consumer is started again when, for this long, the broker counts messages of
-    /// its queue as delivered and unacknowledged while this process holds none and
-    /// receives none, in seconds. Keep it above the broker's statistics interval (5 s
+    /// its queue as delivered and unacknowledged that no consumer's channel counts as
+    /// its own, while this process holds none and receives none, in seconds. Keep it above the broker's statistics interval (5 s
     /// by default): the broker's figures lag that much.
     #[arg(long, env = "SKEELO_HELD_AFTER_SECONDS", default_value_t = 30)]
     held_after_seconds: u64,

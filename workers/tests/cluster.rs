@@ -164,7 +164,7 @@ async fn publish_all(amqp_url: &str, events: &[Value], pause: Duration) {
     let mut node = 0;
     while i < events.len() {
         let attempt = async {
-            let (conn, at) = broker::connect_from(amqp_url, "erp-cluster", node).await?;
+            let (conn, at) = broker::connect_from(amqp_url, "erp-cluster", node, false).await?;
             node = at;
             let publisher = Publisher::open(&conn).await?;
             while i < events.len() {
@@ -194,7 +194,7 @@ fn read_results(amqp_url: String, results: Arc<Mutex<Vec<EventResult>>>) {
         loop {
             let session = async {
                 let (conn, at) =
-                    broker::connect_from(&amqp_url, "erp-cluster-results", node).await?;
+                    broker::connect_from(&amqp_url, "erp-cluster-results", node, false).await?;
                 node = at;
                 let channel = conn.create_channel().await?;
                 let mut consumer = channel
@@ -269,12 +269,28 @@ async fn the_fleet_fails_over_between_the_nodes_of_a_cluster() {
         started.elapsed()
     );
     Cluster::stop_node(&victim);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let moved = Cluster::fleet_nodes().await;
-    assert!(
-        !moved.is_empty() && !moved.contains(&victim),
-        "the workers reconnected to the other nodes: {moved:?}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let moved = loop {
+        let nodes = Cluster::fleet_nodes().await;
+        // Both workers connected again, to the nodes still up.
+        let connections = Cluster::api("connections?columns=client_properties")
+            .await
+            .as_array()
+            .map_or(0, |c| {
+                c.iter()
+                    .filter(|c| c["client_properties"]["connection_name"] == "skeelo-workers")
+                    .count()
+            });
+        if connections >= 2 && !nodes.contains(&victim) {
+            break nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workers did not reconnect to the other nodes: {nodes:?}, {connections} connections"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("cluster {:?}: the fleet is on {moved:?}", started.elapsed());
     stream.await.expect("publishing");
     Cluster::start_node(&victim);
     eprintln!("cluster {:?}: {victim} is back", started.elapsed());

@@ -82,6 +82,12 @@ pub enum BrokerError {
     /// The broker refused to take a message (nack).
     #[error("RabbitMQ refused the message (nack)")]
     Nacked,
+    /// `AMQP_URL` is not an AMQP URL.
+    #[error("AMQP_URL {0}")]
+    Url(String),
+    /// A TLS file named in `AMQP_URL` cannot be used.
+    #[error("AMQP_URL TLS: {0}")]
+    Tls(String),
     /// No node of the cluster accepted a connection; the last one's reason.
     #[error("no RabbitMQ node accepted a connection; the last, {node}: {reason}")]
     Node {
@@ -102,6 +108,41 @@ pub enum BrokerError {
     },
 }
 
+impl BrokerError {
+    /// A failure that waiting cannot fix: a wrong URL or TLS file, a certificate the
+    /// client does not trust (or that the broker refuses), refused credentials, a vhost
+    /// that does not exist or is not permitted. A process that meets one before it ever
+    /// connected stops with it rather than retry for ever.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            BrokerError::Url(_) | BrokerError::Tls(_) => true,
+            BrokerError::Amqp(e) => match e.kind() {
+                lapin::ErrorKind::InvalidProtocolVersion(_) => true,
+                // 403 access-refused (login), 530 not-allowed (vhost).
+                lapin::ErrorKind::ProtocolError(amqp) => matches!(amqp.get_id(), 403 | 530),
+                lapin::ErrorKind::IOError(io) => tls_failure(io),
+                _ => false,
+            },
+            BrokerError::Nacked | BrokerError::Unroutable { .. } | BrokerError::Node { .. } => {
+                false
+            }
+        }
+    }
+}
+
+/// Whether an I/O error is a TLS handshake's refusal (a certificate, a protocol), not
+/// a network's failure.
+fn tls_failure(io: &std::io::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = io.get_ref().map(|e| e as _);
+    while let Some(e) = source {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// The vhost an AMQP URL names (`/` when it names none), or `None` for a URL that is
 /// not one. For a list of a cluster's nodes, the first node's.
 pub fn vhost(url: &str) -> Option<String> {
@@ -112,8 +153,26 @@ pub fn vhost(url: &str) -> Option<String> {
 }
 
 /// The addresses of `AMQP_URL`: one broker, or a cluster's nodes separated by commas.
+/// A comma starts a new address only where one begins (`amqp://` or `amqps://`): a
+/// password may hold a comma.
 pub fn nodes(urls: &str) -> Vec<&str> {
-    urls.split(',')
+    split_addresses(urls, &["amqp://", "amqps://"])
+}
+
+/// Splits a comma-separated list of URLs at the commas followed by one of `schemes`,
+/// trimmed, empty pieces left out.
+pub(crate) fn split_addresses<'a>(urls: &'a str, schemes: &[&str]) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, _) in urls.match_indices(',') {
+        let next = urls[i + 1..].trim_start().to_ascii_lowercase();
+        if schemes.iter().any(|s| next.starts_with(s)) || next.is_empty() {
+            out.push(&urls[start..i]);
+            start = i + 1;
+        }
+    }
+    out.push(&urls[start..]);
+    out.into_iter()
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .collect()
@@ -125,6 +184,23 @@ pub fn check_urls(urls: &str) -> Result<(), String> {
     let list = nodes(urls);
     if list.is_empty() {
         return Err("give at least one amqp:// or amqps:// address".into());
+    }
+    // Another scheme after a comma is a wrong address, not part of a password.
+    for (i, _) in urls.match_indices(',') {
+        let next = urls[i + 1..].trim_start();
+        let scheme = next.split("://").next().unwrap_or("");
+        let looks_like_scheme = next.contains("://")
+            && !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c));
+        if looks_like_scheme && !matches!(scheme.to_ascii_lowercase().as_str(), "amqp" | "amqps") {
+            let piece = next.split(',').next().unwrap_or(next);
+            return Err(format!(
+                "`{}` must start with amqp:// or amqps://",
+                redacted(piece)
+            ));
+        }
     }
     let mut vhosts = Vec::new();
     for u in &list {
@@ -152,39 +228,50 @@ pub fn check_urls(urls: &str) -> Result<(), String> {
 /// How long one node of a cluster may take to accept a connection before the next is
 /// tried.
 const NODE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The heartbeat asked for with several nodes, unless the URL gives one: a node that
+/// vanishes without closing its sockets (a host lost, a network cut) is noticed within
+/// two of them, rather than the broker's default minute.
+const CLUSTER_HEARTBEAT_SECONDS: u16 = 10;
 
 /// Connects, naming the connection so the management UI shows which process holds it.
-/// `urls` is one broker or a cluster's nodes; see [`connect_from`].
+/// `urls` is one broker or a cluster's nodes. Without the client's own recovery: a
+/// tool or a test sees a failure (a refused certificate, a password) at once, and
+/// connects again itself if it wants to.
 pub async fn connect(urls: &str, name: &str) -> Result<Connection, BrokerError> {
-    connect_from(urls, name, 0).await.map(|(c, _)| c)
+    connect_from(urls, name, 0, false).await.map(|(c, _)| c)
 }
 
 /// Connects to the first node of `urls` that accepts, trying them in turn from the
-/// `first`-th, and says which one it reached.
+/// `first`-th (modulo their number), and says which one it reached.
 ///
-/// One broker: automatic recovery is on, and the client retries the TCP connection many
-/// times with a growing pause, the first connection too; a caller bounds the wait with
-/// a time limit of its own, and supervises a connection whose recovery does not end.
-/// Several nodes: recovery is off, so a node that goes away ends the connection at once
-/// and the caller connects to the next node, rather than waiting for the lost one to
-/// come back; each node gets a few seconds to accept.
+/// One broker, with `recover`: automatic recovery is on, and the client retries the TCP
+/// connection many times with a growing pause, the first connection too (so a refused
+/// certificate or password is never seen: ask without `recover` first); a caller
+/// bounds the wait with a time limit of its own, and supervises a connection whose
+/// recovery does not end. Several nodes: recovery is off, so a node that goes away ends the connection and the
+/// caller connects to another node rather than waiting for the lost one; each node gets
+/// a few seconds to accept, and a heartbeat of ten seconds finds a node that vanished
+/// without a word.
 pub async fn connect_from(
     urls: &str,
     name: &str,
     first: usize,
+    recover: bool,
 ) -> Result<(Connection, usize), BrokerError> {
     let list = nodes(urls);
     if list.len() <= 1 {
-        let props = ConnectionProperties::default()
-            .enable_auto_recover()
-            .with_connection_name(name.into());
-        return Ok((Connection::connect(urls.trim(), props).await?, 0));
+        let url = list.first().copied().unwrap_or(urls);
+        return Ok((open(url, name, recover, None).await?, 0));
     }
     let mut last = None;
     for i in 0..list.len() {
         let at = (first + i) % list.len();
-        let props = ConnectionProperties::default().with_connection_name(name.into());
-        match tokio::time::timeout(NODE_TIMEOUT, Connection::connect(list[at], props)).await {
+        let opened = tokio::time::timeout(
+            NODE_TIMEOUT,
+            open(list[at], name, false, Some(CLUSTER_HEARTBEAT_SECONDS)),
+        )
+        .await;
+        match opened {
             Ok(Ok(connection)) => return Ok((connection, at)),
             Ok(Err(e)) => {
                 last = Some(BrokerError::Node {
@@ -204,6 +291,72 @@ pub async fn connect_from(
         node: String::new(),
         reason: "no address".into(),
     }))
+}
+
+/// Opens one connection to `url`. An `amqps://` URL is encrypted with the system's
+/// CAs, plus the ones in its `cacertfile` query parameter (a PEM file), and presents
+/// the client certificate of `certfile`/`keyfile` (PEM) to a broker that asks for one
+/// — RabbitMQ's own URI parameters.
+async fn open(
+    url: &str,
+    name: &str,
+    recover: bool,
+    heartbeat: Option<u16>,
+) -> Result<Connection, BrokerError> {
+    let mut uri = url
+        .parse::<lapin::uri::AMQPUri>()
+        .map_err(|reason| BrokerError::Url(format!("`{}`: {reason}", redacted(url))))?;
+    if let Some(h) = heartbeat {
+        uri.query.heartbeat.get_or_insert(h);
+    }
+    let tls = tls_config(url)?;
+    let mut props = ConnectionProperties::default().with_connection_name(name.into());
+    if recover {
+        props = props.enable_auto_recover();
+    }
+    let runtime = lapin::runtime::default_runtime()?;
+    Ok(Connection::connect_uri_with_config(uri, props, tls, runtime).await?)
+}
+
+/// The TLS files an AMQP URL names in its query: `cacertfile`, `certfile`, `keyfile`.
+fn tls_config(url: &str) -> Result<lapin::tcp::OwnedTLSConfig, BrokerError> {
+    let param = |key: &str| -> Option<String> {
+        let query = url.split_once('?')?.1;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == key).then(|| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    };
+    let read = |key: &str, path: &str| {
+        std::fs::read(path).map_err(|e| BrokerError::Tls(format!("{key} {path}: {e}")))
+    };
+    let mut config = lapin::tcp::OwnedTLSConfig::default();
+    if let Some(path) = param("cacertfile") {
+        let pem = read("cacertfile", &path)?;
+        config.cert_chain = Some(
+            String::from_utf8(pem)
+                .map_err(|_| BrokerError::Tls(format!("cacertfile {path}: not a PEM file")))?,
+        );
+    }
+    match (param("certfile"), param("keyfile")) {
+        (Some(cert), Some(key)) => {
+            config.identity = Some(lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: read("certfile", &cert)?,
+                key: read("keyfile", &key)?,
+            });
+        }
+        (None, None) => {}
+        _ => {
+            return Err(BrokerError::Tls(
+                "certfile and keyfile go together: give both, or neither".into(),
+            ))
+        }
+    }
+    Ok(config)
 }
 
 /// Declares every exchange, queue and binding; safe to run from every process at once.
@@ -342,8 +495,9 @@ pub fn queue_refusal(e: &lapin::Error) -> Option<&'static str> {
 
 /// `url` with its password replaced, for logs and errors.
 pub fn redacted(url: &str) -> String {
-    if url.contains(',') {
-        return url.split(',').map(redacted).collect::<Vec<_>>().join(",");
+    let list = split_addresses(url, &["amqp://", "amqps://", "http://", "https://"]);
+    if list.len() > 1 {
+        return list.into_iter().map(redacted).collect::<Vec<_>>().join(",");
     }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -513,6 +667,8 @@ pub struct Envelope {
     pub first_failure: Option<OffsetDateTime>,
     /// Why RabbitMQ dead-lettered it, for deliveries from its dead-letter queue.
     pub death: Option<Death>,
+    /// The AMQP `content_encoding` the publisher declared (e.g. `gzip`).
+    pub content_encoding: Option<String>,
 }
 
 impl Envelope {
@@ -544,6 +700,11 @@ impl Envelope {
             first_failure: header_str(headers, FIRST_FAILURE_HEADER)
                 .and_then(|s| OffsetDateTime::parse(&s, &Rfc3339).ok()),
             death,
+            content_encoding: d
+                .properties
+                .content_encoding()
+                .as_ref()
+                .map(|e| e.as_str().to_string()),
         }
     }
 }
@@ -643,6 +804,12 @@ mod tests {
         let e = check_urls("amqp://u:secret@a/x,http://u:secret@b/x").expect_err("http");
         assert!(!e.contains("secret"), "{e}");
         assert!(check_urls(" , ").is_err());
+        // A comma in a password does not start a node.
+        assert_eq!(
+            nodes("amqp://u:pa,ss@a/%2f,amqp://u:x@b/%2f"),
+            ["amqp://u:pa,ss@a/%2f", "amqp://u:x@b/%2f"]
+        );
+        assert_eq!(nodes("amqp://u:p@a/%2f,"), ["amqp://u:p@a/%2f"]);
     }
 
     #[test]
@@ -669,6 +836,10 @@ mod tests {
         assert_eq!(
             redacted("amqp://u:one@a:5672/%2f,amqp://u:two@b:5672/%2f"),
             "amqp://u:***@a:5672/%2f,amqp://u:***@b:5672/%2f"
+        );
+        assert_eq!(
+            redacted("amqp://u:pa,ss@a:5672/%2f, amqps://u:p,w@b/%2f"),
+            "amqp://u:***@a:5672/%2f,amqps://u:***@b/%2f"
         );
     }
 }

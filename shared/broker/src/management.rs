@@ -84,23 +84,82 @@ impl Node {
         })
     }
 
-    /// `/api/queues/{vhost}` with only the columns read; the vhost is one path segment
-    /// (`/` becomes `%2F`).
-    fn queues_url(&self, vhost: &str) -> Url {
+    /// `/api/<path…>` with only `columns` read; each path part is one segment (a vhost
+    /// `/` becomes `%2F`).
+    fn url(&self, path: &[&str], columns: &str) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().extend(["api", "queues", vhost]);
+            segments.pop_if_empty().push("api").extend(path);
         }
-        url.set_query(Some("columns=name,messages_unacknowledged"));
+        url.set_query(Some(&format!("columns={columns}")));
         url
     }
 }
 
+/// A queue or a channel, by name, with its unacknowledged messages (absent while the
+/// broker has no statistics for it yet).
 #[derive(Deserialize)]
-struct QueueRow {
+struct Row {
     name: String,
-    /// Absent while the broker has no statistics for the queue yet.
     messages_unacknowledged: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ConsumerRow {
+    queue: Named,
+    channel_details: Named,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+/// What the broker counts for each queue of a vhost.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Counts {
+    /// Messages delivered and not yet acknowledged, per queue.
+    pub unacked: HashMap<String, u64>,
+    /// Of those, how many no consumer's channel counts as its own: checked out to a
+    /// consumer registration that no channel serves (the stall of a queue deleted and
+    /// declared again under its consumer). Per queue; queues without any are absent.
+    pub orphaned: HashMap<String, u64>,
+}
+
+impl Counts {
+    /// The queue's counts from the queues' rows, the consumers' rows (which channel
+    /// consumes which queue) and the channels' rows.
+    fn of(queues: Vec<Row>, consumers: Vec<ConsumerRow>, channels: Vec<Row>) -> Counts {
+        let by_channel: HashMap<String, u64> = channels
+            .into_iter()
+            .map(|c| (c.name, c.messages_unacknowledged.unwrap_or(0)))
+            .collect();
+        let mut channels_of: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
+        for c in consumers {
+            channels_of
+                .entry(c.queue.name)
+                .or_default()
+                .insert(c.channel_details.name);
+        }
+        let unacked: HashMap<String, u64> = queues
+            .into_iter()
+            .filter_map(|q| Some((q.name, q.messages_unacknowledged?)))
+            .collect();
+        let orphaned = unacked
+            .iter()
+            .filter_map(|(queue, &n)| {
+                let held: u64 = channels_of
+                    .get(queue)
+                    .into_iter()
+                    .flatten()
+                    .map(|ch| by_channel.get(ch).copied().unwrap_or(0))
+                    .sum();
+                let orphans = n.saturating_sub(held);
+                (orphans > 0).then(|| (queue.clone(), orphans))
+            })
+            .collect();
+        Counts { unacked, orphaned }
+    }
 }
 
 /// A client of the management API of one broker or of a cluster's nodes (any node
@@ -116,10 +175,8 @@ impl Management {
     /// `urls`: one address or several separated by commas, each
     /// `http(s)://user:password@host:port` (a path prefix is kept).
     pub fn new(urls: &str) -> Result<Management, ManagementError> {
-        let nodes = urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
+        let nodes = crate::split_addresses(urls, &["http://", "https://"])
+            .into_iter()
             .map(Node::parse)
             .collect::<Result<Vec<_>, _>>()?;
         if nodes.is_empty() {
@@ -145,36 +202,59 @@ impl Management {
         shown.join(",")
     }
 
-    /// Messages delivered and not yet acknowledged, per queue of `vhost`, as the broker
-    /// counts them. The broker refreshes these figures every few seconds (its
-    /// `collect_statistics_interval`, 5 s by default), so they may lag that much.
-    /// Queues without statistics yet are left out.
-    pub async fn unacked(&self, vhost: &str) -> Result<HashMap<String, u64>, ManagementError> {
+    /// What the broker counts for the queues of `vhost` ([`Counts`]). The broker
+    /// refreshes these figures every few seconds (its `collect_statistics_interval`,
+    /// 5 s by default), queues and channels apart, so they may lag that much and
+    /// disagree for a moment.
+    pub async fn counts(&self, vhost: &str) -> Result<Counts, ManagementError> {
         let first = self.preferred.load(Ordering::Relaxed) % self.nodes.len();
         let mut last = None;
         for i in 0..self.nodes.len() {
             let at = (first + i) % self.nodes.len();
             match self.read(&self.nodes[at], vhost).await {
-                Ok(rows) => {
+                Ok(counts) => {
                     self.preferred.store(at, Ordering::Relaxed);
-                    return Ok(rows);
+                    return Ok(counts);
                 }
-                // A node that answers with an error speaks for the cluster.
-                Err(e @ (ManagementError::Status { .. } | ManagementError::Unreadable { .. })) => {
-                    return Err(e)
-                }
+                // A refusal (credentials, permissions, an unknown vhost) speaks for the
+                // whole cluster; a node failing (5xx, booting, partitioned) does not.
+                Err(e @ ManagementError::Status { status, .. }) if status < 500 => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| ManagementError::BadUrl(String::new())))
     }
 
-    async fn read(
+    async fn read(&self, node: &Node, vhost: &str) -> Result<Counts, ManagementError> {
+        let queues = self
+            .get(
+                node,
+                node.url(&["queues", vhost], "name,messages_unacknowledged"),
+            )
+            .await?;
+        let consumers = self
+            .get(
+                node,
+                node.url(&["consumers", vhost], "queue.name,channel_details.name"),
+            )
+            .await?;
+        let channels = self
+            .get(
+                node,
+                node.url(
+                    &["vhosts", vhost, "channels"],
+                    "name,messages_unacknowledged",
+                ),
+            )
+            .await?;
+        Ok(Counts::of(queues, consumers, channels))
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
         &self,
         node: &Node,
-        vhost: &str,
-    ) -> Result<HashMap<String, u64>, ManagementError> {
-        let url = node.queues_url(vhost);
+        url: Url,
+    ) -> Result<T, ManagementError> {
         let shown = || url.as_str().to_string();
         let answer = self
             .client
@@ -192,17 +272,13 @@ impl Management {
                 status: answer.status().as_u16(),
             });
         }
-        let rows: Vec<QueueRow> = answer
+        answer
             .json()
             .await
             .map_err(|e| ManagementError::Unreadable {
                 url: shown(),
                 reason: e.to_string(),
-            })?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| Some((r.name, r.messages_unacknowledged?)))
-            .collect())
+            })
     }
 }
 
@@ -223,13 +299,74 @@ mod tests {
     fn the_vhost_is_one_path_segment() {
         let m = Management::new("http://guest:guest@h:15672/rabbit/").expect("parsed");
         assert_eq!(
-            m.nodes[0].queues_url("/").as_str(),
-            "http://h:15672/rabbit/api/queues/%2F?columns=name,messages_unacknowledged"
+            m.nodes[0].url(&["queues", "/"], "name").as_str(),
+            "http://h:15672/rabbit/api/queues/%2F?columns=name"
         );
         assert_eq!(
-            m.nodes[0].queues_url("skeelo").path(),
-            "/rabbit/api/queues/skeelo"
+            m.nodes[0]
+                .url(&["vhosts", "skeelo", "channels"], "name")
+                .path(),
+            "/rabbit/api/vhosts/skeelo/channels"
         );
+    }
+
+    fn row(name: &str, n: Option<u64>) -> Row {
+        Row {
+            name: name.into(),
+            messages_unacknowledged: n,
+        }
+    }
+
+    fn consumer(queue: &str, channel: &str) -> ConsumerRow {
+        ConsumerRow {
+            queue: Named { name: queue.into() },
+            channel_details: Named {
+                name: channel.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn messages_no_consumer_channel_counts_are_orphaned() {
+        let counts = Counts::of(
+            vec![
+                row("block", Some(1)),
+                row("sync", Some(300)),
+                row("cancel", Some(0)),
+                row("new", None),
+            ],
+            vec![
+                // block's consumer: its channel counts nothing (the stall).
+                consumer("block", "w1 (6)"),
+                // sync: two replicas hold everything between them.
+                consumer("sync", "w1 (2)"),
+                consumer("sync", "w2 (2)"),
+                consumer("cancel", "w1 (5)"),
+            ],
+            vec![
+                row("w1 (6)", Some(0)),
+                row("w1 (2)", Some(256)),
+                row("w2 (2)", Some(44)),
+                row("w1 (5)", None),
+            ],
+        );
+        assert_eq!(
+            counts.unacked.len(),
+            3,
+            "a queue without statistics is left out"
+        );
+        assert_eq!(counts.unacked["sync"], 300);
+        assert_eq!(
+            counts.orphaned,
+            HashMap::from([("block".to_string(), 1)]),
+            "only block holds messages no channel counts"
+        );
+    }
+
+    #[test]
+    fn unacked_messages_with_no_consumer_at_all_are_orphaned() {
+        let counts = Counts::of(vec![row("q", Some(3))], vec![], vec![]);
+        assert_eq!(counts.orphaned["q"], 3);
     }
 
     #[test]

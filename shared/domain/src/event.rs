@@ -441,14 +441,51 @@ pub struct Event {
     pub actor: Option<String>,
 }
 
+/// Why a body cannot be read as JSON before trying, when the reason is a known one: a
+/// declared encoding, compressed bytes, a byte-order mark, nothing at all.
+fn not_plain_json(content_encoding: Option<&str>, body: &[u8]) -> Option<String> {
+    let encoding = content_encoding.map(str::trim).unwrap_or("");
+    if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+        return Some(format!(
+            "the message declares content-encoding `{encoding}`, which the fleet does not read: publish the JSON as it is, without content-encoding"
+        ));
+    }
+    if body.starts_with(&[0x1f, 0x8b]) {
+        return Some(
+            "the body is gzip-compressed (it starts with 1f 8b): publish the JSON uncompressed"
+                .into(),
+        );
+    }
+    if body.starts_with(b"\xEF\xBB\xBF") {
+        return Some("the body starts with a UTF-8 byte-order mark (ef bb bf), which JSON does not allow: publish it without one".into());
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Some("the body is empty".into());
+    }
+    None
+}
+
 /// Longest contract id accepted (CONTRACT §1).
 pub const MAX_CONTRACT_ID_LEN: usize = crate::ids::MAX_ID_LEN;
 
 /// Parses and validates one message from the ERP. The routing key is the one the broker
 /// delivered the message with; the body's `type` must agree with it.
 pub fn parse(routing_key: &str, body: &[u8]) -> Result<Event, InvalidEvent> {
+    parse_encoded(routing_key, None, body)
+}
+
+/// [`parse`], for a message whose publisher declared a `content_encoding`: the fleet
+/// reads plain JSON only, and says so rather than report the bytes as broken JSON.
+pub fn parse_encoded(
+    routing_key: &str,
+    content_encoding: Option<&str>,
+    body: &[u8],
+) -> Result<Event, InvalidEvent> {
     let key_type = EventType::from_routing_key(routing_key)
         .ok_or_else(|| InvalidEvent::UnknownRoutingKey(routing_key.to_string()))?;
+    if let Some(why) = not_plain_json(content_encoding, body) {
+        return Err(InvalidEvent::NotJson(why));
+    }
     let value: Value =
         serde_json::from_slice(body).map_err(|e| InvalidEvent::NotJson(e.to_string()))?;
     let Value::Object(root) = value else {
@@ -843,6 +880,31 @@ mod tests {
             mutate(&mut body);
             let err = parse_value(key, &body).expect_err("must be invalid");
             assert_eq!(err.reason(), reason, "{err}");
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_plain_json_says_why() {
+        let sync = br#"{"event_id": "x"}"#;
+        let cases: [(Option<&str>, Vec<u8>, &str); 5] = [
+            (
+                Some("gzip"),
+                sync.to_vec(),
+                "declares content-encoding `gzip`",
+            ),
+            (None, vec![0x1f, 0x8b, 8, 0], "gzip-compressed"),
+            (
+                None,
+                [&b"\xEF\xBB\xBF"[..], sync].concat(),
+                "byte-order mark",
+            ),
+            (None, b"  ".to_vec(), "the body is empty"),
+            (Some("identity"), b"{oops".to_vec(), "key must be a string"),
+        ];
+        for (encoding, body, why) in cases {
+            let err = parse_encoded("contract.sync", encoding, &body).unwrap_err();
+            assert_eq!(err.reason(), "not_json");
+            assert!(err.to_string().contains(why), "{encoding:?}: {err}");
         }
     }
 

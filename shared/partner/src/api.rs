@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::answer::{self, Answer};
 use crate::pacer::Pacer;
 use skeelo_domain::event::{Email, Phone, Sku};
 use skeelo_domain::lifecycle::{Changes, Held, Profile, Status};
@@ -58,7 +59,7 @@ pub enum SkeeloError {
     /// endpoint failing, credentials refused): counts toward outage mode.
     #[error("Skeelo is unavailable: {0}")]
     Unavailable(String),
-    /// Skeelo failed this request (500, an unreadable answer): the same call may work
+    /// Skeelo failed this request (500, 408): the same call may work
     /// later, but it says nothing about Skeelo as a whole.
     #[error("Skeelo failed: {0}")]
     Transient(String),
@@ -114,29 +115,31 @@ pub use skeelo_domain::product::Product;
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Subscription {
     /// Skeelo's own id.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::string")]
     pub id: String,
     /// Our contract id.
+    #[serde(deserialize_with = "crate::lenient::string")]
     pub external_id: String,
     /// CPF/CNPJ digits.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::string")]
     pub document: String,
     /// Full name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::string")]
     pub name: String,
     /// Contact address.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::string")]
     pub email: String,
     /// Contact number.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::opt_string")]
     pub phone: Option<String>,
     /// SKUs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::strings")]
     pub products: Vec<String>,
     /// `active`, `inactive` or `cancelled`.
+    #[serde(deserialize_with = "crate::lenient::string")]
     pub status: String,
     /// Last change at Skeelo.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::opt_string")]
     pub updated_at: Option<String>,
 }
 
@@ -197,6 +200,8 @@ struct Inner {
     credentials: Credentials,
     token: Mutex<Option<Token>>,
     pacer: Pacer,
+    /// The least pause after a 429, shared by this process's calls.
+    backoff: std::sync::Mutex<crate::backoff::Backoff>,
     metrics: Metrics,
 }
 
@@ -245,6 +250,7 @@ impl SkeeloClient {
                 credentials: config.credentials,
                 token: Mutex::new(None),
                 pacer,
+                backoff: std::sync::Mutex::new(crate::backoff::Backoff::default()),
                 metrics,
             }),
         })
@@ -260,10 +266,8 @@ impl SkeeloClient {
             .call("list_products", Method::GET, "/v1/products".into(), None)
             .await?;
         match status {
-            StatusCode::OK => serde_json::from_value::<Catalogue>(body)
-                .map(|c| c.products)
-                .map_err(|e| unreadable("list_products", e)),
-            _ => Err(refusal(status, &body)),
+            StatusCode::OK => parse::<Catalogue>("list_products", body).map(|c| c.products),
+            _ => Err(refusal(status, &body.value)),
         }
     }
 
@@ -288,7 +292,7 @@ impl SkeeloClient {
             .await?;
         match status {
             StatusCode::CREATED | StatusCode::OK => subscription("create_subscription", answer),
-            StatusCode::CONFLICT if error_code(&answer) == "already_exists" => {
+            StatusCode::CONFLICT if error_code(&answer.value) == "already_exists" => {
                 tracing::info!(
                     contract_id = new.external_id,
                     "subscription already existed at Skeelo; adopting it"
@@ -299,7 +303,7 @@ impl SkeeloClient {
                     )
                 })
             }
-            _ => Err(refusal(status, &answer)),
+            _ => Err(refusal(status, &answer.value)),
         }
     }
 
@@ -312,7 +316,7 @@ impl SkeeloClient {
         match status {
             StatusCode::OK => subscription("get_subscription", body).map(Some),
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(refusal(status, &body)),
+            _ => Err(refusal(status, &body.value)),
         }
     }
 
@@ -373,12 +377,12 @@ impl SkeeloClient {
         operation: &'static str,
         external_id: &str,
         status: StatusCode,
-        answer: Value,
+        answer: Answer,
     ) -> Result<Option<Subscription>, SkeeloError> {
         match status {
             StatusCode::OK => subscription(operation, answer).map(Some),
             StatusCode::NOT_FOUND => Ok(None),
-            StatusCode::CONFLICT if error_code(&answer) == "subscription_cancelled" => {
+            StatusCode::CONFLICT if error_code(&answer.value) == "subscription_cancelled" => {
                 tracing::warn!(
                     contract_id = external_id,
                     operation,
@@ -386,7 +390,7 @@ impl SkeeloClient {
                 );
                 self.get(external_id).await
             }
-            _ => Err(refusal(status, &answer)),
+            _ => Err(refusal(status, &answer.value)),
         }
     }
 
@@ -398,7 +402,7 @@ impl SkeeloClient {
         method: Method,
         path: String,
         body: Option<Value>,
-    ) -> Result<(StatusCode, Value), SkeeloError> {
+    ) -> Result<(StatusCode, Answer), SkeeloError> {
         let mut refreshed = false;
         let started = Instant::now();
         loop {
@@ -463,7 +467,7 @@ impl SkeeloClient {
         &self,
         operation: &'static str,
         request: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, Value), SkeeloError> {
+    ) -> Result<(StatusCode, Answer), SkeeloError> {
         self.wait_turn().await;
         let timer = self.inner.metrics.api_timer(operation);
         let started = Instant::now();
@@ -498,10 +502,23 @@ impl SkeeloClient {
         let status = response.status();
         self.count(operation, status.as_str());
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let wait = retry_after(response.headers()).unwrap_or(Duration::from_secs(1));
+            // Never sooner than the floor, whatever Retry-After says (0, a past date,
+            // nothing at all): a partner that keeps throttling is not called faster.
+            let asked = retry_after(response.headers());
+            let wait = match self.inner.backoff.lock() {
+                Ok(mut b) => b.throttled(Instant::now(), asked),
+                Err(_) => crate::backoff::MAX_FLOOR,
+            };
             self.pause_for(wait);
             self.inner.metrics.throttled.inc();
+        } else if let Ok(mut b) = self.inner.backoff.lock() {
+            b.answered();
         }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = response.bytes().await;
         timer.observe(started.elapsed().as_secs_f64());
         let bytes = bytes.map_err(|e| {
@@ -510,12 +527,10 @@ impl SkeeloClient {
                 without_url(&e)
             ))
         })?;
-        let answer = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        Ok((status, answer))
+        Ok((
+            status,
+            answer::read(status, content_type.as_deref(), &bytes),
+        ))
     }
 
     fn count(&self, operation: &str, status: &str) {
@@ -562,10 +577,13 @@ impl SkeeloClient {
     }
 
     async fn fetch_token(&self) -> Result<Token, SkeeloError> {
+        /// As OAuth servers really answer: `expires_in` may be a string, or absent
+        /// (five minutes are assumed); `token_type` and the rest are not needed.
         #[derive(Deserialize)]
-        struct Answer {
+        struct Granted {
+            #[serde(deserialize_with = "crate::lenient::string")]
             access_token: String,
-            #[serde(default)]
+            #[serde(default, deserialize_with = "crate::lenient::opt_seconds")]
             expires_in: Option<u64>,
         }
         let form = format!(
@@ -584,8 +602,12 @@ impl SkeeloClient {
             let (status, body) = self.send("token", request).await?;
             match status {
                 StatusCode::OK => {
-                    let a: Answer =
-                        serde_json::from_value(body).map_err(|e| unreadable("token", e))?;
+                    let a: Granted = parse("token", body)?;
+                    if a.access_token.trim().is_empty() {
+                        return Err(SkeeloError::Unavailable(
+                            "token: Skeelo granted an empty access_token".into(),
+                        ));
+                    }
                     self.inner.metrics.token_refreshes.inc();
                     // Refresh a little early, so a token never expires mid-request.
                     let ttl =
@@ -620,12 +642,25 @@ impl SkeeloClient {
     }
 }
 
-fn subscription(operation: &str, body: Value) -> Result<Subscription, SkeeloError> {
-    serde_json::from_value(body).map_err(|e| unreadable(operation, e))
+fn subscription(operation: &str, answer: Answer) -> Result<Subscription, SkeeloError> {
+    parse(operation, answer)
 }
 
-fn unreadable(operation: &str, e: serde_json::Error) -> SkeeloError {
-    SkeeloError::Transient(format!("{operation}: unreadable answer from Skeelo: {e}"))
+/// The answer as a `T`. One that cannot be read is a partner-wide failure: the same
+/// request would get the same answer, and the fault is the partner's or the
+/// configuration's, never the event's; it counts toward outage mode and parks nothing.
+fn parse<T: serde::de::DeserializeOwned>(
+    operation: &str,
+    answer: Answer,
+) -> Result<T, SkeeloError> {
+    let unreadable = |why: String| {
+        SkeeloError::Unavailable(format!("{operation}: unreadable answer from Skeelo: {why}"))
+    };
+    if let Some(why) = answer.unreadable {
+        return Err(unreadable(why));
+    }
+    let looks = |e: serde_json::Error| answer.describe(&e.to_string());
+    serde_json::from_value(answer.value.clone()).map_err(|e| unreadable(looks(e)))
 }
 
 fn error_code(body: &Value) -> &str {

@@ -2,5 +2,8 @@
 //! the real one can replace the model in one place) and the [`pacer`] that keeps the
 //! whole fleet's calls within the partner's rate, through a ledger it is given.
 
+mod answer;
 pub mod api;
+pub mod backoff;
+mod lenient;
 pub mod pacer;

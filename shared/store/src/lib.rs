@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use time::OffsetDateTime;
 use tokio_postgres::types::Json;
-use tokio_postgres::NoTls;
 
 use skeelo_domain::lifecycle::{Facts, Held, Status};
 use skeelo_domain::outcome::{EventResult, Outcome};
@@ -22,6 +21,7 @@ pub mod dead;
 mod migrate;
 pub mod outbox;
 pub mod reports;
+pub mod tls;
 
 /// What went wrong talking to PostgreSQL. Always worth another try later, except
 /// [`StoreError::Config`].
@@ -31,17 +31,81 @@ pub enum StoreError {
     #[error("DATABASE_URL is not usable: {0}")]
     Config(String),
     /// No connection from the pool.
-    #[error("no database connection: {0}")]
+    #[error("no database connection: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// A query failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     /// A stored value no longer reads as this version of the code expects.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
 }
 
+/// PostgreSQL's own words and SQLSTATE for an error it sent (its message names objects,
+/// never row values; the detail, which may, is left out), or the client's error with
+/// its causes.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A pool's failure; a connection the server refused is said in the server's words.
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => describe(e),
+        other => other.to_string(),
+    }
+}
+
 impl StoreError {
+    /// A failure that waiting cannot fix: a `DATABASE_URL` or certificate file that
+    /// cannot be used, a certificate not trusted (or refused by the server), refused
+    /// credentials, a database that does not exist, a server without TLS when TLS is
+    /// required. A process meeting one at start-up stops with it.
+    pub fn is_permanent(&self) -> bool {
+        let query = match self {
+            StoreError::Config(_) => return true,
+            StoreError::Query(e) => e,
+            StoreError::Pool(deadpool_postgres::PoolError::Backend(e)) => e,
+            StoreError::Pool(_) | StoreError::Corrupt(_) => return false,
+        };
+        if let Some(code) = query.code() {
+            // 28: authorization (password, pg_hba); 3D000: no such database.
+            return code.code().starts_with("28") || code.code() == "3D000";
+        }
+        // A TLS refusal travels inside an I/O error, whose own source skips it.
+        let is_tls = |e: &(dyn std::error::Error + 'static)| {
+            e.downcast_ref::<rustls::Error>().is_some()
+                || e.downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref)
+                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        };
+        let mut source = std::error::Error::source(query);
+        while let Some(e) = source {
+            if is_tls(e) {
+                return true;
+            }
+            source = e.source();
+        }
+        query.to_string().contains("does not support TLS")
+    }
+
     /// What the failure means for an event, by SQLSTATE class: the data refused
     /// (22 data exception, 23 integrity) is the event's fault and never heals;
     /// anything else says the database is away or busy, not that the event is wrong.
@@ -128,9 +192,12 @@ pub struct HistoryEntry {
 impl Store {
     /// Opens a pool of at most `max_connections` to `url`; connects lazily.
     pub fn connect(url: &str, max_connections: usize) -> Result<Store, StoreError> {
+        let (url, tls) = tls::split(url)?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Config(e.to_string()))?;
+        config.ssl_mode(tls.ssl_mode());
+        let connector = tls.connector()?;
         // Every statement is planned for its own arguments: a plan cached while the
         // tables were small (a fresh database, before autovacuum's first ANALYZE) would
         // scan them whole forever after. Planning is paid once per batch of events.
@@ -142,7 +209,7 @@ impl Store {
         let pool = |config: tokio_postgres::Config, size: usize| {
             let manager = Manager::from_config(
                 config,
-                NoTls,
+                connector.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },

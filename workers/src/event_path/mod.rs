@@ -169,7 +169,11 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
                     .map_or("RabbitMQ dead-lettered it".into(), |d| d.describe()),
                 attempts: msg.envelope.attempts,
             }),
-            Source::Work(_) => match event::parse(&msg.envelope.routing_key, &msg.delivery.data) {
+            Source::Work(_) => match event::parse_encoded(
+                &msg.envelope.routing_key,
+                msg.envelope.content_encoding.as_deref(),
+                &msg.delivery.data,
+            ) {
                 Ok(event) => work.push(Work {
                     index,
                     event,
