@@ -16,6 +16,9 @@ cd "$(dirname "$0")/.."
 
 NODES=(a b c)
 AMQP_PORTS=(5681 5682 5683)
+# shellcheck source=deploy/rabbit-node.sh
+. deploy/rabbit-node.sh
+
 BASE=$(realpath -m "${SKEELO_CLUSTER_DIR:-/var/lib/rabbitmq/skeelo-cluster}")
 
 node_name() { echo "skeelo-$1@localhost"; }
@@ -34,12 +37,7 @@ urls() {
 
 start_node() {
   local n=$1 port=$2 dir=$BASE/$1
-  # A node whose VM runs (its app started or stopped) is started, not launched again.
-  if ctl "$n" ping >/dev/null 2>&1; then
-    ctl "$n" start_app >/dev/null 2>&1 || true
-    return 0
-  fi
-  install -d -o rabbitmq -g rabbitmq -m 700 "$dir" "$dir/log" "$dir/mnesia"
+  install -d -o rabbitmq -g rabbitmq -m 700 "$dir"
   cat >"$dir/rabbitmq.conf" <<CONF
 listeners.tcp.local = 127.0.0.1:$port
 management.tcp.ip = 127.0.0.1
@@ -47,16 +45,8 @@ management.tcp.port = $((port + 10000))
 loopback_users = none
 CONF
   echo '[rabbitmq_management].' >"$dir/enabled_plugins"
-  chown rabbitmq:rabbitmq "$dir/rabbitmq.conf" "$dir/enabled_plugins"
-  echo "cluster: starting $(node_name "$n") on port $port"
-  env RABBITMQ_NODENAME="$(node_name "$n")" \
-      RABBITMQ_DIST_PORT=$((port + 20000)) \
-      RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
-      RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
-      RABBITMQ_MNESIA_BASE="$dir/mnesia" \
-      RABBITMQ_LOG_BASE="$dir/log" \
-      RABBITMQ_PID_FILE="$dir/pid" \
-      rabbitmq-server -detached
+  rabbit_node_ping_or_say "$(node_name "$n")" "starting $(node_name "$n") on port $port"
+  rabbit_node_start "$(node_name "$n")" "$dir" $((port + 20000))
 }
 
 start() {
@@ -74,12 +64,7 @@ start() {
     start_node "${NODES[$i]}" "${AMQP_PORTS[$i]}"
   done
   for n in "${NODES[@]}"; do
-    # A node answers pings only once its VM has registered; then it finishes booting.
-    for _ in $(seq 1 120); do
-      ctl "$n" ping >/dev/null 2>&1 && break
-      sleep 0.5
-    done
-    if ! ctl "$n" await_startup --timeout 120 >/dev/null; then
+    if ! rabbit_node_wait "$(node_name "$n")"; then
       echo "cluster: $(node_name "$n") did not start; see $BASE/$n/log" >&2
       exit 1
     fi
@@ -115,10 +100,7 @@ start() {
 stop() {
   local left=0
   for n in "${NODES[@]}"; do
-    if ctl "$n" ping >/dev/null 2>&1; then
-      # shutdown waits for the VM to exit.
-      ctl "$n" shutdown >/dev/null 2>&1 || left=1
-    fi
+    rabbit_node_stop "$(node_name "$n")" || left=1
   done
   if [ "$left" -ne 0 ]; then
     echo "cluster: a node did not stop; its data stays in $BASE" >&2

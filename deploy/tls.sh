@@ -14,6 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=deploy/rabbit-node.sh
+. deploy/rabbit-node.sh
+
 BASE=$(realpath -m "${SKEELO_TLS_DIR:-/var/lib/skeelo-tls}")
 PG_PORT=5443
 AMQPS_PORT=5671
@@ -74,11 +77,7 @@ CONF
 
 start_rabbit() {
   local dir=$BASE/rabbit
-  if rabbitmqctl -q -n "$NODE" ping >/dev/null 2>&1; then
-    rabbitmqctl -q -n "$NODE" start_app >/dev/null 2>&1 || true
-    return 0
-  fi
-  install -d -o rabbitmq -g rabbitmq -m 700 "$dir" "$dir/log" "$dir/mnesia"
+  install -d -o rabbitmq -g rabbitmq -m 700 "$dir"
   install -o rabbitmq -g rabbitmq -m 600 "$BASE/server.pem" "$dir/server.pem"
   install -o rabbitmq -g rabbitmq -m 600 "$BASE/server.key" "$dir/server.key"
   install -o rabbitmq -g rabbitmq -m 644 "$BASE/ca.pem" "$dir/ca.pem"
@@ -93,22 +92,9 @@ ssl_options.fail_if_no_peer_cert = false
 loopback_users = none
 CONF
   echo '[].' >"$dir/enabled_plugins"
-  chown rabbitmq:rabbitmq "$dir/rabbitmq.conf" "$dir/enabled_plugins"
-  echo "tls: starting RabbitMQ (TLS only) on $AMQPS_PORT"
-  env RABBITMQ_NODENAME="$NODE" \
-      RABBITMQ_DIST_PORT=$((AMQPS_PORT + 20000)) \
-      RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
-      RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
-      RABBITMQ_MNESIA_BASE="$dir/mnesia" \
-      RABBITMQ_LOG_BASE="$dir/log" \
-      RABBITMQ_PID_FILE="$dir/pid" \
-      rabbitmq-server -detached
-  # The node answers pings only once its VM has registered; then it finishes booting.
-  for _ in $(seq 1 120); do
-    rabbitmqctl -q -n "$NODE" ping >/dev/null 2>&1 && break
-    sleep 0.5
-  done
-  if ! rabbitmqctl -q -n "$NODE" await_startup --timeout 120 >/dev/null; then
+  rabbit_node_ping_or_say "$NODE" "starting RabbitMQ (TLS only) on $AMQPS_PORT"
+  rabbit_node_start "$NODE" "$dir" $((AMQPS_PORT + 20000))
+  if ! rabbit_node_wait "$NODE"; then
     echo "tls: $NODE did not start; see $dir/log" >&2
     exit 1
   fi
@@ -134,9 +120,7 @@ stop() {
   if [ -f "$data/PG_VERSION" ]; then
     runuser -u postgres -- "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
   fi
-  if rabbitmqctl -q -n "$NODE" ping >/dev/null 2>&1; then
-    rabbitmqctl -q -n "$NODE" shutdown >/dev/null 2>&1 || true
-  fi
+  rabbit_node_stop "$NODE" || true
   rm -rf "$BASE"
   echo "tls: stopped"
 }

@@ -6,6 +6,7 @@
 //! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) say
 //! where the servers are; the harness creates and drops what it uses on them.
 
+pub mod erp;
 pub mod process;
 
 use std::sync::{Arc, Mutex};
@@ -91,9 +92,14 @@ impl World {
             .await?
             .batch_execute(&format!("CREATE DATABASE {db_name}"))
             .await?;
+        // The test's database on the same server, with the same parameters (sslmode…).
         let base = admin_db_url();
+        let (base, query) = match base.split_once('?') {
+            Some((b, q)) => (b.to_string(), format!("?{q}")),
+            None => (base, String::new()),
+        };
         let database_url = match base.rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{db_name}"),
+            Some((server, _)) => format!("{server}/{db_name}{query}"),
             None => bail!("TEST_DATABASE_URL has no database part"),
         };
         let sim = skeelo_sim::spawn(config).await?;

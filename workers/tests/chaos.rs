@@ -8,21 +8,16 @@
 //! tests: it is `#[ignore]`d and CI runs it alone, after the rest
 //! (`cargo test -p skeelo-workers --test chaos -- --ignored`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
 use rand::seq::SliceRandom;
 use serde_json::Value;
-use skeelo_broker::{self as broker, Publisher, EVENTS_EXCHANGE, RESULTS_QUEUE};
-use skeelo_domain::outcome::{EventResult, Outcome};
 use skeelo_sim::{Faults, SimConfig};
 use skeelo_tests::process::WorkerProcess;
-use skeelo_tests::World;
+use skeelo_tests::{erp, World};
 
 /// A worker process with this test's settings, logging to target/tmp/chaos/NAME.log.
 async fn worker(w: &World, name: &str) -> WorkerProcess {
@@ -58,62 +53,6 @@ fn pg_version() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The ERP's side: publishes with confirms, reconnecting when the broker restarts.
-async fn publish_all(amqp_url: &str, events: &[Value]) {
-    let mut i = 0;
-    while i < events.len() {
-        let attempt = async {
-            let conn = broker::connect(amqp_url, "erp-chaos").await?;
-            let publisher = Publisher::open(&conn).await?;
-            while i < events.len() {
-                let e = &events[i];
-                let key = format!("contract.{}", e["type"].as_str().unwrap_or("sync"));
-                let id = e["event_id"].as_str().unwrap_or_default();
-                publisher
-                    .publish_json(EVENTS_EXCHANGE, &key, id, e.to_string().as_bytes())
-                    .await?;
-                i += 1;
-            }
-            let _ = conn.close(200, "done".into()).await;
-            Ok::<(), anyhow::Error>(())
-        };
-        if attempt.await.is_err() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
-/// The ERP's results reader, reconnecting when the broker restarts.
-fn read_results(amqp_url: String, results: Arc<Mutex<Vec<EventResult>>>) {
-    tokio::spawn(async move {
-        loop {
-            let session = async {
-                let conn = broker::connect(&amqp_url, "erp-chaos-results").await?;
-                let channel = conn.create_channel().await?;
-                let mut consumer = channel
-                    .basic_consume(
-                        RESULTS_QUEUE.into(),
-                        "erp-chaos".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                while let Some(Ok(d)) = consumer.next().await {
-                    if let Ok(r) = serde_json::from_slice::<EventResult>(&d.data) {
-                        if let Ok(mut v) = results.lock() {
-                            v.push(r);
-                        }
-                    }
-                    let _ = d.ack(BasicAckOptions::default()).await;
-                }
-                Ok::<(), anyhow::Error>(())
-            };
-            let _ = session.await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts RabbitMQ and PostgreSQL: run alone (CI runs it after the other tests)"]
 async fn the_fleet_survives_kills_restarts_and_an_outage() {
@@ -125,7 +64,7 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
     let mut a = worker(&w, "worker-a").await;
     let b = worker(&w, "worker-b").await;
     let results = Arc::new(Mutex::new(Vec::new()));
-    read_results(w.amqp_url.clone(), results.clone());
+    erp::read_results(w.amqp_url.clone(), results.clone());
 
     let mut rng = rand::rng();
     let mut histories = BTreeMap::new();
@@ -143,11 +82,11 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
         .collect();
     let started = Instant::now();
 
-    publish_all(&w.amqp_url, &batches[0]).await;
+    erp::publish_all(&w.amqp_url, &batches[0], Duration::ZERO).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("chaos {:?}: SIGKILL worker a", started.elapsed());
     a.kill();
-    publish_all(&w.amqp_url, &batches[1]).await;
+    erp::publish_all(&w.amqp_url, &batches[1], Duration::ZERO).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     a = worker(&w, "worker-a2").await;
 
@@ -157,7 +96,7 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     sh("rabbitmqctl", &["start_app"]);
     sh("rabbitmqctl", &["await_startup"]);
-    publish_all(&w.amqp_url, &batches[2]).await;
+    erp::publish_all(&w.amqp_url, &batches[2], Duration::ZERO).await;
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("chaos {:?}: restart PostgreSQL", started.elapsed());
@@ -184,53 +123,14 @@ async fn the_fleet_survives_kills_restarts_and_an_outage() {
         down: true,
         ..normal.clone()
     });
-    publish_all(&w.amqp_url, &batches[3]).await;
+    erp::publish_all(&w.amqp_url, &batches[3], Duration::ZERO).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     w.sim.set_faults(normal);
     eprintln!("chaos {:?}: Skeelo back", started.elapsed());
 
-    // Every event ends with a result.
-    let wanted: HashSet<String> = all
-        .iter()
-        .filter_map(|e| e["event_id"].as_str().map(str::to_string))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let got: HashSet<String> = results
-            .lock()
-            .map(|v| v.iter().map(|r| r.event_id.clone()).collect())
-            .unwrap_or_default();
-        let missing = wanted.difference(&got).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{missing} events have no result");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // Every event ends with a result, and everything is right.
+    erp::assert_all_right(&w.sim, &all, &histories, &results, Duration::from_secs(300)).await;
     eprintln!("chaos {:?}: every event has a result", started.elapsed());
-
-    let dead: Vec<EventResult> = results
-        .lock()
-        .map(|v| {
-            v.iter()
-                .filter(|r| r.outcome == Outcome::DeadLettered)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(dead.is_empty(), "valid events were dead-lettered: {dead:?}");
-    let wrong = skeelo_tests::wrong_at_skeelo(&w.sim, &histories);
-    assert!(
-        wrong.is_empty(),
-        "{} contracts wrong at Skeelo:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
-    assert!(
-        w.sim.anomalies().is_empty(),
-        "calls a correct client never makes: {:?}",
-        w.sim.anomalies()
-    );
 
     for p in [a, b] {
         let status = p.stop().expect("worker exits");

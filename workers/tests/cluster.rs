@@ -10,20 +10,14 @@
 //! is left alone) and needs root, so it is `#[ignore]`d and CI runs it alone:
 //! `cargo test -p skeelo-workers --test cluster -- --ignored`.
 
-use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
 use serde_json::Value;
-use skeelo_broker::{self as broker, Publisher, EVENTS_EXCHANGE, RESULTS_QUEUE};
-use skeelo_domain::outcome::{EventResult, Outcome};
 use skeelo_sim::SimConfig;
 use skeelo_tests::process::WorkerProcess;
-use skeelo_tests::World;
+use skeelo_tests::{erp, World};
 
 const NODES: [&str; 3] = [
     "skeelo-a@localhost",
@@ -156,72 +150,6 @@ async fn worker(w: &World, cluster: &Cluster, name: &str) -> WorkerProcess {
         .expect("skeelo-workers starts")
 }
 
-/// The ERP's side: publishes with confirms to any node that accepts, connecting again
-/// (to the next node) when one goes away; an event whose confirm was lost is published
-/// again, as a real publisher would.
-async fn publish_all(amqp_url: &str, events: &[Value], pause: Duration) {
-    let mut i = 0;
-    let mut node = 0;
-    while i < events.len() {
-        let attempt = async {
-            let (conn, at) = broker::connect_from(amqp_url, "erp-cluster", node, false).await?;
-            node = at;
-            let publisher = Publisher::open(&conn).await?;
-            while i < events.len() {
-                let e = &events[i];
-                let key = format!("contract.{}", e["type"].as_str().unwrap_or("sync"));
-                let id = e["event_id"].as_str().unwrap_or_default();
-                publisher
-                    .publish_json(EVENTS_EXCHANGE, &key, id, e.to_string().as_bytes())
-                    .await?;
-                i += 1;
-                tokio::time::sleep(pause).await;
-            }
-            let _ = conn.close(200, "done".into()).await;
-            Ok::<(), anyhow::Error>(())
-        };
-        if attempt.await.is_err() {
-            node += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-/// The ERP's results reader, moving to another node when its node goes away.
-fn read_results(amqp_url: String, results: Arc<Mutex<Vec<EventResult>>>) {
-    tokio::spawn(async move {
-        let mut node = 0;
-        loop {
-            let session = async {
-                let (conn, at) =
-                    broker::connect_from(&amqp_url, "erp-cluster-results", node, false).await?;
-                node = at;
-                let channel = conn.create_channel().await?;
-                let mut consumer = channel
-                    .basic_consume(
-                        RESULTS_QUEUE.into(),
-                        "erp-cluster".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                while let Some(Ok(d)) = consumer.next().await {
-                    if let Ok(r) = serde_json::from_slice::<EventResult>(&d.data) {
-                        if let Ok(mut v) = results.lock() {
-                            v.push(r);
-                        }
-                    }
-                    let _ = d.ack(BasicAckOptions::default()).await;
-                }
-                Ok::<(), anyhow::Error>(())
-            };
-            let _ = session.await;
-            node += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "starts RabbitMQ nodes of its own (needs root): run alone (CI runs it after the other tests)"]
 async fn the_fleet_fails_over_between_the_nodes_of_a_cluster() {
@@ -234,7 +162,7 @@ async fn the_fleet_fails_over_between_the_nodes_of_a_cluster() {
     let a = worker(&w, &cluster, "worker-a").await;
     let b = worker(&w, &cluster, "worker-b").await;
     let results = Arc::new(Mutex::new(Vec::new()));
-    read_results(cluster.amqp_url.clone(), results.clone());
+    erp::read_results(cluster.amqp_url.clone(), results.clone());
     let started = Instant::now();
 
     for q in ["erp.contracts.sync", "erp.contracts.cancel", "erp.results"] {
@@ -252,7 +180,7 @@ async fn the_fleet_fails_over_between_the_nodes_of_a_cluster() {
         .map(<[Value]>::to_vec)
         .collect();
     let pace = Duration::from_millis(8);
-    publish_all(&cluster.amqp_url, &parts[0], pace).await;
+    erp::publish_all(&cluster.amqp_url, &parts[0], pace).await;
 
     // Phase 1: the node the fleet is connected to goes away mid-stream.
     let connected = Cluster::fleet_nodes().await;
@@ -261,7 +189,7 @@ async fn the_fleet_fails_over_between_the_nodes_of_a_cluster() {
     let stream = tokio::spawn({
         let url = cluster.amqp_url.clone();
         let part = parts[1].clone();
-        async move { publish_all(&url, &part, pace).await }
+        async move { erp::publish_all(&url, &part, pace).await }
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
     eprintln!(
@@ -304,7 +232,7 @@ async fn the_fleet_fails_over_between_the_nodes_of_a_cluster() {
     let stream = tokio::spawn({
         let url = cluster.amqp_url.clone();
         let part = parts[2].clone();
-        async move { publish_all(&url, &part, pace).await }
+        async move { erp::publish_all(&url, &part, pace).await }
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
     eprintln!(
@@ -319,48 +247,10 @@ async fn the_fleet_fails_over_between_the_nodes_of_a_cluster() {
     Cluster::start_node(&leader);
     eprintln!("cluster {:?}: {leader} is back", started.elapsed());
 
-    // Every event ends with a result.
-    let wanted: HashSet<String> = all
-        .iter()
-        .filter_map(|e| e["event_id"].as_str().map(str::to_string))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let got: HashSet<String> = results
-            .lock()
-            .map(|v| v.iter().map(|r| r.event_id.clone()).collect())
-            .unwrap_or_default();
-        let missing = wanted.difference(&got).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{missing} events have no result");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // Every event ends with a result, and everything is right.
+    erp::assert_all_right(&w.sim, &all, &histories, &results, Duration::from_secs(240)).await;
     eprintln!("cluster {:?}: every event has a result", started.elapsed());
 
-    let dead: Vec<EventResult> = results
-        .lock()
-        .map(|v| {
-            v.iter()
-                .filter(|r| r.outcome == Outcome::DeadLettered)
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(dead.is_empty(), "valid events were dead-lettered: {dead:?}");
-    let wrong = skeelo_tests::wrong_at_skeelo(&w.sim, &histories);
-    assert!(
-        wrong.is_empty(),
-        "{} contracts wrong at Skeelo:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
-    assert!(
-        w.sim.anomalies().is_empty(),
-        "calls a correct client never makes: {:?}",
-        w.sim.anomalies()
-    );
     for p in [a, b] {
         let status = p.stop().expect("worker exits");
         assert!(status.success(), "a SIGTERM stop exits 0: {status:?}");
