@@ -47,6 +47,33 @@ pub async fn publish_all(amqp_url: &str, events: &[Value], pause: Duration) {
     }
 }
 
+/// Starts consuming the results queue on `channel`, as the ERP does.
+pub async fn consume_results(
+    channel: &lapin::Channel,
+    tag: &str,
+) -> lapin::Result<lapin::Consumer> {
+    channel
+        .basic_consume(
+            RESULTS_QUEUE.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Collects what `consumer` delivers into `results`, acknowledging each, until it ends.
+pub async fn collect(mut consumer: lapin::Consumer, results: &Mutex<Vec<EventResult>>) {
+    while let Some(Ok(d)) = consumer.next().await {
+        if let Ok(r) = serde_json::from_slice::<EventResult>(&d.data) {
+            if let Ok(mut v) = results.lock() {
+                v.push(r);
+            }
+        }
+        let _ = d.ack(BasicAckOptions::default()).await;
+    }
+}
+
 /// Reads the results into `results` for the rest of the test, connecting again (to the
 /// next node) when the broker goes away.
 pub fn read_results(amqp_url: String, results: Arc<Mutex<Vec<EventResult>>>) {
@@ -58,22 +85,11 @@ pub fn read_results(amqp_url: String, results: Arc<Mutex<Vec<EventResult>>>) {
                     broker::connect_from(&amqp_url, "erp-test-results", node, false).await?;
                 node = at;
                 let channel = conn.create_channel().await?;
-                let mut consumer = channel
-                    .basic_consume(
-                        RESULTS_QUEUE.into(),
-                        "erp-test-results".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                while let Some(Ok(d)) = consumer.next().await {
-                    if let Ok(r) = serde_json::from_slice::<EventResult>(&d.data) {
-                        if let Ok(mut v) = results.lock() {
-                            v.push(r);
-                        }
-                    }
-                    let _ = d.ack(BasicAckOptions::default()).await;
-                }
+                collect(
+                    consume_results(&channel, "erp-test-results").await?,
+                    &results,
+                )
+                .await;
                 Ok::<(), anyhow::Error>(())
             };
             let _ = session.await;

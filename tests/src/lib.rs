@@ -13,11 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use serde_json::Value;
-use skeelo_broker::{self as broker, Publisher, EVENTS_EXCHANGE, RESULTS_QUEUE};
+use skeelo_broker::{self as broker, Publisher, EVENTS_EXCHANGE};
 use skeelo_domain::event::EventType;
 use skeelo_domain::outcome::EventResult;
 use skeelo_partner::api::{ClientConfig, Credentials};
@@ -25,6 +23,29 @@ use skeelo_sim::{SimConfig, SimHandle};
 use skeelo_workers::{Running, Settings};
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+/// Runs `script command` (a deploy script that starts services of its own) and returns
+/// the `NAME=value` lines it printed; panics with its output when it fails.
+pub fn script_vars(
+    script: &std::path::Path,
+    command: &str,
+) -> std::collections::HashMap<String, String> {
+    let out = std::process::Command::new(script)
+        .arg(command)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{} runs: {e}", script.display()));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{} {command} failed:\n{text}",
+        script.display()
+    );
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
 
 /// One isolated world: vhost, database, simulator, and (once started) a fleet.
 pub struct World {
@@ -233,25 +254,9 @@ impl World {
         let conn = broker::connect(&self.amqp_url, "erp-test").await?;
         let publisher = Publisher::open(&conn).await?;
         let channel = conn.create_channel().await?;
-        let mut consumer = channel
-            .basic_consume(
-                RESULTS_QUEUE.into(),
-                "erp-test-results".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer = erp::consume_results(&channel, "erp-test-results").await?;
         let results = self.results.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(d)) = consumer.next().await {
-                if let Ok(r) = serde_json::from_slice::<EventResult>(&d.data) {
-                    if let Ok(mut v) = results.lock() {
-                        v.push(r);
-                    }
-                }
-                let _ = d.ack(BasicAckOptions::default()).await;
-            }
-        });
+        tokio::spawn(async move { erp::collect(consumer, &results).await });
         self.erp = Some((conn, publisher));
         Ok(())
     }

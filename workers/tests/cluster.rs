@@ -38,18 +38,10 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
-        let out = Command::new(script())
-            .arg("start")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("deploy/cluster.sh runs");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "the cluster starts:\n{text}");
-        let var = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}=")))
-                .map(str::to_string)
-                .unwrap_or_else(|| panic!("deploy/cluster.sh printed no {name}:\n{text}"))
+        let mut vars = skeelo_tests::script_vars(&script(), "start");
+        let mut var = |name: &str| {
+            vars.remove(name)
+                .unwrap_or_else(|| panic!("deploy/cluster.sh printed no {name}"))
         };
         Cluster {
             amqp_url: var("AMQP_URL"),

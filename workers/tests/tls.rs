@@ -35,18 +35,10 @@ struct Services {
 
 impl Services {
     fn start() -> Services {
-        let out = Command::new(script())
-            .arg("start")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("deploy/tls.sh runs");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "the TLS services start:\n{text}");
-        let var = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}=")))
-                .map(str::to_string)
-                .unwrap_or_else(|| panic!("deploy/tls.sh printed no {name}:\n{text}"))
+        let mut vars = skeelo_tests::script_vars(&script(), "start");
+        let mut var = |name: &str| {
+            vars.remove(name)
+                .unwrap_or_else(|| panic!("deploy/tls.sh printed no {name}"))
         };
         Services {
             ca: var("CA"),
