@@ -51,13 +51,14 @@ async fn partner(
     sim: &Sim,
     op: Operation,
     auth: Auth,
+    subject: Option<&str>,
     work: impl FnOnce(&mut State) -> Outcome,
 ) -> Response {
     let latency = sim.lock().faults.latency_ms;
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let outcome = sim.lock().handle(op, &auth, work);
+    let outcome = sim.lock().handle(op, &auth, subject, work);
     named(op.as_str(), outcome)
 }
 
@@ -71,7 +72,7 @@ pub(crate) fn path_id(path: Result<Path<String>, PathRejection>) -> Result<Strin
 }
 
 async fn token(Shared(sim): Shared<Sim>, body: Result<Bytes, BytesRejection>) -> Response {
-    partner(&sim, Operation::Token, Auth::Exempt, |state| {
+    partner(&sim, Operation::Token, Auth::Exempt, None, |state| {
         state.issue_token(&body_bytes(body)?)
     })
     .await
@@ -82,6 +83,7 @@ async fn list_products(Shared(sim): Shared<Sim>, headers: HeaderMap) -> Response
         &sim,
         Operation::ListProducts,
         Auth::Bearer(bearer(&headers)),
+        None,
         |state| state.list_products(),
     )
     .await
@@ -93,9 +95,17 @@ async fn create_subscription(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let auth = Auth::Bearer(bearer(&headers));
-    partner(&sim, Operation::CreateSubscription, auth, |state| {
-        state.create_subscription(&body_bytes(body)?)
-    })
+    let subject = body.as_ref().ok().and_then(|b| {
+        let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+        v.get("external_id")?.as_str().map(str::to_owned)
+    });
+    partner(
+        &sim,
+        Operation::CreateSubscription,
+        auth,
+        subject.as_deref(),
+        |state| state.create_subscription(&body_bytes(body)?),
+    )
     .await
 }
 
@@ -105,9 +115,14 @@ async fn get_subscription(
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
     let auth = Auth::Bearer(bearer(&headers));
-    partner(&sim, Operation::GetSubscription, auth, |state| {
-        state.get_subscription(&path_id(path)?)
-    })
+    let subject = path.as_ref().ok().map(|Path(id)| id.clone());
+    partner(
+        &sim,
+        Operation::GetSubscription,
+        auth,
+        subject.as_deref(),
+        |state| state.get_subscription(&path_id(path)?),
+    )
     .await
 }
 
@@ -118,9 +133,14 @@ async fn update_subscription(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let auth = Auth::Bearer(bearer(&headers));
-    partner(&sim, Operation::UpdateSubscription, auth, |state| {
-        state.update_subscription(&path_id(path)?, &body_bytes(body)?)
-    })
+    let subject = path.as_ref().ok().map(|Path(id)| id.clone());
+    partner(
+        &sim,
+        Operation::UpdateSubscription,
+        auth,
+        subject.as_deref(),
+        |state| state.update_subscription(&path_id(path)?, &body_bytes(body)?),
+    )
     .await
 }
 
@@ -131,9 +151,14 @@ async fn set_status(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let auth = Auth::Bearer(bearer(&headers));
-    partner(&sim, Operation::SetStatus, auth, |state| {
-        state.set_status(&path_id(path)?, &body_bytes(body)?)
-    })
+    let subject = path.as_ref().ok().map(|Path(id)| id.clone());
+    partner(
+        &sim,
+        Operation::SetStatus,
+        auth,
+        subject.as_deref(),
+        |state| state.set_status(&path_id(path)?, &body_bytes(body)?),
+    )
     .await
 }
 

@@ -107,6 +107,18 @@ impl SimHandle {
         self.sim.lock().accepted_span()
     }
 
+    /// When each recently accepted partner call arrived, oldest first (the last
+    /// 200 000): for a benchmark's figures of how evenly the rate was used.
+    pub fn accepted_times(&self) -> Vec<std::time::Instant> {
+        self.sim.lock().accepted_times()
+    }
+
+    /// Whether some call about this contract was failed on purpose (the `error_rate`
+    /// fault), so that a benchmark can tell healthy events from those it hit.
+    pub fn failed_on_purpose(&self, external_id: &str) -> bool {
+        self.sim.lock().failed_on_purpose(external_id)
+    }
+
     /// Forgets subscriptions, counters and anomalies, keeping configuration,
     /// catalogue, faults and tokens, so one simulator can serve several scenarios.
     pub fn reset(&self) {

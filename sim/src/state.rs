@@ -1,7 +1,7 @@
 //! The simulator's memory and the gate every partner call passes through:
 //! outage, rate limit, transient faults and bearer-token check, then counting.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +12,11 @@ use crate::model::{Faults, Product, SimConfig, Subscription};
 /// How many distinct unix seconds of accepted-call counts are kept, so a long-running
 /// demo does not grow without bound (the overall maxima are kept separately).
 const SECONDS_KEPT: usize = 86_400;
+/// How many accepted calls' instants are kept for [`State::accepted_times`]: a
+/// benchmark's worth (an hour at 50/s), bounded for a long-running demo.
+const CALLS_KEPT: usize = 200_000;
+/// How many subjects of injected failures are kept.
+const FAILED_KEPT: usize = 100_000;
 
 /// The partner operations, named as they appear in counters and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,6 +77,11 @@ pub(crate) struct State {
     max_sliding: u64,
     /// The first and the last accepted call.
     accepted_span: Option<(Instant, Instant)>,
+    /// When each recent accepted call arrived, oldest first (at most [`CALLS_KEPT`]).
+    accepted_times: VecDeque<Instant>,
+    /// The contracts (external ids) a call for which was failed on purpose: a
+    /// benchmark tells the events hit by an injected fault from the healthy ones.
+    failed_subjects: BTreeSet<String>,
 }
 
 impl State {
@@ -91,18 +101,22 @@ impl State {
             max_per_unix_second: 0,
             max_sliding: 0,
             accepted_span: None,
+            accepted_times: VecDeque::new(),
+            failed_subjects: BTreeSet::new(),
         }
     }
 
     /// Runs one partner call: the gate, then `work` if the gate lets it through,
     /// then the bookkeeping every answered call gets.
+    /// `subject` is the contract the call is about, when it names one.
     pub(crate) fn handle(
         &mut self,
         op: Operation,
         auth: &Auth,
+        subject: Option<&str>,
         work: impl FnOnce(&mut Self) -> Outcome,
     ) -> Outcome {
-        let outcome = self.gate(op, auth).and_then(|()| work(self));
+        let outcome = self.gate(op, auth, subject).and_then(|()| work(self));
         let status = match &outcome {
             Ok(reply) => reply.status,
             Err(err) => err.status,
@@ -129,7 +143,7 @@ impl State {
         self.anomalies.push(description);
     }
 
-    fn gate(&mut self, op: Operation, auth: &Auth) -> Result<(), ApiError> {
+    fn gate(&mut self, op: Operation, auth: &Auth, subject: Option<&str>) -> Result<(), ApiError> {
         if self.faults.down {
             return Err(ApiError::unavailable(
                 "simulated outage: the partner API is down",
@@ -143,6 +157,11 @@ impl State {
             && self.faults.error_rate > 0.0
             && rand::random::<f64>() < self.faults.error_rate
         {
+            if let Some(s) = subject {
+                if self.failed_subjects.len() < FAILED_KEPT {
+                    self.failed_subjects.insert(s.to_owned());
+                }
+            }
             return Err(ApiError::unavailable(
                 "simulated transient failure; try again later",
             ));
@@ -174,6 +193,10 @@ impl State {
                 .map_or((now, now), |(first, _)| (first, now)),
         );
         self.max_sliding = self.max_sliding.max(self.recent.len() as u64);
+        if self.accepted_times.len() == CALLS_KEPT {
+            self.accepted_times.pop_front();
+        }
+        self.accepted_times.push_back(now);
         let count = self.accepted_per_second.entry(second).or_insert(0);
         *count += 1;
         self.max_per_unix_second = self.max_per_unix_second.max(*count);
@@ -203,11 +226,23 @@ impl State {
         self.max_per_unix_second = 0;
         self.max_sliding = 0;
         self.accepted_span = None;
+        self.accepted_times.clear();
+        self.failed_subjects.clear();
     }
 
     /// Time from the first accepted call to the last.
     pub(crate) fn accepted_span(&self) -> Option<Duration> {
         self.accepted_span.map(|(first, last)| last - first)
+    }
+
+    /// When the recent accepted calls arrived, oldest first.
+    pub(crate) fn accepted_times(&self) -> Vec<Instant> {
+        self.accepted_times.iter().copied().collect()
+    }
+
+    /// Whether a call about `external_id` was failed on purpose.
+    pub(crate) fn failed_on_purpose(&self, external_id: &str) -> bool {
+        self.failed_subjects.contains(external_id)
     }
 }
 
@@ -284,9 +319,11 @@ mod tests {
     fn handle_counts_and_records_422_as_anomaly() {
         let mut state = state_with_rate(None);
         let auth = Auth::Exempt;
-        let ok = state.handle(Operation::ListProducts, &auth, |_| Ok(Reply::ok(json!({}))));
+        let ok = state.handle(Operation::ListProducts, &auth, None, |_| {
+            Ok(Reply::ok(json!({})))
+        });
         assert!(ok.is_ok());
-        let bad = state.handle(Operation::CreateSubscription, &auth, |_| {
+        let bad = state.handle(Operation::CreateSubscription, &auth, None, |_| {
             Err(ApiError::invalid_document())
         });
         assert!(bad.is_err());
@@ -294,5 +331,28 @@ mod tests {
         assert_eq!(state.counters.get(&("create_subscription", 422)), Some(&1));
         assert_eq!(state.anomalies.len(), 1);
         assert_eq!(state.total_requests(), 2);
+    }
+
+    #[test]
+    fn injected_failures_name_their_contract_and_accepted_calls_are_timed() {
+        let mut state = state_with_rate(None);
+        state.faults.error_rate = 1.0;
+        let auth = Auth::Exempt;
+        let failed = state.handle(Operation::SetStatus, &auth, Some("C1"), |_| {
+            Ok(Reply::ok(json!({})))
+        });
+        assert!(failed.is_err());
+        assert!(state.failed_on_purpose("C1"));
+        assert!(!state.failed_on_purpose("C2"));
+        // Tokens are never failed on purpose, and an accepted call is timed.
+        let token = state.handle(Operation::Token, &auth, Some("C2"), |_| {
+            Ok(Reply::ok(json!({})))
+        });
+        assert!(token.is_ok());
+        assert!(!state.failed_on_purpose("C2"));
+        assert_eq!(state.accepted_times().len(), 2);
+        state.reset();
+        assert!(!state.failed_on_purpose("C1"));
+        assert!(state.accepted_times().is_empty());
     }
 }
