@@ -9,7 +9,7 @@ use serde::Serialize;
 use skeelo_domain::event::Sku;
 use skeelo_domain::lifecycle::{self, Target};
 use skeelo_partner::api::{ClientConfig, Credentials, SkeeloClient};
-use skeelo_partner::pacer::{Pacer, Weights};
+use skeelo_partner::pacer::{Margin, Pacer, Weights};
 use skeelo_telemetry::metrics::Metrics;
 
 use crate::table;
@@ -65,7 +65,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             timeout: Duration::from_secs(10),
         },
         Metrics::new()?,
-        Pacer::fleet(store.clone(), a.rate, Weights::default()),
+        Pacer::fleet(store.clone(), a.rate, Weights::default(), Margin::default()),
     )?;
     let ids = store.recent_contracts(a.limit).await?;
     let mut rows = Vec::new();

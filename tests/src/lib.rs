@@ -151,6 +151,7 @@ impl World {
             },
             rate_per_second: None,
             weights: skeelo_partner::pacer::Weights::default(),
+            margin: skeelo_partner::pacer::Margin::default(),
             http_addr: "127.0.0.1:0".parse().expect("a valid address literal"),
             consumers: EventType::ALL.to_vec(),
             prefetch: 16,

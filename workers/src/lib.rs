@@ -53,6 +53,8 @@ pub struct Settings {
     pub rate_per_second: Option<std::num::NonZeroU32>,
     /// How the rate is shared between event types when several wait.
     pub weights: skeelo_partner::pacer::Weights,
+    /// The least share of the rate left unused (grows after a 429).
+    pub margin: skeelo_partner::pacer::Margin,
     /// `HTTP_ADDR`: metrics and health. Port 0 picks a free one (tests).
     pub http_addr: SocketAddr,
     /// The event types this process consumes (dedicated deployments run a subset).
@@ -241,12 +243,12 @@ async fn build(
         Store::connect(&settings.database_url, settings.db_pool_size).context("DATABASE_URL")?;
     migrate_with_patience(&store, &settings.database_url).await?;
     let pacer = match settings.rate_per_second {
-        Some(rate) => Pacer::fleet(store.clone(), rate, settings.weights),
+        Some(rate) => Pacer::fleet(store.clone(), rate, settings.weights, settings.margin),
         None => Pacer::unlimited(),
     };
     let skeelo = SkeeloClient::new(settings.skeelo.clone(), metrics.clone(), pacer)
         .context("building the Skeelo client")?;
-    let catalogue = catalogue::Catalogue::load(&store, &skeelo).await?;
+    let catalogue = catalogue::Catalogue::load(&store).await?;
     let trip = settings.outage.trip;
     let management = management(&settings)?;
     Ok(Arc::new(App {

@@ -27,14 +27,94 @@ use tokio::sync::{oneshot, Notify};
 
 use skeelo_domain::event::EventType;
 
-/// Calls are spaced for this share of the partner rate: arrival jitter at Skeelo must
-/// not turn an exactly paced fleet into one request too many in some second.
-const SAFETY: f64 = 0.96;
-/// A slot the dispatcher reaches later than this fraction of an interval is dropped
-/// rather than used late (late sends bunch up).
-const LATE: f64 = 0.2;
 /// Slots leased at once, at most: about a tenth of a second of the rate.
 const LEASE_SECONDS: f64 = 0.1;
+
+/// The share of the rate left unused, so that the partner, counting calls in any
+/// sliding second by its own clock, never sees one too many. `rate + 1` calls spaced
+/// at `1 / (rate × (1 − m))` span `m / (1 − m)` seconds more than one second: that is
+/// the time by which the arrival of a call may lag the one a second after it (timer
+/// lateness, scheduling, the network) without a 429.
+///
+/// It adapts: at its floor while the partner never throttles, doubled (by at least
+/// [`Margin::STEP`]) at each 429, and back to the floor by half its excess every
+/// [`Margin::HALF_LIFE`] without one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Margin {
+    floor: f64,
+    /// The margin right after the last change, and when that was.
+    raised: f64,
+    since: Option<Instant>,
+}
+
+impl Margin {
+    /// The floor, measured (docs/performance.md, "Where the rate goes"): 1 % leaves
+    /// 10 ms for arrival jitter, and no 429 came in any run on a machine shared by
+    /// three worker processes, the broker, the database and the partner fake; at 0 %
+    /// the partner saw one call too many within seconds.
+    pub const FLOOR: f64 = 0.01;
+    /// The least a 429 adds.
+    pub const STEP: f64 = 0.02;
+    /// The most it can grow to.
+    pub const MAX: f64 = 0.25;
+    /// How fast it falls back while no 429 comes.
+    pub const HALF_LIFE: Duration = Duration::from_secs(300);
+
+    /// A margin at `floor` (clamped to 0..=MAX).
+    pub fn new(floor: f64) -> Margin {
+        let floor = if floor.is_finite() {
+            floor.clamp(0.0, Self::MAX)
+        } else {
+            Self::FLOOR
+        };
+        Margin {
+            floor,
+            raised: floor,
+            since: None,
+        }
+    }
+
+    /// The margin in force at `now`.
+    pub fn at(&self, now: Instant) -> f64 {
+        let Some(since) = self.since else {
+            return self.floor;
+        };
+        let halves =
+            now.saturating_duration_since(since).as_secs_f64() / Self::HALF_LIFE.as_secs_f64();
+        self.floor + (self.raised - self.floor) * 0.5_f64.powf(halves)
+    }
+
+    /// The partner said 429 at `now`: space calls wider. Returns the new margin.
+    pub fn throttled(&mut self, now: Instant) -> f64 {
+        let m = self.at(now);
+        self.raised = (m * 2.0).max(m + Self::STEP).min(Self::MAX);
+        self.since = Some(now);
+        self.raised
+    }
+
+    /// The time between two slots at `rate` calls a second, at `now`.
+    pub fn interval(&self, rate: NonZeroU32, now: Instant) -> Duration {
+        Duration::from_secs_f64(1.0 / (f64::from(rate.get()) * (1.0 - self.at(now))))
+    }
+}
+
+impl Default for Margin {
+    fn default() -> Margin {
+        Margin::new(Margin::FLOOR)
+    }
+}
+
+/// How late a slot may still be used: half the room the margin leaves in a second
+/// (the other half is for the network), never less than the timer's own tick (a
+/// timer fires up to a millisecond after its time) and never more than half an
+/// interval. A slot reached later is dropped rather than sent late: the call a second
+/// after it, in another process, may be on time. (Within a process the local limiter
+/// keeps any two calls an interval apart whatever the lateness.)
+fn late_allowed(interval: Duration, rate: NonZeroU32) -> Duration {
+    const TICK: f64 = 0.001;
+    let room = (interval.as_secs_f64() * f64::from(rate.get()) - 1.0).max(0.0);
+    Duration::from_secs_f64((room / 2.0).max(TICK).min(interval.as_secs_f64() / 2.0))
+}
 
 /// Which queue a call waits in. Event types, plus one for everything else (the
 /// catalogue, probes, operators' reads).
@@ -158,7 +238,8 @@ pub struct Pacer {
 
 struct Inner {
     ledger: Option<Arc<dyn SlotLedger>>,
-    interval: Duration,
+    rate: NonZeroU32,
+    margin: Mutex<Margin>,
     local: DefaultDirectRateLimiter,
     queues: Mutex<Queues>,
     wake: Notify,
@@ -196,20 +277,30 @@ impl Pacer {
 
     /// This process alone (tests, tools that run apart from a fleet).
     pub fn local(rate: NonZeroU32) -> Pacer {
-        Pacer::build(None, rate, Weights::default())
+        Pacer::build(None, rate, Weights::default(), Margin::default())
     }
 
     /// The whole fleet's rate, coordinated through `ledger`.
-    pub fn fleet(ledger: impl SlotLedger, rate: NonZeroU32, weights: Weights) -> Pacer {
-        Pacer::build(Some(Arc::new(ledger)), rate, weights)
+    pub fn fleet(
+        ledger: impl SlotLedger,
+        rate: NonZeroU32,
+        weights: Weights,
+        margin: Margin,
+    ) -> Pacer {
+        Pacer::build(Some(Arc::new(ledger)), rate, weights, margin)
     }
 
-    fn build(ledger: Option<Arc<dyn SlotLedger>>, rate: NonZeroU32, weights: Weights) -> Pacer {
-        let interval = Duration::from_secs_f64(1.0 / (f64::from(rate.get()) * SAFETY));
+    fn build(
+        ledger: Option<Arc<dyn SlotLedger>>,
+        rate: NonZeroU32,
+        weights: Weights,
+        margin: Margin,
+    ) -> Pacer {
         let paused_until = Arc::new(Mutex::new(None));
         let inner = Arc::new(Inner {
             ledger,
-            interval,
+            rate,
+            margin: Mutex::new(margin),
             // Spaced at the partner's own rate, a little wider than the slots: a guard
             // against a burst, never a brake that a timer firing late would make
             // fall further and further behind the slots.
@@ -224,6 +315,12 @@ impl Pacer {
             inner: Some(inner),
             paused_until,
         }
+    }
+
+    /// The share of the rate left unused now (`None` without a rate).
+    pub fn margin(&self) -> Option<f64> {
+        let inner = self.inner.as_ref()?;
+        inner.margin.lock().ok().map(|m| m.at(Instant::now()))
     }
 
     /// Waits for this call's turn (in the task's lane, see [`LANE`]).
@@ -248,10 +345,16 @@ impl Pacer {
         let _ = rx.await;
     }
 
-    /// Skeelo said 429: nobody in the fleet calls before `wait` has passed.
+    /// Skeelo said 429: nobody in the fleet calls before `wait` has passed, and this
+    /// process spaces its calls wider for a while (see [`Margin`]).
     pub fn pause(&self, wait: Duration) {
-        let until = Instant::now() + wait;
+        let now = Instant::now();
+        let until = now + wait;
+        // 429s to calls sent before the pause began say nothing new: the margin grows
+        // once per pause, not once per call that was on its way.
+        let mut fresh = true;
         if let Ok(mut p) = self.paused_until.lock() {
+            fresh = p.is_none_or(|current| current <= now);
             if p.is_none_or(|current| current < until) {
                 *p = Some(until);
             }
@@ -259,6 +362,16 @@ impl Pacer {
         let Some(inner) = &self.inner else {
             return;
         };
+        if !fresh {
+            return;
+        }
+        if let Ok(mut m) = inner.margin.lock() {
+            let margin = m.throttled(now);
+            tracing::warn!(
+                margin_percent = margin * 100.0,
+                "Skeelo throttled a call; spacing calls wider until it stays quiet"
+            );
+        }
         if let Some(ledger) = inner.ledger.clone() {
             tokio::spawn(async move {
                 if let Err(e) = ledger.pause(ROW, wait).await {
@@ -282,7 +395,7 @@ async fn dispatch(weak: std::sync::Weak<Inner>) {
         };
         let waiting = inner.queues.lock().map(|q| q.len()).unwrap_or(0);
         let now = Instant::now();
-        let late = inner.interval.mul_f64(LATE);
+        let late = inner.late();
         while slots.front().is_some_and(|s| now.duration_since(*s) > late) {
             slots.pop_front();
         }
@@ -347,7 +460,7 @@ async fn grant(inner: &Inner, slots: &mut VecDeque<Instant>) {
         return;
     };
     let now = Instant::now();
-    if now.duration_since(slot) > inner.interval.mul_f64(LATE) {
+    if now.duration_since(slot) > inner.late() {
         return;
     }
     let paused = inner.paused_until.lock().ok().and_then(|p| *p);
@@ -365,8 +478,23 @@ async fn grant(inner: &Inner, slots: &mut VecDeque<Instant>) {
     }
 }
 
+impl Inner {
+    /// The spacing of slots now.
+    fn interval(&self) -> Duration {
+        let now = Instant::now();
+        self.margin
+            .lock()
+            .map(|m| m.interval(self.rate, now))
+            .unwrap_or_else(|_| Margin::default().interval(self.rate, now))
+    }
+
+    fn late(&self) -> Duration {
+        late_allowed(self.interval(), self.rate)
+    }
+}
+
 fn lease_size(inner: &Inner, waiting: usize) -> usize {
-    let per_lease = (LEASE_SECONDS / inner.interval.as_secs_f64())
+    let per_lease = (LEASE_SECONDS / inner.interval().as_secs_f64())
         .floor()
         .max(1.0) as usize;
     waiting.clamp(1, per_lease)
@@ -376,9 +504,10 @@ fn lease_size(inner: &Inner, waiting: usize) -> usize {
 /// row's times are wall-clock times, read against this machine's clock: every process
 /// places a slot at the same moment, however long the answer took to arrive.
 async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, LedgerError> {
+    let interval = inner.interval();
     let start = match &inner.ledger {
         Some(ledger) => {
-            let first = ledger.lease(ROW, n, inner.interval).await?;
+            let first = ledger.lease(ROW, n, interval).await?;
             let now = Instant::now();
             match first.duration_since(std::time::SystemTime::now()) {
                 Ok(ahead) => now + ahead,
@@ -388,7 +517,7 @@ async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, LedgerError> {
         None => Instant::now(),
     };
     Ok((0..n)
-        .map(|i| start + inner.interval * u32::try_from(i).unwrap_or(u32::MAX))
+        .map(|i| start + interval * u32::try_from(i).unwrap_or(u32::MAX))
         .collect())
 }
 
@@ -461,6 +590,90 @@ mod tests {
         assert!(Weights::parse("sync=0").unwrap_err().contains("1 to 1000"));
     }
 
+    #[test]
+    fn the_margin_stays_at_its_floor_grows_at_each_429_and_falls_back() {
+        let t0 = Instant::now();
+        let mut m = Margin::default();
+        assert_eq!(m.at(t0), Margin::FLOOR);
+        assert_eq!(m.at(t0 + Duration::from_secs(3600)), Margin::FLOOR);
+        // A 429 adds at least a step, a second one doubles.
+        let first = m.throttled(t0);
+        assert!(
+            (first - (Margin::FLOOR + Margin::STEP)).abs() < 1e-9,
+            "{first}"
+        );
+        let second = m.throttled(t0);
+        assert!((second - 2.0 * first).abs() < 1e-9, "{second}");
+        // Never beyond the most.
+        for _ in 0..20 {
+            m.throttled(t0);
+        }
+        assert!((m.at(t0) - Margin::MAX).abs() < 1e-9);
+        // Half the excess goes in a half-life, nearly all in ten.
+        let half = m.at(t0 + Margin::HALF_LIFE);
+        let expected = Margin::FLOOR + (Margin::MAX - Margin::FLOOR) / 2.0;
+        assert!((half - expected).abs() < 1e-6, "{half} vs {expected}");
+        let later = m.at(t0 + Margin::HALF_LIFE * 10);
+        assert!(later - Margin::FLOOR < 0.001, "{later}");
+        // A 429 after a quiet spell starts from where the margin had fallen to.
+        let again = m.throttled(t0 + Margin::HALF_LIFE * 10);
+        assert!(again < 0.04, "{again}");
+    }
+
+    #[test]
+    fn the_margin_is_clamped_and_sets_the_spacing() {
+        let now = Instant::now();
+        assert_eq!(Margin::new(f64::NAN), Margin::default());
+        assert_eq!(Margin::new(-1.0).at(now), 0.0);
+        assert_eq!(Margin::new(9.0).at(now), Margin::MAX);
+        let rate = NonZeroU32::new(50).expect("non-zero");
+        assert_eq!(
+            Margin::new(0.0).interval(rate, now),
+            Duration::from_millis(20)
+        );
+        let spaced = Margin::new(0.2).interval(rate, now);
+        assert_eq!(spaced, Duration::from_millis(25));
+        // rate + 1 calls at this spacing span a second plus the margin's room.
+        let room = spaced.as_secs_f64() * 50.0 - 1.0;
+        assert!((room - 0.25).abs() < 1e-9, "{room}");
+    }
+
+    #[test]
+    fn a_slot_may_be_late_by_half_the_room_the_margin_leaves() {
+        let rate = NonZeroU32::new(50).expect("non-zero");
+        let now = Instant::now();
+        let at = |m: f64| late_allowed(Margin::new(m).interval(rate, now), rate);
+        // 1 %: 1/0.99 - 1 = 10.1 ms of room in a second, half of it for lateness.
+        let one = at(0.01).as_secs_f64() * 1000.0;
+        assert!((one - 5.05).abs() < 0.01, "{one}");
+        // No margin, the timer's tick only; a wide margin is capped at half an interval.
+        assert_eq!(at(0.0), Duration::from_millis(1));
+        let capped =
+            at(0.25).as_secs_f64() - (Margin::new(0.25).interval(rate, now) / 2).as_secs_f64();
+        assert!(capped.abs() < 1e-6, "{capped}");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_429s_widens_the_spacing_once() {
+        let pacer = Pacer::local(NonZeroU32::new(50).expect("non-zero"));
+        assert_eq!(pacer.margin(), Some(Margin::FLOOR));
+        // Calls already on their way when the first 429 came get theirs too.
+        for _ in 0..5 {
+            pacer.pause(Duration::from_millis(40));
+        }
+        let once = pacer.margin().expect("a rate");
+        assert!(
+            (once - (Margin::FLOOR + Margin::STEP)).abs() < 1e-6,
+            "{once}"
+        );
+        // A 429 after the pause is over is news: the margin doubles.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        pacer.pause(Duration::from_millis(40));
+        let twice = pacer.margin().expect("a rate");
+        assert!((twice - 2.0 * once).abs() < 1e-4, "{twice}");
+        assert_eq!(Pacer::unlimited().margin(), None);
+    }
+
     /// A ledger in memory: a GCRA row like the database's, and what was asked of it.
     #[derive(Default)]
     struct FakeLedger {
@@ -503,7 +716,7 @@ mod tests {
     async fn the_pacer_takes_its_turns_from_the_ledger_and_shares_pauses_with_it() {
         let ledger = Arc::new(FakeLedger::default());
         let rate = NonZeroU32::new(200).expect("non-zero");
-        let pacer = Pacer::fleet(ledger.clone(), rate, Weights::default());
+        let pacer = Pacer::fleet(ledger.clone(), rate, Weights::default(), Margin::default());
         let started = Instant::now();
         for _ in 0..20 {
             LANE.scope(lane(EventType::Sync), pacer.turn()).await;
