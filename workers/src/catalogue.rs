@@ -1,11 +1,16 @@
 //! Skeelo's catalogue, as events are checked against it.
 //!
-//! Loaded from `GET /v1/products` at start and kept in the database (so a worker that
-//! starts while Skeelo is down still knows it). A SKU that is not in it triggers a
-//! refresh before the event is called invalid: the ISP may have just registered a new
-//! product, and a stale list must not dead-letter a valid sync. Refreshes are
-//! coalesced: a task that finds an unknown SKU waits for the refresh under way, and
-//! only refreshes itself if none finished since it looked.
+//! Read from `GET /v1/products` when the first sync is judged, and kept in the
+//! database: a worker starts with the stored copy, so one that starts while Skeelo is
+//! down still knows it. Not at start: the two calls (token, catalogue) would take the
+//! partner rate's first slots and leave the next ones unused while the consumers
+//! start; made when the first sync needs them, they run back to back with its own.
+//!
+//! A SKU that is not in the list triggers a refresh before the event is called
+//! invalid: the ISP may have just registered a new product, and a stale list must not
+//! dead-letter a valid sync. Refreshes are coalesced: a task that finds an unknown SKU
+//! waits for the refresh under way, and only refreshes itself if none finished since
+//! it looked.
 
 use std::collections::BTreeSet;
 use std::sync::RwLock;
@@ -16,24 +21,19 @@ use skeelo_store::Store;
 use tokio::sync::Mutex;
 
 pub(crate) struct Catalogue {
-    /// The SKUs, and how many refreshes produced them.
+    /// The SKUs, and how many refreshes from Skeelo produced them (0: the stored copy).
     skus: RwLock<(BTreeSet<String>, u64)>,
     refreshing: Mutex<()>,
 }
 
 impl Catalogue {
-    /// Loads from Skeelo; falls back to the stored copy when Skeelo cannot answer.
-    pub(crate) async fn load(store: &Store, skeelo: &SkeeloClient) -> anyhow::Result<Catalogue> {
-        let catalogue = Catalogue {
-            skus: RwLock::new((BTreeSet::new(), 0)),
+    /// The stored copy; Skeelo's own list is read when the first sync is judged.
+    pub(crate) async fn load(store: &Store) -> anyhow::Result<Catalogue> {
+        let stored = store.catalogue().await?;
+        Ok(Catalogue {
+            skus: RwLock::new((stored, 0)),
             refreshing: Mutex::new(()),
-        };
-        if let Err(e) = catalogue.refresh(store, skeelo).await {
-            let stored = store.catalogue().await?;
-            tracing::warn!(error = %e, stored = stored.len(), "cannot read Skeelo's catalogue; using the stored copy");
-            catalogue.replace(stored);
-        }
-        Ok(catalogue)
+        })
     }
 
     async fn refresh(&self, store: &Store, skeelo: &SkeeloClient) -> Result<(), SkeeloError> {
@@ -81,13 +81,22 @@ impl Catalogue {
         products: &[Sku],
     ) -> Result<Option<Vec<Sku>>, SkeeloError> {
         let (missing, seen) = self.missing(products);
-        if missing.is_empty() {
+        if missing.is_empty() && seen > 0 {
             return Ok(None);
         }
         {
             let _one_at_a_time = self.refreshing.lock().await;
             if self.missing(products).1 == seen {
-                self.refresh(store, skeelo).await?;
+                match self.refresh(store, skeelo).await {
+                    Ok(()) => {}
+                    // Skeelo cannot say now; what the stored copy knows is judged on it
+                    // (the event's own calls will meet the same fault), an unknown SKU
+                    // waits.
+                    Err(e) if missing.is_empty() => {
+                        tracing::warn!(error = %e, "cannot read Skeelo's catalogue; judging on the stored copy");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         let (missing, _) = self.missing(products);
