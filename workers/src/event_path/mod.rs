@@ -286,7 +286,14 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
             }
         }
         if !pause.is_zero() {
+            // The pause is this batch's own: the type's other deliveries go on
+            // meanwhile (a healthy event never waits behind another's retry), and
+            // this batch takes its turn again after it.
+            let turns = permit.take().map(|p| p.semaphore().clone());
             tokio::time::sleep(pause).await;
+            if let Some(turns) = turns {
+                *permit = turns.acquire_owned().await.ok();
+            }
         }
     }
 }
