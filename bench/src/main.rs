@@ -70,7 +70,7 @@ fn opts() -> anyhow::Result<Opts> {
                      --quick                  small sizes, for a smoke run (figures not comparable)\n\
                      --throughput-events N    events for the throughput scenario (default 60000)\n\
                      --rss-events N           backlog for the memory scenario (default 100000)\n\
-                     --only NAME              one scenario: ceiling, throughput, rate, memory, latency, wave"
+                     --only NAME              one scenario: ceiling, throughput, rate, margin, memory, latency, wave"
                 );
                 std::process::exit(0);
             }
@@ -110,14 +110,20 @@ async fn publish_sync(publisher: &Publisher, e: &serde_json::Value) -> anyhow::R
     Ok(())
 }
 
-async fn start_worker(w: &World, rate: Option<u32>, consumers: &str) -> anyhow::Result<Worker> {
+async fn start_worker(
+    w: &World,
+    rate: Option<u32>,
+    consumers: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Worker> {
     let rate = rate.map_or("unlimited".to_string(), |r| r.to_string());
     // The log level a fleet ships with: a line per event is part of its cost.
-    let env = [
+    let mut env = vec![
         ("SKEELO_RATE_PER_SECOND", rate.as_str()),
         ("SKEELO_CONSUMERS", consumers),
         ("RUST_LOG", "info"),
     ];
+    env.extend_from_slice(extra);
     Worker::start(&worker_binary()?, w, &env, Stdio::null()).await
 }
 
@@ -260,11 +266,11 @@ async fn ceiling(n: usize) -> anyhow::Result<f64> {
 async fn throughput(n: usize) -> anyhow::Result<(f64, f64)> {
     let w = World::new().await?;
     {
-        let warm = start_worker(&w, None, "all").await?;
+        let warm = start_worker(&w, None, "all", &[]).await?;
         drop(warm); // declares the topology and migrates, then stops
     }
     publish_many(&w.amqp_url, &syncs("TP", n)).await?;
-    let worker = start_worker(&w, None, "all").await?;
+    let worker = start_worker(&w, None, "all", &[]).await?;
     let (cpu_before, _) = cpu_and_peak_rss(worker.pid())?;
     let took = wait_handled(&[worker.port], n, Duration::from_secs(900)).await?;
     let (cpu_after, _) = cpu_and_peak_rss(worker.pid())?;
@@ -278,11 +284,11 @@ async fn throughput(n: usize) -> anyhow::Result<(f64, f64)> {
 async fn peak_rss(n: usize) -> anyhow::Result<(u64, f64)> {
     let w = World::new().await?;
     {
-        let warm = start_worker(&w, None, "all").await?;
+        let warm = start_worker(&w, None, "all", &[]).await?;
         drop(warm);
     }
     publish_many(&w.amqp_url, &syncs("RSS", n)).await?;
-    let worker = start_worker(&w, None, "all").await?;
+    let worker = start_worker(&w, None, "all", &[]).await?;
     let took = wait_handled(&[worker.port], n, Duration::from_secs(1800)).await?;
     let (_, hwm_kib) = cpu_and_peak_rss(worker.pid())?;
     drop(worker);
@@ -290,79 +296,207 @@ async fn peak_rss(n: usize) -> anyhow::Result<(u64, f64)> {
     Ok((hwm_kib, n as f64 / took.as_secs_f64()))
 }
 
+/// How fully and how evenly a run used the partner rate, from the simulator's record
+/// of every call it accepted (whatever the operation: tokens and the catalogue count
+/// against the partner's rate as much as subscriptions do).
 struct RateFigures {
-    achieved_per_s: f64,
-    /// Calls over the span from the first accepted call to the last (start-up left out).
-    steady_per_s: f64,
+    calls: usize,
+    /// Calls over the span from the first accepted call to the last, against the rate:
+    /// n calls exactly 1/rate apart are 100 %.
+    use_of_rate: f64,
+    /// The same from the moment the processes were started (start-up included).
+    from_start: f64,
+    /// The most calls accepted in any sliding second.
     busiest_second: u64,
+    /// The shortest time in which rate + 1 calls arrived: at least a second, or some
+    /// second held one call too many. How much room the spacing left.
+    tightest_ms: f64,
+    /// The longest time between two calls.
+    widest_gap_ms: f64,
     throttled: u64,
 }
 
-async fn rate_use(processes: usize, rate: u32, n: usize) -> anyhow::Result<RateFigures> {
+fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
+    let times = w.sim.accepted_times();
+    let rate_n = rate as usize;
+    let span = match (times.first(), times.last()) {
+        (Some(first), Some(last)) => last.duration_since(*first).as_secs_f64(),
+        _ => 0.0,
+    };
+    let from_start = times
+        .last()
+        .map_or(0.0, |last| last.duration_since(started).as_secs_f64());
+    let tightest = times
+        .windows(rate_n + 1)
+        .map(|w| w[rate_n].duration_since(w[0]).as_secs_f64())
+        .fold(f64::INFINITY, f64::min);
+    let widest = times
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_secs_f64())
+        .fold(0.0, f64::max);
+    let throttled = [
+        "token",
+        "list_products",
+        "create_subscription",
+        "get_subscription",
+        "update_subscription",
+        "set_status",
+    ]
+    .iter()
+    .map(|op| w.sim.request_count(op, 429))
+    .sum();
+    if std::env::var_os("BENCH_GAPS").is_some() {
+        let mut gaps: Vec<(usize, f64)> = times
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| (i, w[1].duration_since(w[0]).as_secs_f64() * 1000.0))
+            .collect();
+        gaps.sort_by(|a, b| b.1.total_cmp(&a.1));
+        eprintln!(
+            "widest gaps (after call #, ms): {:?}",
+            &gaps[..gaps.len().min(8)]
+        );
+    }
+    let n = times.len();
+    RateFigures {
+        calls: n,
+        use_of_rate: n.saturating_sub(1) as f64 / span / f64::from(rate),
+        from_start: n as f64 / from_start / f64::from(rate),
+        busiest_second: w.sim.max_accepted_in_one_second(),
+        tightest_ms: tightest * 1000.0,
+        widest_gap_ms: widest * 1000.0,
+        throttled,
+    }
+}
+
+/// When the events come: waiting for the fleet as it starts (a restart during a
+/// wave), or at once into a fleet that is running idle (a burst).
+#[derive(Clone, Copy, PartialEq)]
+enum Arrival {
+    Backlog,
+    Burst,
+}
+
+/// Mixed histories (syncs, suspensions, blocks, cancellations, duplicates, the ERP's
+/// late attempts) for about `n` events, all published at once, and `processes`
+/// workers against a partner that allows `rate` calls a second.
+async fn rate_use(
+    processes: usize,
+    rate: u32,
+    n: usize,
+    arrival: Arrival,
+    env: &[(&str, &str)],
+) -> anyhow::Result<RateFigures> {
     let w = World::with_sim(SimConfig {
         rate_per_second: Some(rate),
         ..SimConfig::default()
     })
     .await?;
     {
-        let warm = start_worker(&w, Some(rate), "all").await?;
+        let warm = start_worker(&w, Some(rate), "all", env).await?;
         drop(warm);
     }
-    publish_many(&w.amqp_url, &syncs("RATE", n)).await?;
+    // A history holds four events on average, and one in 37 is published twice.
+    let (_, mut events) = skeelo_tests::random_histories(n.div_ceil(4), "RATE");
+    events.truncate(n);
+    if arrival == Arrival::Backlog {
+        publish_many(&w.amqp_url, &events).await?;
+    }
     // The warm-up's calls (token, catalogue) are not part of the measured window.
     w.sim.reset();
-    let calls_before = w.sim.request_count("create_subscription", 201);
     // Start them together, and time from the start: a process that is up first works
     // inside the measured window, never before it.
-    let started = Instant::now();
-    let starting = (0..processes).map(|_| start_worker(&w, Some(rate), "all"));
+    let mut started = Instant::now();
+    let starting = (0..processes).map(|_| start_worker(&w, Some(rate), "all", env));
     let workers: Vec<Worker> = futures_util::future::join_all(starting)
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
+    if arrival == Arrival::Burst {
+        started = Instant::now();
+        publish_many(&w.amqp_url, &events).await?;
+    }
     let ports: Vec<u16> = workers.iter().map(|w| w.port).collect();
-    wait_handled(&ports, n, Duration::from_secs(900)).await?;
-    let took = started.elapsed().as_secs_f64();
-    let calls = w.sim.request_count("create_subscription", 201) - calls_before;
-    let throttled = ["token", "list_products", "create_subscription"]
-        .iter()
-        .map(|op| w.sim.request_count(op, 429))
-        .sum();
-    let figures = RateFigures {
-        achieved_per_s: calls as f64 / took,
-        steady_per_s: w.sim.accepted_span().map_or(0.0, |span| {
-            calls.saturating_sub(1) as f64 / span.as_secs_f64()
-        }),
-        busiest_second: w.sim.max_accepted_in_one_second(),
-        throttled,
-    };
+    wait_handled(&ports, events.len(), Duration::from_secs(900)).await?;
+    let figures = rate_figures(&w, rate, started);
     drop(workers);
     w.close().await?;
     Ok(figures)
 }
 
-async fn latency_at_half_rate(rate: u32, seconds: u64) -> anyhow::Result<Vec<f64>> {
-    let w = World::with_sim(SimConfig::default()).await?;
-    let worker = start_worker(&w, Some(rate), "all").await?;
+struct Latency {
+    /// Publish → result at the ERP, in ms, sorted, for events none of whose calls was
+    /// failed on purpose.
+    healthy_ms: Vec<f64>,
+    /// Events one of whose calls was failed on purpose (they retry; not in the figure).
+    hit: usize,
+}
+
+/// Syncs published one by one at half the partner rate; the time from each publish to
+/// its result on `erp.results`, as the ERP sees it. `error_rate` of all partner calls
+/// fail with 503 (the simulator names the contracts they were for).
+async fn latency_at_half_rate(rate: u32, seconds: u64, error_rate: f64) -> anyhow::Result<Latency> {
+    let w = World::with_sim(SimConfig {
+        rate_per_second: Some(rate),
+        ..SimConfig::default()
+    })
+    .await?;
+    let worker = start_worker(&w, Some(rate), "all", &[]).await?;
+    w.sim.set_faults(Faults {
+        error_rate,
+        ..w.sim.faults()
+    });
     let conn = broker::connect(&w.amqp_url, "bench-erp").await?;
     let publisher = Publisher::open(&conn).await?;
+    let arrived = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, Instant>::new()));
+    let channel = conn.create_channel().await?;
+    let mut results = skeelo_tests::erp::consume_results(&channel, "bench-erp-results").await?;
+    let record = arrived.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = results.next().await {
+            let at = Instant::now();
+            if let Ok(r) = serde_json::from_slice::<skeelo_domain::outcome::EventResult>(&d.data) {
+                if let Ok(mut m) = record.lock() {
+                    m.entry(r.event_id).or_insert(at);
+                }
+            }
+            let _ = d.ack(BasicAckOptions::default()).await;
+        }
+    });
     let every = Duration::from_secs_f64(2.0 / f64::from(rate));
-    let mut published = HashMap::new();
-    let mut next = Instant::now();
     let n = (seconds as f64 / every.as_secs_f64()) as usize;
-    for (i, e) in syncs("LAT", n).iter().enumerate() {
+    let mut published = Vec::with_capacity(n);
+    let mut next = Instant::now();
+    for e in syncs("LAT", n) {
         tokio::time::sleep_until(next.into()).await;
-        let id = format!("LAT{i:06}");
-        published.insert(id, SystemTime::now());
-        publish_sync(&publisher, e).await?;
+        published.push((e.clone(), Instant::now()));
+        publish_sync(&publisher, &e).await?;
         next += every;
     }
-    wait_handled(&[worker.port], n, Duration::from_secs(120)).await?;
-    let ms = publish_to_call_ms(&w, &published);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while arrived.lock().map_or(0, |m| m.len()) < n {
+        if Instant::now() > deadline {
+            bail!("not every latency event got its result in two minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let arrived = arrived.lock().map(|m| m.clone()).unwrap_or_default();
+    let mut healthy_ms = Vec::new();
+    let mut hit = 0;
+    for (e, at) in &published {
+        let contract = e["contract"]["id"].as_str().unwrap_or_default();
+        let id = e["event_id"].as_str().unwrap_or_default();
+        if w.sim.failed_on_purpose(contract) {
+            hit += 1;
+        } else if let Some(done) = arrived.get(id) {
+            healthy_ms.push(done.duration_since(*at).as_secs_f64() * 1000.0);
+        }
+    }
+    healthy_ms.sort_by(f64::total_cmp);
     drop(worker);
     let _ = conn.close(200, "done".into()).await;
     w.close().await?;
-    Ok(ms)
+    Ok(Latency { healthy_ms, hit })
 }
 
 struct WaveFigures {
@@ -375,7 +509,7 @@ async fn wave(rate: u32, backlog: usize, window: Duration) -> anyhow::Result<Wav
     // Contracts that exist at Skeelo, so each suspension costs a call.
     let existing = syncs("WAVE", backlog);
     {
-        let fast = start_worker(&w, None, "all").await?;
+        let fast = start_worker(&w, None, "all", &[]).await?;
         publish_many(&w.amqp_url, &existing).await?;
         wait_handled(&[fast.port], backlog, Duration::from_secs(900)).await?;
     }
@@ -383,7 +517,7 @@ async fn wave(rate: u32, backlog: usize, window: Duration) -> anyhow::Result<Wav
         .map(|i| sample::event(EventType::Suspend, &format!("WAVE{i:06}"), 2, &[]))
         .collect();
     publish_many(&w.amqp_url, &suspensions).await?;
-    let worker = start_worker(&w, Some(rate), "all").await?;
+    let worker = start_worker(&w, Some(rate), "all", &[]).await?;
     let status_calls = |w: &World| w.sim.request_count("set_status", 200);
     let conn = broker::connect(&w.amqp_url, "bench-erp").await?;
     let publisher = Publisher::open(&conn).await?;
@@ -412,6 +546,19 @@ async fn wave(rate: u32, backlog: usize, window: Duration) -> anyhow::Result<Wav
         sync_ms,
         use_of_rate: calls as f64 / (elapsed * f64::from(rate)),
     })
+}
+
+fn print_rate(what: &str, rate: u32, f: &RateFigures) {
+    println!(
+        "[rate] {what}: {} calls, {:.1} % of the rate from the first call to the last ({:.1} % from start-up); busiest second {} of {rate}; {rate} + 1 calls never within {:.0} ms; widest gap {:.0} ms; 429s {}",
+        f.calls,
+        f.use_of_rate * 100.0,
+        f.from_start * 100.0,
+        f.busiest_second,
+        f.tightest_ms,
+        f.widest_gap_ms,
+        f.throttled
+    );
 }
 
 #[tokio::main]
@@ -454,17 +601,50 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let backlog = if o.quick { 600 } else { 3000 };
-    for processes in [1, 3].into_iter().filter(|_| o.runs("rate")) {
-        let f = rate_use(processes, 50, backlog).await?;
-        println!(
-            "[rate] partner rate 50/s, backlog {backlog}, {processes} process(es): achieved {:.1}/s = {:.1} % of allowed (from start-up; {:.1} % from the first call to the last); busiest second {} calls; 429s {}",
-            f.achieved_per_s,
-            f.achieved_per_s / 50.0 * 100.0,
-            f.steady_per_s / 50.0 * 100.0,
-            f.busiest_second,
-            f.throttled
-        );
+    if o.runs("rate") {
+        let sizes: &[usize] = if o.quick { &[300] } else { &[300, 3000] };
+        for rate in [20, 50] {
+            for &n in sizes {
+                for processes in [1, 3] {
+                    let f = rate_use(processes, rate, n, Arrival::Backlog, &[]).await?;
+                    print_rate(
+                        &format!("partner rate {rate}/s, {n} events waiting at start-up, {processes} process(es)"),
+                        rate,
+                        &f,
+                    );
+                }
+            }
+        }
+        for rate in [20, 50] {
+            let f = rate_use(3, rate, 300, Arrival::Burst, &[]).await?;
+            print_rate(
+                &format!(
+                    "partner rate {rate}/s, 300 events at once into a running fleet, 3 processes"
+                ),
+                rate,
+                &f,
+            );
+        }
+    }
+
+    if o.runs("margin") {
+        // What the margin buys: the same run with less of it, down to none.
+        let n = if o.quick { 300 } else { 3000 };
+        for margin in ["0", "0.5", "1", "2"] {
+            let f = rate_use(
+                3,
+                50,
+                n,
+                Arrival::Backlog,
+                &[("SKEELO_RATE_MARGIN_PERCENT", margin)],
+            )
+            .await?;
+            print_rate(
+                &format!("margin {margin} %: partner rate 50/s, {n} events, 3 processes"),
+                50,
+                &f,
+            );
+        }
     }
 
     if o.runs("memory") {
@@ -477,13 +657,19 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if o.runs("latency") {
-        let lat = latency_at_half_rate(50, if o.quick { 5 } else { 20 }).await?;
-        println!(
-        "[latency] at half the partner rate (25/s of 50/s), {} syncs: publish → Skeelo call p50 {:.1} ms, p99 {:.1} ms",
-        lat.len(),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
-    );
+        let seconds = if o.quick { 5 } else { 20 };
+        for error_rate in [0.0, 0.05] {
+            let lat = latency_at_half_rate(50, seconds, error_rate).await?;
+            println!(
+                "[latency] half the partner rate (25/s of 50/s), {:.0} % of calls answered 503: {} healthy syncs ({} hit by a 503 left out): publish → result p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                error_rate * 100.0,
+                lat.healthy_ms.len(),
+                lat.hit,
+                percentile(&lat.healthy_ms, 0.5),
+                percentile(&lat.healthy_ms, 0.99),
+                lat.healthy_ms.last().copied().unwrap_or(f64::NAN),
+            );
+        }
     }
 
     if !o.runs("wave") {
