@@ -71,9 +71,9 @@ pub struct Cli {
     #[arg(long, env = "SKEELO_LANE_WEIGHTS", default_value = "sync=4,reactivate=4,unblock=4,suspend=1,block=1,cancel=1", value_parser = skeelo_partner::pacer::Weights::parse)]
     lane_weights: skeelo_partner::pacer::Weights,
 
-    /// The least share of the partner rate left unused, in percent (0 to 25): room for
-    /// calls that arrive a little late or early at the partner's clock. It grows after
-    /// a 429 and falls back to this while none comes. 1 % leaves 10 ms in every second;
+    /// The least share of the partner rate left unused, in percent (0.5 to 25): room
+    /// for calls that arrive a little late at the partner's clock. It grows after a 429
+    /// and falls back to this while none comes. 1 % leaves 10 ms in every second;
     /// raise it for a partner far away on a jittery network.
     #[arg(long, env = "SKEELO_RATE_MARGIN_PERCENT", default_value_t = 1.0, value_parser = parse_margin)]
     rate_margin_percent: f64,
@@ -173,8 +173,8 @@ fn parse_margin(raw: &str) -> Result<f64, String> {
         .trim_end_matches('%')
         .parse::<f64>()
         .ok()
-        .filter(|m| (0.0..=25.0).contains(m))
-        .ok_or_else(|| format!("`{raw}`: a percentage from 0 to 25, e.g. 1 or 2.5"))
+        .filter(|m| (0.5..=25.0).contains(m))
+        .ok_or_else(|| format!("`{raw}`: a percentage from 0.5 to 25, e.g. 1 or 2.5"))
 }
 
 #[derive(Debug, Clone)]
@@ -349,8 +349,8 @@ mod tests {
     fn the_rate_margin_is_a_percentage() {
         let s = with(&["--rate-margin-percent", "2.5%"]).expect("valid");
         assert_eq!(s.margin, skeelo_partner::pacer::Margin::new(0.025));
-        let s = with(&["--rate-margin-percent", "0"]).expect("valid");
-        assert_eq!(s.margin, skeelo_partner::pacer::Margin::new(0.0));
+        let s = with(&["--rate-margin-percent", "0.5"]).expect("valid");
+        assert_eq!(s.margin, skeelo_partner::pacer::Margin::new(0.005));
     }
 
     #[test]
@@ -365,9 +365,10 @@ mod tests {
             (&["--consumers", "sync,renew"], "unknown consumer `renew`"),
             (&["--consumers", " , "], "name at least one consumer"),
             (&["--skeelo-rate-per-second", "0"], "above 0, or unlimited"),
-            (&["--rate-margin-percent", "30"], "a percentage from 0 to 25"),
-            (&["--rate-margin-percent=-1"], "a percentage from 0 to 25"),
-            (&["--rate-margin-percent", "NaN"], "a percentage from 0 to 25"),
+            (&["--rate-margin-percent", "30"], "a percentage from 0.5 to 25"),
+            (&["--rate-margin-percent", "0"], "a percentage from 0.5 to 25"),
+            (&["--rate-margin-percent=-1"], "a percentage from 0.5 to 25"),
+            (&["--rate-margin-percent", "NaN"], "a percentage from 0.5 to 25"),
             (&["--retry-delays", "5"], "needs a unit"),
             (&["--retry-delays", "5d"], "the unit must be ms, s, m or h"),
             (&["--retry-delays", "0s"], "more than zero"),

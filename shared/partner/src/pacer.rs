@@ -53,6 +53,10 @@ impl Margin {
     /// three worker processes, the broker, the database and the partner fake; at 0 %
     /// the partner saw one call too many within seconds.
     pub const FLOOR: f64 = 0.01;
+    /// The least floor: below it, the room in a second is under a timer's own
+    /// lateness, and slots are dropped as late instead of used (measured at 0 %: 17 %
+    /// of the rate used).
+    pub const MIN: f64 = 0.005;
     /// The least a 429 adds.
     pub const STEP: f64 = 0.02;
     /// The most it can grow to.
@@ -60,10 +64,10 @@ impl Margin {
     /// How fast it falls back while no 429 comes.
     pub const HALF_LIFE: Duration = Duration::from_secs(300);
 
-    /// A margin at `floor` (clamped to 0..=MAX).
+    /// A margin at `floor` (clamped to MIN..=MAX).
     pub fn new(floor: f64) -> Margin {
         let floor = if floor.is_finite() {
-            floor.clamp(0.0, Self::MAX)
+            floor.clamp(Self::MIN, Self::MAX)
         } else {
             Self::FLOOR
         };
@@ -72,6 +76,11 @@ impl Margin {
             raised: floor,
             since: None,
         }
+    }
+
+    /// The least it falls back to.
+    pub fn floor(&self) -> f64 {
+        self.floor
     }
 
     /// The margin in force at `now`.
@@ -109,7 +118,7 @@ impl Default for Margin {
 /// timer fires up to a millisecond after its time) and never more than half an
 /// interval. A slot reached later is dropped rather than sent late: the call a second
 /// after it, in another process, may be on time. (Within a process the local limiter
-/// keeps any two calls an interval apart whatever the lateness.)
+/// keeps any two calls 1/rate apart whatever the lateness.)
 fn late_allowed(interval: Duration, rate: NonZeroU32) -> Duration {
     const TICK: f64 = 0.001;
     let room = (interval.as_secs_f64() * f64::from(rate.get()) - 1.0).max(0.0);
@@ -362,16 +371,17 @@ impl Pacer {
         let Some(inner) = &self.inner else {
             return;
         };
-        if !fresh {
-            return;
+        if fresh {
+            if let Ok(mut m) = inner.margin.lock() {
+                let margin = m.throttled(now);
+                tracing::warn!(
+                    margin_percent = margin * 100.0,
+                    "Skeelo throttled a call; spacing calls wider until it stays quiet"
+                );
+            }
         }
-        if let Ok(mut m) = inner.margin.lock() {
-            let margin = m.throttled(now);
-            tracing::warn!(
-                margin_percent = margin * 100.0,
-                "Skeelo throttled a call; spacing calls wider until it stays quiet"
-            );
-        }
+        // Every 429 reaches the fleet (the row keeps the latest end): a later one may
+        // ask for a longer wait than the first.
         if let Some(ledger) = inner.ledger.clone() {
             tokio::spawn(async move {
                 if let Err(e) = ledger.pause(ROW, wait).await {
@@ -468,6 +478,10 @@ async fn grant(inner: &Inner, slots: &mut VecDeque<Instant>) {
         return;
     }
     inner.local.until_ready().await;
+    // The local guard may have held it: late by now, it is dropped after all.
+    if Instant::now().duration_since(slot) > inner.late() {
+        return;
+    }
     let granted = inner.queues.lock().ok().and_then(|mut q| {
         let waiting = q.waiting();
         let l = q.robin.pick(&inner.weights, &waiting)?;
@@ -488,8 +502,15 @@ impl Inner {
             .unwrap_or_else(|_| Margin::default().interval(self.rate, now))
     }
 
+    /// How late a slot may be used, from the floor of the margin, not the margin in
+    /// force: a margin grown after a 429 is this process's alone, and the other
+    /// processes' slots after this one's keep the floor's spacing.
     fn late(&self) -> Duration {
-        late_allowed(self.interval(), self.rate)
+        let floor = self.margin.lock().map_or(Margin::FLOOR, |m| m.floor());
+        late_allowed(
+            Margin::new(floor).interval(self.rate, Instant::now()),
+            self.rate,
+        )
     }
 }
 
@@ -624,13 +645,12 @@ mod tests {
     fn the_margin_is_clamped_and_sets_the_spacing() {
         let now = Instant::now();
         assert_eq!(Margin::new(f64::NAN), Margin::default());
-        assert_eq!(Margin::new(-1.0).at(now), 0.0);
+        assert_eq!(Margin::new(-1.0).at(now), Margin::MIN);
+        assert_eq!(Margin::new(0.0).at(now), Margin::MIN);
         assert_eq!(Margin::new(9.0).at(now), Margin::MAX);
         let rate = NonZeroU32::new(50).expect("non-zero");
-        assert_eq!(
-            Margin::new(0.0).interval(rate, now),
-            Duration::from_millis(20)
-        );
+        let narrowest = Margin::new(0.0).interval(rate, now).as_secs_f64();
+        assert!((narrowest - 0.02 / 0.995).abs() < 1e-9, "{narrowest}");
         let spaced = Margin::new(0.2).interval(rate, now);
         assert_eq!(spaced, Duration::from_millis(25));
         // rate + 1 calls at this spacing span a second plus the margin's room.
@@ -646,8 +666,9 @@ mod tests {
         // 1 %: 1/0.99 - 1 = 10.1 ms of room in a second, half of it for lateness.
         let one = at(0.01).as_secs_f64() * 1000.0;
         assert!((one - 5.05).abs() < 0.01, "{one}");
-        // No margin, the timer's tick only; a wide margin is capped at half an interval.
-        assert_eq!(at(0.0), Duration::from_millis(1));
+        // The least margin leaves 2.5 ms; a wide one is capped at half an interval.
+        let least = at(Margin::MIN).as_secs_f64() * 1000.0;
+        assert!((least - 2.51).abs() < 0.01, "{least}");
         let capped =
             at(0.25).as_secs_f64() - (Margin::new(0.25).interval(rate, now) / 2).as_secs_f64();
         assert!(capped.abs() < 1e-6, "{capped}");
@@ -728,6 +749,9 @@ mod tests {
         assert!(leased >= 20, "every turn came from a leased slot: {leased}");
 
         pacer.pause(Duration::from_millis(300));
+        // A second 429 within the pause widens nothing more here, but may ask for a
+        // longer wait: the fleet learns of it too.
+        pacer.pause(Duration::from_millis(500));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let pauses = ledger
             .state
@@ -736,8 +760,13 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(
             pauses,
-            vec![Duration::from_millis(300)],
-            "the fleet learns of a 429"
+            vec![Duration::from_millis(300), Duration::from_millis(500)],
+            "the fleet learns of every 429"
+        );
+        let margin = pacer.margin().expect("a rate");
+        assert!(
+            (margin - (Margin::FLOOR + Margin::STEP)).abs() < 1e-4,
+            "{margin}"
         );
     }
 }
