@@ -549,6 +549,9 @@ impl SkeeloClient {
         if waited > 0.0 {
             self.inner.metrics.rate_limit_wait.inc_by(waited);
         }
+        if let Some(margin) = self.inner.pacer.margin() {
+            self.inner.metrics.rate_margin.set(margin);
+        }
     }
 
     fn pause_for(&self, wait: Duration) {

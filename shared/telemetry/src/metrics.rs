@@ -46,6 +46,9 @@ pub struct Metrics {
     pub token_refreshes: IntCounter,
     /// `skeelo_rate_limit_wait_seconds_total`: time spent waiting for the partner rate.
     pub rate_limit_wait: Counter,
+    /// `skeelo_partner_rate_margin_ratio`: the share of the partner rate this process
+    /// leaves unused now (its floor, or more for a while after a 429).
+    pub rate_margin: Gauge,
     /// `skeelo_results_published_total`: result messages confirmed by the broker.
     pub results_published: IntCounter,
     /// `skeelo_results_outbox_depth`: results written but not yet taken by the broker.
@@ -170,6 +173,10 @@ impl Metrics {
             "skeelo_rate_limit_wait_seconds_total",
             "Seconds spent waiting for the partner rate before calling Skeelo.",
         )?;
+        let rate_margin = Gauge::new(
+            "skeelo_partner_rate_margin_ratio",
+            "Share of the partner rate this process leaves unused: SKEELO_RATE_MARGIN_PERCENT, or more for a while after a 429.",
+        )?;
         let results_published = IntCounter::new(
             "skeelo_results_published_total",
             "Result messages to the ERP confirmed by the broker.",
@@ -264,6 +271,7 @@ impl Metrics {
         registry.register(Box::new(last_processed.clone()))?;
         registry.register(Box::new(token_refreshes.clone()))?;
         registry.register(Box::new(rate_limit_wait.clone()))?;
+        registry.register(Box::new(rate_margin.clone()))?;
         registry.register(Box::new(results_published.clone()))?;
         registry.register(Box::new(throttled.clone()))?;
         registry.register(Box::new(outbox_depth.clone()))?;
@@ -295,6 +303,7 @@ impl Metrics {
             last_processed,
             token_refreshes,
             rate_limit_wait,
+            rate_margin,
             results_published,
             outbox_depth,
             outbox_oldest,
