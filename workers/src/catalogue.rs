@@ -1,10 +1,15 @@
 //! Skeelo's catalogue, as events are checked against it.
 //!
-//! Read from `GET /v1/products` when the first sync is judged, and kept in the
-//! database: a worker starts with the stored copy, so one that starts while Skeelo is
-//! down still knows it. Not at start: the two calls (token, catalogue) would take the
-//! partner rate's first slots and leave the next ones unused while the consumers
-//! start; made when the first sync needs them, they run back to back with its own.
+//! Read from `GET /v1/products` when the first sync is judged, or a second after
+//! start if no sync came by then, and kept in the database: a worker starts with the
+//! stored copy, so one that starts while Skeelo is down still knows it. Not at once:
+//! the two calls (token, catalogue) would take the partner rate's first slots and
+//! leave the next ones unused while the consumers start; made when the first sync
+//! needs them, they run back to back with its own, and made while the process is idle
+//! they are out of the way of the first burst.
+//!
+//! When Skeelo cannot answer, what the stored copy knows is judged on it, and the
+//! next try waits [`RETRY_AFTER`] rather than costing every sync a call.
 //!
 //! A SKU that is not in the list triggers a refresh before the event is called
 //! invalid: the ISP may have just registered a new product, and a stale list must not
@@ -14,16 +19,22 @@
 
 use std::collections::BTreeSet;
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use skeelo_domain::event::Sku;
 use skeelo_partner::api::{SkeeloClient, SkeeloError};
 use skeelo_store::Store;
 use tokio::sync::Mutex;
 
+/// How long a failed read is not tried again for SKUs the list already knows.
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(30);
+
 pub(crate) struct Catalogue {
     /// The SKUs, and how many refreshes from Skeelo produced them (0: the stored copy).
     skus: RwLock<(BTreeSet<String>, u64)>,
     refreshing: Mutex<()>,
+    /// When a read from Skeelo last failed.
+    failed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Catalogue {
@@ -33,7 +44,23 @@ impl Catalogue {
         Ok(Catalogue {
             skus: RwLock::new((stored, 0)),
             refreshing: Mutex::new(()),
+            failed_at: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Reads Skeelo's list unless a sync has already made it read.
+    pub(crate) async fn warm(&self, store: &Store, skeelo: &SkeeloClient) {
+        if let Err(e) = self.unknown(store, skeelo, &[]).await {
+            tracing::warn!(error = %e, "cannot read Skeelo's catalogue now");
+        }
+    }
+
+    fn failed_lately(&self) -> bool {
+        self.failed_at
+            .lock()
+            .ok()
+            .and_then(|f| *f)
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER)
     }
 
     async fn refresh(&self, store: &Store, skeelo: &SkeeloClient) -> Result<(), SkeeloError> {
@@ -81,7 +108,7 @@ impl Catalogue {
         products: &[Sku],
     ) -> Result<Option<Vec<Sku>>, SkeeloError> {
         let (missing, seen) = self.missing(products);
-        if missing.is_empty() && seen > 0 {
+        if missing.is_empty() && (seen > 0 || self.failed_lately()) {
             return Ok(None);
         }
         {
@@ -94,6 +121,9 @@ impl Catalogue {
                     // waits.
                     Err(e) if missing.is_empty() => {
                         tracing::warn!(error = %e, "cannot read Skeelo's catalogue; judging on the stored copy");
+                        if let Ok(mut f) = self.failed_at.lock() {
+                            *f = Some(Instant::now());
+                        }
                     }
                     Err(e) => return Err(e),
                 }

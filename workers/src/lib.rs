@@ -229,9 +229,23 @@ pub async fn start(
     tokio::spawn(probe(app.clone(), Probe::Skeelo, stop.clone()));
     tokio::spawn(probe(app.clone(), Probe::Database, stop.clone()));
     tokio::spawn(count_parked(app.clone(), stop.clone()));
+    if app.settings.consumers.contains(&EventType::Sync) {
+        tokio::spawn(warm_catalogue(app.clone(), stop.clone()));
+    }
     tracing::info!(%http_addr, consumers = ?app.settings.consumers.iter().map(|t| t.as_str()).collect::<Vec<_>>(), "skeelo-workers started");
     let done = tokio::spawn(supervise(app, stop));
     Ok(Running { http_addr, done })
+}
+
+/// Reads Skeelo's catalogue a second after start, unless a sync needed it first: out
+/// of the way of the consumers' start, and of the first burst.
+async fn warm_catalogue(app: Arc<App>, stop: CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {
+            app.catalogue.warm(&app.store, &app.skeelo).await;
+        }
+        _ = stop.cancelled() => {}
+    }
 }
 
 async fn build(
