@@ -317,7 +317,8 @@ struct RateFigures {
 }
 
 fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
-    let times = w.sim.accepted_times();
+    let accepted = w.sim.accepted_times();
+    let times: Vec<Instant> = accepted.iter().map(|(at, _)| *at).collect();
     let rate_n = rate as usize;
     let span = match (times.first(), times.last()) {
         (Some(first), Some(last)) => last.duration_since(*first).as_secs_f64(),
@@ -352,10 +353,13 @@ fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
             .map(|(i, w)| (i, w[1].duration_since(w[0]).as_secs_f64() * 1000.0))
             .collect();
         gaps.sort_by(|a, b| b.1.total_cmp(&a.1));
-        eprintln!(
-            "widest gaps (after call #, ms): {:?}",
-            &gaps[..gaps.len().min(8)]
-        );
+        for (i, ms) in gaps.iter().take(4) {
+            let around: Vec<&str> = accepted[i.saturating_sub(2)..(i + 3).min(accepted.len())]
+                .iter()
+                .map(|(_, op)| *op)
+                .collect();
+            eprintln!("gap of {ms:.0} ms after call #{i}: calls around it {around:?}");
+        }
     }
     let n = times.len();
     RateFigures {
@@ -413,8 +417,10 @@ async fn rate_use(
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     if arrival == Arrival::Burst {
-        // A fleet that has run for a while: up, and idle.
+        // A fleet that has run for a while: up, idle, its catalogue read; what it did
+        // before the burst is not part of it.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        w.sim.reset();
         started = Instant::now();
         publish_many(&w.amqp_url, &events).await?;
     }

@@ -107,9 +107,10 @@ impl SimHandle {
         self.sim.lock().accepted_span()
     }
 
-    /// When each recently accepted partner call arrived, oldest first (the last
-    /// 200 000): for a benchmark's figures of how evenly the rate was used.
-    pub fn accepted_times(&self) -> Vec<std::time::Instant> {
+    /// When each recently accepted partner call arrived and its operation (e.g.
+    /// `create_subscription`), oldest first (the last 200 000): for a benchmark's
+    /// figures of how evenly the rate was used.
+    pub fn accepted_times(&self) -> Vec<(std::time::Instant, &'static str)> {
         self.sim.lock().accepted_times()
     }
 

@@ -77,8 +77,9 @@ pub(crate) struct State {
     max_sliding: u64,
     /// The first and the last accepted call.
     accepted_span: Option<(Instant, Instant)>,
-    /// When each recent accepted call arrived, oldest first (at most [`CALLS_KEPT`]).
-    accepted_times: VecDeque<Instant>,
+    /// When each recent accepted call arrived and what it was, oldest first (at most
+    /// [`CALLS_KEPT`]).
+    accepted_times: VecDeque<(Instant, &'static str)>,
     /// The contracts (external ids) a call for which was failed on purpose: a
     /// benchmark tells the events hit by an injected fault from the healthy ones.
     failed_subjects: BTreeSet<String>,
@@ -152,7 +153,7 @@ impl State {
         if self.faults.throttle_all {
             return Err(ApiError::rate_limited(self.faults.retry_after.clone()));
         }
-        self.admit(Instant::now(), unix_second())?;
+        self.admit(Instant::now(), unix_second(), op.as_str())?;
         if op != Operation::Token
             && self.faults.error_rate > 0.0
             && rand::random::<f64>() < self.faults.error_rate
@@ -174,7 +175,7 @@ impl State {
 
     /// The sliding-window rate limit; an accepted call is recorded for the
     /// throughput figures a benchmark reads.
-    fn admit(&mut self, now: Instant, second: u64) -> Result<(), ApiError> {
+    fn admit(&mut self, now: Instant, second: u64, op: &'static str) -> Result<(), ApiError> {
         while let Some(front) = self.recent.front() {
             if now.duration_since(*front) >= Duration::from_secs(1) {
                 self.recent.pop_front();
@@ -196,7 +197,7 @@ impl State {
         if self.accepted_times.len() == CALLS_KEPT {
             self.accepted_times.pop_front();
         }
-        self.accepted_times.push_back(now);
+        self.accepted_times.push_back((now, op));
         let count = self.accepted_per_second.entry(second).or_insert(0);
         *count += 1;
         self.max_per_unix_second = self.max_per_unix_second.max(*count);
@@ -235,8 +236,8 @@ impl State {
         self.accepted_span.map(|(first, last)| last - first)
     }
 
-    /// When the recent accepted calls arrived, oldest first.
-    pub(crate) fn accepted_times(&self) -> Vec<Instant> {
+    /// When the recent accepted calls arrived and their operations, oldest first.
+    pub(crate) fn accepted_times(&self) -> Vec<(Instant, &'static str)> {
         self.accepted_times.iter().copied().collect()
     }
 
@@ -286,16 +287,20 @@ mod tests {
     fn sliding_window_refuses_beyond_the_rate() {
         let mut state = state_with_rate(Some(2));
         let start = Instant::now();
-        assert!(state.admit(start, 10).is_ok());
-        assert!(state.admit(start + Duration::from_millis(100), 10).is_ok());
+        assert!(state.admit(start, 10, "token").is_ok());
+        assert!(state
+            .admit(start + Duration::from_millis(100), 10, "token")
+            .is_ok());
         let refused = state
-            .admit(start + Duration::from_millis(900), 11)
+            .admit(start + Duration::from_millis(900), 11, "token")
             .expect_err("third call within one second");
         assert_eq!(refused.code, "rate_limited");
         // One second after the first call its slot frees up.
-        assert!(state.admit(start + Duration::from_millis(1000), 11).is_ok());
         assert!(state
-            .admit(start + Duration::from_millis(1050), 11)
+            .admit(start + Duration::from_millis(1000), 11, "token")
+            .is_ok());
+        assert!(state
+            .admit(start + Duration::from_millis(1050), 11, "token")
             .is_err());
         assert_eq!(state.max_accepted_in_one_second(), 2);
         assert_eq!(state.accepted_per_second.get(&10), Some(&2));
@@ -309,7 +314,7 @@ mod tests {
         for i in 0..4 {
             let second = if i < 2 { 20 } else { 21 };
             state
-                .admit(start + Duration::from_millis(i * 100), second)
+                .admit(start + Duration::from_millis(i * 100), second, "token")
                 .expect("unlimited");
         }
         assert_eq!(state.max_accepted_in_one_second(), 4);
