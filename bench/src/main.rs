@@ -18,7 +18,7 @@ use skeelo_broker::{self as broker, Publisher, EVENTS_EXCHANGE};
 use skeelo_domain::event::EventType;
 use skeelo_domain::sample;
 use skeelo_sim::{Faults, SimConfig};
-use skeelo_tests::process::{wait_handled, WorkerProcess as Worker};
+use skeelo_tests::process::{wait_handled, wait_handled_every, WorkerProcess as Worker};
 use skeelo_tests::World;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -425,7 +425,15 @@ async fn rate_use(
         publish_many(&w.amqp_url, &events).await?;
     }
     let ports: Vec<u16> = workers.iter().map(|w| w.port).collect();
-    wait_handled(&ports, events.len(), Duration::from_secs(900)).await?;
+    // The partner's record times the calls: the workers are asked how far they are only
+    // now and then, as Prometheus would.
+    wait_handled_every(
+        &ports,
+        events.len(),
+        Duration::from_secs(900),
+        Duration::from_millis(500),
+    )
+    .await?;
     let figures = rate_figures(&w, rate, started);
     drop(workers);
     w.close().await?;
