@@ -113,7 +113,9 @@ impl Catalogue {
         }
         {
             let _one_at_a_time = self.refreshing.lock().await;
-            if self.missing(products).1 == seen {
+            // Another task may have read it, or failed to, while this one waited.
+            let failed_meanwhile = missing.is_empty() && self.failed_lately();
+            if self.missing(products).1 == seen && !failed_meanwhile {
                 match self.refresh(store, skeelo).await {
                     Ok(()) => {}
                     // Skeelo cannot say now; what the stored copy knows is judged on it

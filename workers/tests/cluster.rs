@@ -175,7 +175,16 @@ async fn the_fleet_fails_over_between_the_nodes_of_a_cluster() {
     erp::publish_all(&cluster.amqp_url, &parts[0], pace).await;
 
     // Phase 1: the node the fleet is connected to goes away mid-stream.
-    let connected = Cluster::fleet_nodes().await;
+    // The management API lists a new connection once the node has emitted its
+    // statistics (every 5 s by default): ask until it does.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let connected = loop {
+        let nodes = Cluster::fleet_nodes().await;
+        if !nodes.is_empty() || Instant::now() > deadline {
+            break nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert!(!connected.is_empty(), "the workers' connections are listed");
     let victim = connected[0].clone();
     let stream = tokio::spawn({

@@ -286,12 +286,6 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
             }
         }
         if !pause.is_zero() {
-            // The pause is this batch's own: its slot among the type's batches goes
-            // back, so the type's other deliveries go on meanwhile and a healthy event
-            // never waits behind another's retry. Like a batch waiting for another
-            // attempt's calls, it finishes without a slot: taking one again could wait
-            // for the consumer loop, which holds a free slot while the queue is quiet.
-            permit.take();
             tokio::time::sleep(pause).await;
         }
     }
