@@ -118,13 +118,25 @@ async fn start_worker(
 ) -> anyhow::Result<Worker> {
     let rate = rate.map_or("unlimited".to_string(), |r| r.to_string());
     // The log level a fleet ships with: a line per event is part of its cost.
+    // BENCH_RUST_LOG overrides it, to look inside a run (with BENCH_LOGS).
+    let log = std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into());
     let mut env = vec![
         ("SKEELO_RATE_PER_SECOND", rate.as_str()),
         ("SKEELO_CONSUMERS", consumers),
-        ("RUST_LOG", "info"),
+        ("RUST_LOG", log.as_str()),
     ];
     env.extend_from_slice(extra);
-    Worker::start(&worker_binary()?, w, &env, Stdio::null()).await
+    // BENCH_LOGS=DIR keeps each worker's log there, to find out what a stall was.
+    let stderr = match std::env::var_os("BENCH_LOGS") {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            let file = std::path::Path::new(&dir)
+                .join(format!("worker-{}.log", uuid::Uuid::new_v4().simple()));
+            Stdio::from(std::fs::File::create(&file).with_context(|| file.display().to_string())?)
+        }
+        None => Stdio::null(),
+    };
+    Worker::start(&worker_binary()?, w, &env, stderr).await
 }
 
 /// user+sys seconds and peak RSS (KiB) of a process, from /proc.
@@ -435,6 +447,20 @@ async fn rate_use(
     )
     .await?;
     let figures = rate_figures(&w, rate, started);
+    if std::env::var_os("BENCH_GAPS").is_some() {
+        for p in &ports {
+            let text = reqwest::get(format!("http://127.0.0.1:{p}/metrics"))
+                .await?
+                .text()
+                .await?;
+            for line in text.lines().filter(|l| {
+                l.starts_with("skeelo_partner_turns_stale_total")
+                    || l.starts_with("skeelo_rate_limit_wait_seconds_total")
+            }) {
+                println!("worker :{p}: {line}");
+            }
+        }
+    }
     drop(workers);
     w.close().await?;
     Ok(figures)
@@ -635,6 +661,12 @@ async fn main() -> anyhow::Result<()> {
         for rate in [20, 50] {
             for &n in sizes {
                 for processes in [1, 3] {
+                    // BENCH_RATE_ROW=RATE/EVENTS/PROCESSES runs that row alone.
+                    if std::env::var("BENCH_RATE_ROW")
+                        .is_ok_and(|r| r != format!("{rate}/{n}/{processes}"))
+                    {
+                        continue;
+                    }
                     let f = rate_use(processes, rate, n, Arrival::Backlog, &[]).await?;
                     print_rate(
                         &format!("partner rate {rate}/s, {n} events waiting at start-up, {processes} process(es)"),
@@ -645,6 +677,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         for rate in [20, 50] {
+            if std::env::var_os("BENCH_RATE_ROW").is_some() {
+                break;
+            }
             let f = rate_use(3, rate, 300, Arrival::Burst, &[]).await?;
             print_rate(
                 &format!(

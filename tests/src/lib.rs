@@ -172,6 +172,7 @@ impl World {
                 probe_interval: Duration::from_millis(200),
             },
             queue_watch: Duration::from_secs(1),
+            stop_grace: Duration::from_secs(20),
             management_url: Some(
                 std::env::var("RABBITMQ_MANAGEMENT_URL")
                     .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into()),

@@ -93,3 +93,78 @@ async fn a_new_customer_does_not_wait_behind_a_wave_of_suspensions() {
     assert!(w.results().iter().all(|r| r.outcome == Outcome::Applied));
     w.close().await.expect("cleanup");
 }
+
+/// The ledger on a database that never leased before: the first lease creates the
+/// row (on the rate's single connection, so it must not ask for a second one), leases
+/// never overlap, and a pause moves the next lease past its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
+    let w = World::new().await.expect("world");
+    let store = skeelo_store::Store::connect(&w.database_url, 2).expect("store");
+    store.migrate().await.expect("schema");
+    let interval = Duration::from_millis(50);
+    let lease = |n| store.lease_partner_slots("skeelo", n, interval);
+    let first = tokio::time::timeout(Duration::from_secs(5), lease(4))
+        .await
+        .expect("the first lease answers")
+        .expect("first lease");
+    let second = lease(2).await.expect("second lease");
+    let gap = second.duration_since(first).expect("in order");
+    assert!(
+        gap >= interval * 4,
+        "the second lease began {gap:?} after the first, inside its 4 slots"
+    );
+    store
+        .pause_partner("skeelo", Duration::from_secs(2))
+        .await
+        .expect("pause");
+    let after = lease(1).await.expect("lease after the pause");
+    let past = after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        past >= Duration::from_millis(1500),
+        "a lease after a 2 s pause began only {past:?} from now"
+    );
+    w.close().await.expect("cleanup");
+}
+
+/// SIGTERM while most events wait for their turn in a slow partner rate: the stop
+/// ends within its grace instead of waiting out the backlog in hand, and what was
+/// given back unfinished is applied by the next fleet, once each, with no call the
+/// partner would not expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_events_wait_for_the_rate_ends_within_the_grace_and_loses_nothing() {
+    let mut w = World::new().await.expect("world");
+    let mut settings = w.settings();
+    settings.rate_per_second = NonZeroU32::new(2);
+    settings.stop_grace = Duration::from_secs(2);
+    w.start_fleet(settings).await.expect("slow fleet");
+    let events: Vec<_> = (0..30)
+        .map(|i| sample::event(Sync, &format!("SG{i:03}"), 1, &["SKEELO-EBOOKS"]))
+        .collect();
+    for e in &events {
+        w.publish(e).await.expect("published");
+    }
+    w.wait_results(1, WAIT).await.expect("a first result");
+    let stopping = std::time::Instant::now();
+    w.stop_fleets().await.expect("stopped");
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "the stop took {took:?} with a grace of 2 s (the backlog in hand needs ~15 s)"
+    );
+    assert!(
+        w.results().len() < events.len(),
+        "the stop came before the backlog was done"
+    );
+    let settings = w.settings();
+    w.start_fleet(settings).await.expect("next fleet");
+    w.wait_for_events(&events, WAIT).await.expect("all applied");
+    assert!(w.results().iter().all(|r| r.outcome == Outcome::Applied));
+    for i in 0..30 {
+        assert!(w.sim.subscription(&format!("SG{i:03}")).is_some());
+    }
+    assert_eq!(w.sim.anomalies(), Vec::<String>::new());
+    w.close().await.expect("cleanup");
+}

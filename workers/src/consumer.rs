@@ -123,7 +123,23 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
         }
     }
     tracker.close();
-    tracker.wait().await;
+    if stop.is_cancelled() {
+        // A stop is bounded: what has not finished by then goes back to the broker
+        // when the channels close, and the uncertainty marks of any calls it made
+        // are read back by whoever gets it next, as after a crash.
+        if tokio::time::timeout(app.settings.stop_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                grace_seconds = app.settings.stop_grace.as_secs(),
+                batches = tracker.len(),
+                "work still in flight at the end of the stop grace; its deliveries go back to the broker"
+            );
+        }
+    } else {
+        tracker.wait().await;
+    }
     relay_stop.cancel();
     // The results of the last events go out before the connection closes (or wait in
     // the outbox for the next process).

@@ -70,6 +70,8 @@ pub struct Settings {
     pub outage: Outage,
     /// How often the queues' depth and consumers are read from the broker.
     pub queue_watch: Duration,
+    /// `SKEELO_STOP_GRACE_SECONDS`: how long a stop waits for the work in flight.
+    pub stop_grace: Duration,
 }
 
 impl Settings {

@@ -151,6 +151,13 @@ pub struct Cli {
     /// How often a downstream in outage is probed, in milliseconds (backs off to 8x).
     #[arg(long, env = "SKEELO_PROBE_INTERVAL_MS", default_value_t = 2000)]
     probe_interval_ms: u64,
+
+    /// On SIGTERM, how long the work in flight may take to finish, in seconds. Work
+    /// still waiting after it (for the partner rate, or for a database or Skeelo that
+    /// does not answer) is given back to the broker unfinished and redelivered, as
+    /// after a crash. Keep it below the orchestrator's own grace (30 s in Kubernetes).
+    #[arg(long, env = "SKEELO_STOP_GRACE_SECONDS", default_value_t = 20)]
+    stop_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -289,6 +296,7 @@ impl Cli {
                 probe_interval: Duration::from_millis(cli.probe_interval_ms.max(50)),
             },
             queue_watch: Duration::from_secs(cli.queue_watch_seconds.max(1)),
+            stop_grace: Duration::from_secs(cli.stop_grace_seconds),
         })
     }
 }

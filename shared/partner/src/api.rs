@@ -468,7 +468,11 @@ impl SkeeloClient {
         operation: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Answer), SkeeloError> {
-        self.wait_turn().await;
+        let mut turn = self.wait_turn(false).await;
+        while turn.stale() {
+            self.inner.metrics.turns_stale.inc();
+            turn = self.wait_turn(true).await;
+        }
         let timer = self.inner.metrics.api_timer(operation);
         let started = Instant::now();
         // Counted down only when Skeelo's own answer came, or when the request never
@@ -542,9 +546,13 @@ impl SkeeloClient {
     }
 
     /// Waits for this call's turn in the partner rate (and any 429 pause).
-    async fn wait_turn(&self) {
+    async fn wait_turn(&self, again: bool) -> crate::pacer::Turn {
         let started = Instant::now();
-        self.inner.pacer.turn().await;
+        let turn = if again {
+            self.inner.pacer.turn_again().await
+        } else {
+            self.inner.pacer.turn().await
+        };
         let waited = started.elapsed().as_secs_f64();
         if waited > 0.0 {
             self.inner.metrics.rate_limit_wait.inc_by(waited);
@@ -552,6 +560,7 @@ impl SkeeloClient {
         if let Some(margin) = self.inner.pacer.margin() {
             self.inner.metrics.rate_margin.set(margin);
         }
+        turn
     }
 
     fn pause_for(&self, wait: Duration) {

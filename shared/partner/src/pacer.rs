@@ -4,8 +4,8 @@
 //! the fleet's "theoretical arrival time" (GCRA). A process leases a few slots at a time
 //! (`tat` moves forward by n × interval in one `UPDATE`), so any number of processes
 //! together get disjoint slots spaced by the interval, and never more than the partner
-//! rate in any one-second window. Inside a process, a local governor limiter is a second
-//! guard at the partner's rate, and a dispatcher gives each slot to a waiting call by
+//! rate in any one-second window. Inside a process, a guard keeps any two calls about
+//! the partner's spacing apart whatever the ledger says, and a dispatcher gives each slot to a waiting call by
 //! weighted round robin over *lanes* (event types): access-granting events go ahead of
 //! a wave of access-removing ones, and a lane with nothing waiting leaves its share to
 //! the others, so the whole rate is used.
@@ -22,7 +22,6 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{oneshot, Notify};
 
 use skeelo_domain::event::EventType;
@@ -120,10 +119,13 @@ impl Default for Margin {
 /// interval. A slot reached later is dropped rather than sent late: the call a second
 /// after it, in another process, may be on time. (Within a process the local limiter
 /// keeps any two calls 1/rate apart whatever the lateness.)
+/// A timer's own lateness: it fires up to a millisecond after its time.
+const TICK: Duration = Duration::from_millis(1);
+
 fn late_allowed(interval: Duration, rate: NonZeroU32) -> Duration {
-    const TICK: f64 = 0.001;
+    let tick = TICK.as_secs_f64();
     let room = (interval.as_secs_f64() * f64::from(rate.get()) - 1.0).max(0.0);
-    Duration::from_secs_f64((room / 2.0).max(TICK).min(interval.as_secs_f64() / 2.0))
+    Duration::from_secs_f64((room / 2.0).max(tick).min(interval.as_secs_f64() / 2.0))
 }
 
 /// Which queue a call waits in. Event types, plus one for everything else (the
@@ -246,20 +248,53 @@ pub struct Pacer {
     paused_until: Arc<Mutex<Option<Instant>>>,
 }
 
+/// A call's turn: the slot it was given, and how late after it the call may still
+/// leave.
+#[derive(Debug, Clone, Copy)]
+pub struct Turn {
+    slot: Option<Instant>,
+    late: Duration,
+}
+
+impl Turn {
+    /// The slot has passed by more than a slot may be late: the task was woken late
+    /// (a busy runtime), and a call sent now could bunch with the fleet's next second
+    /// at the partner. Checked right before the call leaves, since the wake-up after
+    /// the grant is the least predictable part of the way; a stale turn is given up
+    /// for another (`Pacer::turn_again`).
+    pub fn stale(&self) -> bool {
+        self.slot
+            .is_some_and(|s| Instant::now().saturating_duration_since(s) > self.late)
+    }
+}
+
 struct Inner {
     ledger: Option<Arc<dyn SlotLedger>>,
     rate: NonZeroU32,
     margin: Mutex<Margin>,
-    local: DefaultDirectRateLimiter,
+    /// When this process last gave out a slot (see [`Inner::local_guard`]).
+    last_grant: Mutex<Option<Instant>>,
     queues: Mutex<Queues>,
     wake: Notify,
     paused_until: Arc<Mutex<Option<Instant>>>,
     weights: Weights,
+    fates: Fates,
+}
+
+/// What became of the slots leased, counted: where the rate goes.
+#[derive(Default, Debug)]
+struct Fates {
+    leased: std::sync::atomic::AtomicU64,
+    granted: std::sync::atomic::AtomicU64,
+    late: std::sync::atomic::AtomicU64,
+    guard_late: std::sync::atomic::AtomicU64,
+    paused: std::sync::atomic::AtomicU64,
+    unclaimed: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
 struct Queues {
-    lanes: [VecDeque<oneshot::Sender<()>>; LANES],
+    lanes: [VecDeque<oneshot::Sender<Instant>>; LANES],
     robin: RoundRobin,
 }
 
@@ -311,14 +346,12 @@ impl Pacer {
             ledger,
             rate,
             margin: Mutex::new(margin),
-            // Spaced at the partner's own rate, a little wider than the slots: a guard
-            // against a burst, never a brake that a timer firing late would make
-            // fall further and further behind the slots.
-            local: RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN)),
+            last_grant: Mutex::new(None),
             queues: Mutex::new(Queues::default()),
             wake: Notify::new(),
             paused_until: paused_until.clone(),
             weights,
+            fates: Fates::default(),
         });
         tokio::spawn(dispatch(Arc::downgrade(&inner)));
         Pacer {
@@ -334,25 +367,48 @@ impl Pacer {
     }
 
     /// Waits for this call's turn (in the task's lane, see [`LANE`]).
-    pub async fn turn(&self) {
+    pub async fn turn(&self) -> Turn {
+        self.queue(false).await
+    }
+
+    /// Waits for another turn after one that went stale before the call left (see
+    /// [`Turn::stale`]): at the head of its lane, since it has waited once already.
+    pub async fn turn_again(&self) -> Turn {
+        self.queue(true).await
+    }
+
+    async fn queue(&self, first: bool) -> Turn {
         let Some(inner) = &self.inner else {
             loop {
                 let until = self.paused_until.lock().ok().and_then(|p| *p);
                 match until {
                     Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
-                    _ => return,
+                    _ => {
+                        return Turn {
+                            slot: None,
+                            late: Duration::ZERO,
+                        }
+                    }
                 }
             }
         };
         let lane = LANE.try_with(|l| *l).unwrap_or(OTHER);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut q) = inner.queues.lock() {
-            q.lanes[lane.min(LANES - 1)].push_back(tx);
+            let queue = &mut q.lanes[lane.min(LANES - 1)];
+            if first {
+                queue.push_front(tx);
+            } else {
+                queue.push_back(tx);
+            }
         }
         inner.wake.notify_one();
         // The dispatcher never drops a sender without sending; if it is gone (the
         // runtime is shutting down), go ahead rather than hang.
-        let _ = rx.await;
+        Turn {
+            slot: rx.await.ok(),
+            late: inner.late(),
+        }
     }
 
     /// Skeelo said 429: nobody in the fleet calls before `wait` has passed, and this
@@ -400,6 +456,7 @@ impl Pacer {
 async fn dispatch(weak: std::sync::Weak<Inner>) {
     let mut slots: VecDeque<Instant> = VecDeque::new();
     let mut leasing: Option<Leasing> = None;
+    let mut reported = Instant::now();
     loop {
         let Some(inner) = weak.upgrade() else {
             return;
@@ -409,7 +466,12 @@ async fn dispatch(weak: std::sync::Weak<Inner>) {
         let late = inner.late();
         while slots.front().is_some_and(|s| now.duration_since(*s) > late) {
             slots.pop_front();
+            inner
+                .fates
+                .late
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        inner.report_fates(&mut reported, waiting);
         let running_out = slots
             .back()
             .is_none_or(|last| *last < now + Duration::from_secs_f64(LEASE_SECONDS / 2.0));
@@ -432,7 +494,7 @@ async fn dispatch(weak: std::sync::Weak<Inner>) {
             (None, Some(pending)) => {
                 let leased = pending.await;
                 leasing = None;
-                take(&mut slots, leased).await;
+                take(&inner, &mut slots, leased).await;
             }
             (Some(slot), None) => {
                 tokio::time::sleep_until(slot.into()).await;
@@ -443,7 +505,7 @@ async fn dispatch(weak: std::sync::Weak<Inner>) {
                     _ = tokio::time::sleep_until(slot.into()) => grant(&inner, &mut slots).await,
                     leased = pending => {
                         leasing = None;
-                        take(&mut slots, leased).await;
+                        take(&inner, &mut slots, leased).await;
                     }
                 }
             }
@@ -454,9 +516,19 @@ async fn dispatch(weak: std::sync::Weak<Inner>) {
 type Leasing =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Instant>, LedgerError>> + Send>>;
 
-async fn take(slots: &mut VecDeque<Instant>, leased: Result<Vec<Instant>, LedgerError>) {
+async fn take(
+    inner: &Inner,
+    slots: &mut VecDeque<Instant>,
+    leased: Result<Vec<Instant>, LedgerError>,
+) {
     match leased {
-        Ok(more) => slots.extend(more),
+        Ok(more) => {
+            inner
+                .fates
+                .leased
+                .fetch_add(more.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            slots.extend(more);
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot lease partner-rate slots; no call until the database answers");
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -467,33 +539,87 @@ async fn take(slots: &mut VecDeque<Instant>, leased: Result<Vec<Instant>, Ledger
 /// The first slot in hand is due: it goes to a waiting call, unless it came too late
 /// or falls inside a 429 pause.
 async fn grant(inner: &Inner, slots: &mut VecDeque<Instant>) {
+    use std::sync::atomic::Ordering::Relaxed;
     let Some(slot) = slots.pop_front() else {
         return;
     };
     let now = Instant::now();
     if now.duration_since(slot) > inner.late() {
+        inner.fates.late.fetch_add(1, Relaxed);
         return;
     }
     let paused = inner.paused_until.lock().ok().and_then(|p| *p);
     if paused.is_some_and(|p| p > now) {
+        inner.fates.paused.fetch_add(1, Relaxed);
         return;
     }
-    inner.local.until_ready().await;
+    inner.local_guard().await;
     // The local guard may have held it: late by now, it is dropped after all.
     if Instant::now().duration_since(slot) > inner.late() {
+        inner.fates.guard_late.fetch_add(1, Relaxed);
         return;
     }
-    let granted = inner.queues.lock().ok().and_then(|mut q| {
+    // A waiter whose call was given up (its round ran out of time) is skipped: the
+    // slot goes to the next one.
+    let granted = inner.queues.lock().ok().and_then(|mut q| loop {
         let waiting = q.waiting();
         let l = q.robin.pick(&inner.weights, &waiting)?;
-        q.lanes[l].pop_front()
+        let tx = q.lanes[l].pop_front()?;
+        if !tx.is_closed() {
+            break Some(tx);
+        }
     });
-    if let Some(tx) = granted {
-        let _ = tx.send(());
-    }
+    match granted.map(|tx| tx.send(slot)) {
+        Some(Ok(())) => {
+            if let Ok(mut last) = inner.last_grant.lock() {
+                *last = Some(Instant::now());
+            }
+            inner.fates.granted.fetch_add(1, Relaxed)
+        }
+        _ => inner.fates.unclaimed.fetch_add(1, Relaxed),
+    };
 }
 
 impl Inner {
+    /// Every 10 s while calls wait: what became of the slots (debug level).
+    fn report_fates(&self, last: &mut Instant, waiting: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if waiting == 0 || last.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        *last = Instant::now();
+        let f = &self.fates;
+        tracing::debug!(
+            waiting,
+            leased = f.leased.load(Relaxed),
+            granted = f.granted.load(Relaxed),
+            late = f.late.load(Relaxed),
+            guard_late = f.guard_late.load(Relaxed),
+            paused = f.paused.load(Relaxed),
+            unclaimed = f.unclaimed.load(Relaxed),
+            "partner-rate slots so far"
+        );
+    }
+
+    /// A second guard, inside the process: two slots are never given out closer than
+    /// the partner's own spacing less a timer's tick, measured from the last slot given
+    /// out, whatever the ledger handed out. The tick keeps a timer's lateness from
+    /// adding up from slot to slot (at the full spacing it did, and slots were dropped
+    /// as late until 82 % of the rate was used). It waits at most one spacing, and a
+    /// slot it holds past its lateness is dropped without moving the guard: governor,
+    /// the guard before this one, counted such a slot as sent, so that every later slot
+    /// was held as long and dropped in turn, and a process stalled for up to 45 s
+    /// (docs/performance.md, "The stalls").
+    async fn local_guard(&self) {
+        let gap = Duration::from_secs_f64(1.0 / f64::from(self.rate.get())).saturating_sub(TICK);
+        let last = self.last_grant.lock().ok().and_then(|l| *l);
+        if let Some(ready) = last.map(|l| l + gap) {
+            if ready > Instant::now() {
+                tokio::time::sleep_until(ready.into()).await;
+            }
+        }
+    }
+
     /// The spacing of slots now.
     fn interval(&self) -> Duration {
         let now = Instant::now();

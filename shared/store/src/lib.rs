@@ -139,6 +139,11 @@ pub struct Store {
     /// connection holds the contract's transaction open: never waits on the main pool,
     /// so a task never waits for a second connection from the pool it holds one of.
     marks: Pool,
+    /// One connection only for the partner rate's leases and pauses: a lease is on the
+    /// way from the rate to a call, and waiting behind other statements for a
+    /// connection is a gap in the rate (and with a pool shared with event work, a wait
+    /// that work holding that pool could lengthen without end).
+    rate: Pool,
 }
 
 /// A contract as read under its row lock.
@@ -226,7 +231,8 @@ impl Store {
         };
         Ok(Store {
             pool: pool(config.clone(), max_connections)?,
-            marks: pool(config, 2)?,
+            marks: pool(config.clone(), 2)?,
+            rate: pool(config, 1)?,
         })
     }
 
@@ -319,32 +325,30 @@ impl Store {
         n: usize,
         interval: std::time::Duration,
     ) -> Result<std::time::SystemTime, StoreError> {
-        let client = self.marks.get().await?;
+        let client = self.rate.get().await?;
         let span = interval.as_secs_f64() * n as f64;
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "UPDATE partner_rate
+        let lease = client
+            .prepare_cached(
+                "UPDATE partner_rate
                  SET tat = GREATEST(tat, clock_timestamp() + interval '5 milliseconds',
                                     paused_until)
                            + make_interval(secs => $2)
                  WHERE name = $1
                  RETURNING EXTRACT(EPOCH FROM tat)::float8 - $2",
-                    )
-                    .await?,
-                &[&name, &span],
             )
             .await?;
-        let first: f64 = match row {
-            Some(r) => r.get(0),
-            None => {
-                client.execute(&client.prepare_cached("INSERT INTO partner_rate (name) VALUES ($1) ON CONFLICT DO NOTHING").await?,
-                        &[&name],
-                    )
-                    .await?;
-                return Box::pin(self.lease_partner_slots(name, n, interval)).await;
+        // The row is created by the first lease; on the same connection, since the
+        // rate's pool has only this one.
+        let first: f64 = loop {
+            if let Some(r) = client.query_opt(&lease, &[&name, &span]).await? {
+                break r.get(0);
             }
+            client
+                .execute(
+                    "INSERT INTO partner_rate (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                    &[&name],
+                )
+                .await?;
         };
         std::time::Duration::try_from_secs_f64(first)
             .ok()
@@ -358,7 +362,7 @@ impl Store {
         name: &str,
         wait: std::time::Duration,
     ) -> Result<(), StoreError> {
-        let client = self.marks.get().await?;
+        let client = self.rate.get().await?;
         client
             .execute(
                 "UPDATE partner_rate

@@ -49,6 +49,9 @@ pub struct Metrics {
     /// `skeelo_partner_rate_margin_ratio`: the share of the partner rate this process
     /// leaves unused now (its floor, or more for a while after a 429).
     pub rate_margin: Gauge,
+    /// `skeelo_partner_turns_stale_total`: turns given up because the call could not
+    /// leave soon enough after its slot (a busy process); each costs one slot.
+    pub turns_stale: IntCounter,
     /// `skeelo_results_published_total`: result messages confirmed by the broker.
     pub results_published: IntCounter,
     /// `skeelo_results_outbox_depth`: results written but not yet taken by the broker.
@@ -177,6 +180,10 @@ impl Metrics {
             "skeelo_partner_rate_margin_ratio",
             "Share of the partner rate this process leaves unused: SKEELO_RATE_MARGIN_PERCENT, or more for a while after a 429.",
         )?;
+        let turns_stale = IntCounter::new(
+            "skeelo_partner_turns_stale_total",
+            "Partner-rate turns given up because the call could not leave soon enough after its slot.",
+        )?;
         let results_published = IntCounter::new(
             "skeelo_results_published_total",
             "Result messages to the ERP confirmed by the broker.",
@@ -272,6 +279,7 @@ impl Metrics {
         registry.register(Box::new(token_refreshes.clone()))?;
         registry.register(Box::new(rate_limit_wait.clone()))?;
         registry.register(Box::new(rate_margin.clone()))?;
+        registry.register(Box::new(turns_stale.clone()))?;
         registry.register(Box::new(results_published.clone()))?;
         registry.register(Box::new(throttled.clone()))?;
         registry.register(Box::new(outbox_depth.clone()))?;
@@ -304,6 +312,7 @@ impl Metrics {
             token_refreshes,
             rate_limit_wait,
             rate_margin,
+            turns_stale,
             results_published,
             outbox_depth,
             outbox_oldest,
