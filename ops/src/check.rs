@@ -1,17 +1,13 @@
 //! `skeelo-ops check`: what Skeelo really holds, next to what it should hold.
 
-use std::num::NonZeroU32;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 use skeelo_domain::event::Sku;
 use skeelo_domain::lifecycle::{self, Target};
-use skeelo_partner::api::{ClientConfig, Credentials, SkeeloClient};
-use skeelo_partner::pacer::{Margin, Pacer, Weights};
-use skeelo_telemetry::metrics::Metrics;
 
+use crate::partner::{ask, PartnerArgs};
 use crate::table;
 
 #[derive(clap::Args, Debug)]
@@ -25,22 +21,11 @@ pub(crate) struct Args {
     /// Print only the contracts that differ.
     #[arg(long)]
     drift_only: bool,
-    /// The partner rate (requests per second), shared with the fleet through the
-    /// database: the check's reads take their turns with the fleet's calls.
-    #[arg(long, env = "SKEELO_RATE_PER_SECOND")]
-    rate: NonZeroU32,
     /// PostgreSQL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
-    /// The Skeelo partner API.
-    #[arg(long, env = "SKEELO_BASE_URL")]
-    skeelo_base_url: String,
-    /// Partner client id.
-    #[arg(long, env = "SKEELO_CLIENT_ID")]
-    skeelo_client_id: String,
-    /// Partner client secret.
-    #[arg(long, env = "SKEELO_CLIENT_SECRET", hide_env_values = true)]
-    skeelo_client_secret: String,
+    #[command(flatten)]
+    partner: PartnerArgs,
 }
 
 #[derive(Serialize)]
@@ -55,18 +40,7 @@ struct Row {
 
 pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let store = crate::database(&a.database_url).await?;
-    let skeelo = SkeeloClient::new(
-        ClientConfig {
-            base_url: a.skeelo_base_url.clone(),
-            credentials: Credentials {
-                client_id: a.skeelo_client_id.clone(),
-                client_secret: a.skeelo_client_secret.clone(),
-            },
-            timeout: Duration::from_secs(10),
-        },
-        Metrics::new()?,
-        Pacer::fleet(store.clone(), a.rate, Weights::default(), Margin::default()),
-    )?;
+    let skeelo = a.partner.client(&store)?;
     let ids = store.recent_contracts(a.limit).await?;
     let mut rows = Vec::new();
     for id in ids {
@@ -137,21 +111,4 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// A read may be retried freely: a few tries ride out a passing failure.
-async fn ask(
-    skeelo: &SkeeloClient,
-    id: &str,
-) -> Result<Option<skeelo_partner::api::Subscription>, skeelo_partner::api::SkeeloError> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match skeelo.get(id).await {
-            Err(e) if e.is_transient() && tries < 5 => {
-                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
-            }
-            other => return other,
-        }
-    }
 }

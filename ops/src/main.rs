@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 mod check;
 mod contract;
 mod dead;
+mod explain;
+mod partner;
 mod publish;
 mod sample;
 mod subscribers;
@@ -23,6 +25,8 @@ mod table;
 ///   skeelo-ops subscribers --status active             # "Assinantes ativos"
 ///   skeelo-ops subscribers --status cancelled,suspended
 ///   skeelo-ops contract show 48213                     # facts, Skeelo state, history
+///   skeelo-ops explain 48213 --lang pt-BR              # has access? why? what next?
+///   skeelo-ops explain --document 529.982.247-25       # every contract of a subscriber
 ///   skeelo-ops check                                   # compare with Skeelo itself
 ///   skeelo-ops dead groups                             # what failed, grouped
 ///   skeelo-ops dead requeue --class unknown_product --dry-run
@@ -51,6 +55,10 @@ enum Command {
         #[command(subcommand)]
         command: dead::Command,
     },
+    /// Why has this customer access or not: facts and why, each event's outcome,
+    /// Skeelo's state asked live, dead letters with the command that clears them, and
+    /// what happens next. English or Portuguese (--lang pt-BR).
+    Explain(explain::Args),
     /// Ask Skeelo (the partner API) for every contract the fleet knows and compare
     /// with what it should hold: drift shows here first. Exits 1 on any difference.
     Check(check::Args),
@@ -77,6 +85,7 @@ fn main() -> ExitCode {
             Command::Contract { command } => contract::run(command).await,
             Command::Sample(a) => sample::run(a),
             Command::Check(a) => check::run(a).await,
+            Command::Explain(a) => explain::run(a).await,
             Command::Dead { command } => dead::run(command).await,
         }
     });

@@ -36,6 +36,18 @@ impl SimHandle {
         self.sim.lock().subscriptions.get(external_id).cloned()
     }
 
+    /// Changes a subscription as the partner's own support would, behind the client's
+    /// back (no call, no anomaly): for tests of drift. `false` when there is none.
+    pub fn tamper(&self, external_id: &str, change: impl FnOnce(&mut Subscription)) -> bool {
+        match self.sim.lock().subscriptions.get_mut(external_id) {
+            Some(s) => {
+                change(s);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every subscription, sorted by `external_id`.
     pub fn subscriptions(&self) -> Vec<Subscription> {
         self.sim.lock().subscriptions.values().cloned().collect()

@@ -103,6 +103,22 @@ impl Store {
             .collect())
     }
 
+    /// The contracts whose latest sync names this CPF or CNPJ (digits only), most
+    /// recently changed first. The document is a parameter, never part of the SQL text,
+    /// so it reaches no statement log.
+    pub async fn contracts_by_document(&self, digits: &str) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id FROM contracts
+                 WHERE facts #>> '{synced,details,subscriber,document}' = $1
+                 ORDER BY updated_at DESC, id",
+                &[&digits],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// The most recently changed contracts' ids.
     pub async fn recent_contracts(&self, limit: i64) -> Result<Vec<String>, StoreError> {
         let client = self.pool.get().await?;

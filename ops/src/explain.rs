@@ -1,0 +1,485 @@
+//! `skeelo-ops explain`: the answer a support agent needs about one customer, on one
+//! screen — has the subscriber access, and why; what the ERP told the fleet and what
+//! became of each event; what Skeelo holds right now (asked live); what is stuck and
+//! the command that unsticks it; and what will happen next by itself.
+//!
+//! The findings are worked out once ([`findings`], from the stored facts and the live
+//! read, with the lifecycle rules) and then said in the reader's language
+//! ([`words`]): English, or Portuguese for the ISP's support staff.
+
+mod words;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{json, Value};
+use skeelo_domain::event::{Document, Sku};
+use skeelo_domain::lifecycle::{self, Facts, Held, Status, Target, Toggle};
+use skeelo_domain::mask;
+use skeelo_store::dead::{DeadLetter, Filter, LetterState};
+use skeelo_store::HistoryEntry;
+use time::format_description::well_known::Rfc3339;
+
+use crate::partner::{ask, PartnerArgs};
+use crate::table;
+pub(crate) use words::Lang;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The ERP contract id.
+    #[arg(required_unless_present = "document", conflicts_with = "document")]
+    contract: Option<String>,
+    /// Or the subscriber's CPF or CNPJ, with or without punctuation: explains each of
+    /// their contracts. Never printed back unmasked, not even when it is not valid.
+    #[arg(long)]
+    document: Option<String>,
+    /// The language of the text: `en` or `pt-BR`.
+    #[arg(long, default_value = "en", value_parser = Lang::parse)]
+    lang: Lang,
+    /// Show personal data unmasked (written to the audit trail).
+    #[arg(long)]
+    reveal: bool,
+    /// Who is looking, for the audit trail of --reveal; defaults to $USER.
+    #[arg(long, env = "SKEELO_OPERATOR")]
+    operator: Option<String>,
+    /// A JSON array with one object per contract, for scripts.
+    #[arg(long)]
+    json: bool,
+    /// PostgreSQL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    #[command(flatten)]
+    partner: PartnerArgs,
+}
+
+/// Checked here rather than by the argument parser, whose errors quote the value.
+fn parse_document(raw: &str) -> anyhow::Result<Document> {
+    Document::parse(raw).map_err(|e| anyhow::anyhow!("--document is not a CPF or CNPJ: {e}"))
+}
+
+/// One thing worth saying about a contract, worked out from its facts, its story,
+/// its dead letters and Skeelo's live answer; said in words by [`words`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Finding {
+    /// Skeelo holds an active subscription, as the facts say it should.
+    HasAccess { products: Vec<Sku> },
+    /// The ERP has not sent the contract's sync yet; `recorded` events wait for it.
+    AwaitingSync { recorded: usize },
+    /// Suspended by the ERP (arrears).
+    Suspended { event: Option<EventRef> },
+    /// Blocked by hand in the ERP.
+    Blocked { event: Option<EventRef> },
+    /// Cancelled for good.
+    Cancelled { event: Option<EventRef> },
+    /// Cancelled before its sync was applied: never given access.
+    CancelledBeforeSync,
+    /// Events that came after the cancel: the ERP must create a new contract.
+    RejectedAfterCancel { count: usize },
+    /// Skeelo holds something else than the facts call for (changed behind the
+    /// fleet's back, or a call whose answer was lost).
+    Drift { should: String, holds: String },
+    /// Skeelo could not be asked now.
+    SkeeloUnreachable { error: String },
+    /// Calls to Skeelo for this contract may still be on their way.
+    CallsInFlight { for_seconds: u64 },
+    /// A dead letter parked for people, and how to clear it.
+    Parked {
+        id: i64,
+        event_type: String,
+        reason: String,
+        error_class: String,
+        error: String,
+        fix: Fix,
+    },
+    /// Nothing is pending: the fleet and Skeelo agree, and no letter waits.
+    NothingPending,
+}
+
+/// The event behind a fact: its version, when the ERP acted and who.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct EventRef {
+    version: i64,
+    at: Option<String>,
+    actor: Option<String>,
+}
+
+/// What clears a parked letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Fix {
+    /// The product must exist at Skeelo first; then requeue.
+    ProductThenRequeue,
+    /// The event's data is wrong: the ERP must send a corrected event.
+    CorrectInErp,
+    /// Skeelo refused it: read its answer, fix at Skeelo or in the ERP, then requeue.
+    ReadRefusalThenRequeue,
+    /// Skeelo or the database did not answer in time: requeue once they are healthy.
+    RequeueWhenHealthy,
+}
+
+impl Fix {
+    fn of(letter: &DeadLetter) -> Fix {
+        if letter.error_class.contains("unknown_product") {
+            Fix::ProductThenRequeue
+        } else {
+            match letter.reason.as_str() {
+                "invalid" => Fix::CorrectInErp,
+                "refused" => Fix::ReadRefusalThenRequeue,
+                _ => Fix::RequeueWhenHealthy,
+            }
+        }
+    }
+
+    /// The command that acts on it, when one does.
+    fn command(self, id: i64) -> Option<String> {
+        match self {
+            Fix::CorrectInErp => None,
+            _ => Some(format!("skeelo-ops dead requeue --id {id}")),
+        }
+    }
+}
+
+/// What Skeelo answered when asked now.
+#[derive(Debug, Clone)]
+pub(crate) enum Live {
+    Holds(Option<Held>),
+    Unreachable(String),
+}
+
+/// Everything said about a contract, pure: the same inputs give the same findings.
+pub(crate) fn findings(
+    facts: &Facts,
+    history: &[HistoryEntry],
+    parked: &[DeadLetter],
+    live: &Live,
+    in_flight: Option<Duration>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let target = lifecycle::target(facts);
+    let cause = |t: Option<Toggle>, kind: &str| {
+        t.map(|t| t.version.get()).map(|version| {
+            let line = history
+                .iter()
+                .find(|h| h.event_type == kind && h.version == Some(version));
+            EventRef {
+                version,
+                at: line
+                    .and_then(|h| h.occurred_at)
+                    .and_then(|t| t.format(&Rfc3339).ok()),
+                actor: line.and_then(|h| h.actor.clone()),
+            }
+        })
+    };
+    match &target {
+        Target::Absent => out.push(Finding::AwaitingSync {
+            recorded: history.iter().filter(|h| h.outcome == "deferred").count(),
+        }),
+        Target::Withdrawn => out.push(Finding::CancelledBeforeSync),
+        Target::Present(want) => match want.status {
+            Status::Cancelled => out.push(Finding::Cancelled {
+                event: facts.cancelled.map(|v| {
+                    let toggle = Toggle {
+                        version: v,
+                        on: true,
+                    };
+                    cause(Some(toggle), "cancel").unwrap_or(EventRef {
+                        version: v.get(),
+                        at: None,
+                        actor: None,
+                    })
+                }),
+            }),
+            Status::Inactive => {
+                if facts.is_suspended() {
+                    out.push(Finding::Suspended {
+                        event: cause(facts.suspended, "suspend"),
+                    });
+                }
+                if facts.is_blocked() {
+                    out.push(Finding::Blocked {
+                        event: cause(facts.blocked, "block"),
+                    });
+                }
+            }
+            Status::Active => {
+                if let Live::Holds(Some(h)) = live {
+                    if h.status == Status::Active {
+                        out.push(Finding::HasAccess {
+                            products: h.profile.products.clone(),
+                        });
+                    }
+                }
+            }
+        },
+    }
+    let rejected = history.iter().filter(|h| h.outcome == "rejected").count();
+    if rejected > 0 {
+        out.push(Finding::RejectedAfterCancel { count: rejected });
+    }
+    match live {
+        Live::Unreachable(error) => out.push(Finding::SkeeloUnreachable {
+            error: error.clone(),
+        }),
+        Live::Holds(held) => {
+            if !lifecycle::holds(&target, held.as_ref()) {
+                out.push(Finding::Drift {
+                    should: describe_target(&target),
+                    holds: describe_held(held.as_ref()),
+                });
+            }
+        }
+    }
+    if let Some(d) = in_flight {
+        out.push(Finding::CallsInFlight {
+            for_seconds: d.as_secs().max(1),
+        });
+    }
+    for l in parked {
+        out.push(Finding::Parked {
+            id: l.id,
+            event_type: l.event_type.clone(),
+            reason: l.reason.clone(),
+            error_class: l.error_class.clone(),
+            error: mask::text(&l.last_error),
+            fix: Fix::of(l),
+        });
+    }
+    let pending = out.iter().any(|f| {
+        matches!(
+            f,
+            Finding::AwaitingSync { .. }
+                | Finding::Drift { .. }
+                | Finding::SkeeloUnreachable { .. }
+                | Finding::CallsInFlight { .. }
+                | Finding::Parked { .. }
+        )
+    });
+    if !pending {
+        out.push(Finding::NothingPending);
+    }
+    out
+}
+
+fn describe_target(target: &Target) -> String {
+    match target {
+        Target::Absent => "nothing".into(),
+        Target::Withdrawn => "nothing active".into(),
+        Target::Present(h) => describe_held(Some(h)),
+    }
+}
+
+fn describe_held(held: Option<&Held>) -> String {
+    match held {
+        None => "nothing".into(),
+        Some(h) => format!(
+            "{} [{}]",
+            h.status.as_str(),
+            h.profile
+                .products
+                .iter()
+                .map(Sku::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
+pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let document = a.document.as_deref().map(parse_document).transpose()?;
+    let store = crate::database(&a.database_url).await?;
+    let ids = match (&a.contract, &document) {
+        (Some(id), _) => vec![id.clone()],
+        (None, Some(doc)) => store.contracts_by_document(doc.digits()).await?,
+        (None, None) => anyhow::bail!("name a contract, or a subscriber with --document"),
+    };
+    let mut known = Vec::new();
+    for id in ids {
+        if let Some(state) = store.contract(&id).await? {
+            known.push((id, state));
+        }
+    }
+    if known.is_empty() {
+        let asked = match (&a.contract, &document) {
+            (Some(id), _) => a.lang.no_contract(id),
+            (_, Some(doc)) => a.lang.no_subscriber(&mask::document(doc.digits())),
+            _ => String::new(),
+        };
+        eprintln!("{asked}");
+        return Ok(ExitCode::from(3));
+    }
+    if a.reveal {
+        let who = crate::dead::operator(&a.operator);
+        let ids: Vec<&str> = known.iter().map(|(id, _)| id.as_str()).collect();
+        store
+            .audit(
+                &who,
+                "reveal",
+                &format!("explain {}", ids.join(",")),
+                i64::try_from(ids.len()).unwrap_or(i64::MAX),
+                &json!({ "contracts": ids }),
+            )
+            .await?;
+    }
+    let skeelo = a.partner.client(&store)?;
+    let mut docs = Vec::new();
+    for (i, (id, state)) in known.iter().enumerate() {
+        let history = store.history(id).await?;
+        let parked = store
+            .dead_letters(
+                &Filter {
+                    contract_id: Some(id.clone()),
+                    state: Some(LetterState::Parked),
+                    ..Filter::default()
+                },
+                20,
+            )
+            .await?;
+        let live = match ask(&skeelo, id).await {
+            Ok(s) => Live::Holds(s.map(|s| s.held())),
+            Err(e) => Live::Unreachable(mask::text(&e.to_string())),
+        };
+        let in_flight = store
+            .calls_may_land(id)
+            .await
+            .with_context(|| format!("reading contract {id}'s calls in flight"))?;
+        let found = findings(&state.facts, &history, &parked, &live, in_flight);
+        if a.json {
+            docs.push(document_json(
+                id,
+                &state.facts,
+                &history,
+                &live,
+                &found,
+                a.lang,
+                a.reveal,
+            ));
+        } else {
+            if i > 0 {
+                println!();
+            }
+            print_text(id, &state.facts, &history, &live, &found, a.lang, a.reveal);
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&docs)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn subscriber(facts: &Facts, reveal: bool) -> Option<Value> {
+    facts.synced.as_ref().map(|s| {
+        let sub = &s.details.subscriber;
+        if reveal {
+            json!({ "id": sub.id, "name": sub.name, "document": sub.document.digits(),
+                    "email": sub.email.as_str(), "phone": sub.phone.as_ref().map(|p| p.as_str()) })
+        } else {
+            json!({ "id": sub.id, "name": mask::name(&sub.name),
+                    "document": mask::document(sub.document.digits()),
+                    "email": mask::email(sub.email.as_str()),
+                    "phone": sub.phone.as_ref().map(|p| mask::phone(p.as_str())) })
+        }
+    })
+}
+
+fn fmt_time(t: Option<time::OffsetDateTime>) -> String {
+    t.and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
+}
+
+fn document_json(
+    id: &str,
+    facts: &Facts,
+    history: &[HistoryEntry],
+    live: &Live,
+    found: &[Finding],
+    lang: Lang,
+    reveal: bool,
+) -> Value {
+    json!({
+        "contract_id": id,
+        "headline": lang.headline(found),
+        "subscriber": subscriber(facts, reveal),
+        "skeelo_should_be": describe_target(&lifecycle::target(facts)),
+        "skeelo_now": match live {
+            Live::Holds(h) => json!({ "asked": true, "holds": describe_held(h.as_ref()) }),
+            Live::Unreachable(e) => json!({ "asked": false, "error": e }),
+        },
+        "findings": found.iter().map(|f| {
+            let mut v = serde_json::to_value(f).unwrap_or(Value::Null);
+            if let Value::Object(o) = &mut v {
+                o.insert("text".into(), Value::String(lang.finding(f)));
+                if let Some(next) = lang.next(f) {
+                    o.insert("next".into(), Value::String(next));
+                }
+            }
+            v
+        }).collect::<Vec<_>>(),
+        "history": history.iter().map(|h| json!({
+            "event_id": h.event_id, "type": h.event_type, "version": h.version,
+            "actor": h.actor, "occurred_at": fmt_time(h.occurred_at),
+            "received_at": fmt_time(Some(h.received_at)), "outcome": h.outcome,
+            "outcome_text": lang.outcome(&h.outcome), "detail": mask::text(&h.detail),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_text(
+    id: &str,
+    facts: &Facts,
+    history: &[HistoryEntry],
+    live: &Live,
+    found: &[Finding],
+    lang: Lang,
+    reveal: bool,
+) {
+    println!("{}", lang.title(id, &lang.headline(found)));
+    if let Some(s) = subscriber(facts, reveal) {
+        let field = |k: &str| s[k].as_str().unwrap_or("-").to_string();
+        println!(
+            "  {:<13}{} · {} · {} · {}",
+            lang.label("subscriber"),
+            field("name"),
+            field("document"),
+            field("email"),
+            field("phone"),
+        );
+    }
+    println!(
+        "  {:<13}{}",
+        lang.label("should_hold"),
+        describe_target(&lifecycle::target(facts))
+    );
+    let now = match live {
+        Live::Holds(h) => lang.asked_now(&describe_held(h.as_ref())),
+        Live::Unreachable(_) => lang.not_asked(),
+    };
+    println!("  {:<13}{}", lang.label("holds_now"), now);
+    println!();
+    for f in found {
+        println!("  - {}", lang.finding(f));
+        if let Some(next) = lang.next(f) {
+            println!("    → {next}");
+        }
+    }
+    println!("\n{}", lang.label("events"));
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .map(|h| {
+            vec![
+                fmt_time(Some(h.received_at)),
+                h.event_type.clone(),
+                h.version
+                    .map(|v| format!("v{v}"))
+                    .unwrap_or_else(|| "-".into()),
+                lang.outcome(&h.outcome),
+                h.actor.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table::print(&lang.history_header(), &rows);
+}
+
+#[cfg(test)]
+mod tests;

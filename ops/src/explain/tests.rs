@@ -1,0 +1,163 @@
+use super::*;
+use skeelo_domain::event::{self, EventType};
+use skeelo_domain::sample;
+
+/// The facts after these events, as the fleet's rules decide them.
+fn facts(events: &[(EventType, i64)]) -> Facts {
+    let mut f = Facts::default();
+    for (t, v) in events {
+        let body = sample::event(*t, "EX1", *v, &["SKEELO-EBOOKS"]);
+        let e = event::parse(&t.routing_key(), body.to_string().as_bytes()).expect("valid event");
+        f = lifecycle::decide(&f, &e).facts;
+    }
+    f
+}
+
+fn held_as_target(f: &Facts) -> Live {
+    match lifecycle::target(f) {
+        Target::Present(h) => Live::Holds(Some(h)),
+        _ => Live::Holds(None),
+    }
+}
+
+fn kinds(found: &[Finding]) -> Vec<String> {
+    found
+        .iter()
+        .map(|f| {
+            serde_json::to_value(f).expect("json")["kind"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn an_active_contract_that_skeelo_matches_has_access_and_nothing_pending() {
+    let f = facts(&[(EventType::Sync, 1)]);
+    let found = findings(&f, &[], &[], &held_as_target(&f), None);
+    assert_eq!(kinds(&found), ["has_access", "nothing_pending"]);
+    assert_eq!(Lang::En.headline(&found), "HAS ACCESS");
+    assert_eq!(Lang::PtBr.headline(&found), "TEM ACESSO");
+}
+
+#[test]
+fn a_contract_without_its_sync_waits_for_it() {
+    let f = facts(&[(EventType::Suspend, 2)]);
+    let found = findings(&f, &[], &[], &Live::Holds(None), None);
+    assert_eq!(kinds(&found), ["awaiting_sync"]);
+    assert!(Lang::En.headline(&found).contains("NO ACCESS YET"));
+    assert!(Lang::PtBr.headline(&found).contains("SEM ACESSO AINDA"));
+}
+
+#[test]
+fn suspended_and_blocked_are_both_named() {
+    let f = facts(&[
+        (EventType::Sync, 1),
+        (EventType::Suspend, 2),
+        (EventType::Block, 3),
+    ]);
+    let found = findings(&f, &[], &[], &held_as_target(&f), None);
+    assert_eq!(kinds(&found), ["suspended", "blocked", "nothing_pending"]);
+    assert_eq!(
+        Lang::En.headline(&found),
+        "NO ACCESS: suspended and blocked"
+    );
+}
+
+#[test]
+fn an_active_contract_skeelo_cancelled_behind_the_back_is_drift() {
+    let f = facts(&[(EventType::Sync, 1)]);
+    let Live::Holds(Some(mut h)) = held_as_target(&f) else {
+        panic!("a synced contract has a target");
+    };
+    h.status = Status::Cancelled;
+    let found = findings(&f, &[], &[], &Live::Holds(Some(h)), None);
+    assert_eq!(kinds(&found), ["drift"]);
+    assert!(Lang::En.finding(&found[0]).contains("should be active"));
+    assert!(Lang::En.finding(&found[0]).contains("holds cancelled"));
+    assert!(Lang::En.headline(&found).contains("Skeelo differs"));
+}
+
+#[test]
+fn skeelo_unreachable_is_said_and_nothing_is_claimed_about_access() {
+    let f = facts(&[(EventType::Sync, 1)]);
+    let found = findings(&f, &[], &[], &Live::Unreachable("timeout".into()), None);
+    assert_eq!(kinds(&found), ["skeelo_unreachable"]);
+    assert!(Lang::En.headline(&found).contains("could not be asked"));
+}
+
+#[test]
+fn calls_in_flight_are_pending() {
+    let f = facts(&[(EventType::Sync, 1)]);
+    let found = findings(
+        &f,
+        &[],
+        &[],
+        &held_as_target(&f),
+        Some(Duration::from_millis(2500)),
+    );
+    assert_eq!(kinds(&found), ["has_access", "calls_in_flight"]);
+}
+
+#[test]
+fn languages_parse_with_a_clear_error() {
+    assert_eq!(Lang::parse("pt-BR"), Ok(Lang::PtBr));
+    assert_eq!(Lang::parse("pt_br"), Ok(Lang::PtBr));
+    assert_eq!(Lang::parse("EN"), Ok(Lang::En));
+    let e = Lang::parse("fr").expect_err("not offered");
+    assert!(e.contains("en and pt-BR"), "{e}");
+}
+
+#[test]
+fn every_finding_is_said_in_both_languages_differently() {
+    let event = Some(EventRef {
+        version: 2,
+        at: Some("2026-11-29T10:00:00Z".into()),
+        actor: Some("ana".into()),
+    });
+    let all = [
+        Finding::HasAccess { products: vec![] },
+        Finding::AwaitingSync { recorded: 1 },
+        Finding::Suspended {
+            event: event.clone(),
+        },
+        Finding::Blocked {
+            event: event.clone(),
+        },
+        Finding::Cancelled { event },
+        Finding::CancelledBeforeSync,
+        Finding::RejectedAfterCancel { count: 1 },
+        Finding::Drift {
+            should: "active".into(),
+            holds: "cancelled".into(),
+        },
+        Finding::SkeeloUnreachable { error: "x".into() },
+        Finding::CallsInFlight { for_seconds: 1 },
+        Finding::Parked {
+            id: 7,
+            event_type: "sync".into(),
+            reason: "invalid".into(),
+            error_class: "unknown_product".into(),
+            error: "products Skeelo does not sell: X".into(),
+            fix: Fix::ProductThenRequeue,
+        },
+        Finding::NothingPending,
+    ];
+    for f in &all {
+        let (en, pt) = (Lang::En.finding(f), Lang::PtBr.finding(f));
+        assert!(!en.is_empty() && en != pt, "{f:?}: {en} / {pt}");
+        assert_eq!(
+            Lang::En.next(f).is_some(),
+            Lang::PtBr.next(f).is_some(),
+            "{f:?}"
+        );
+    }
+    let parked = &all[10];
+    assert!(Lang::En
+        .next(parked)
+        .is_some_and(|n| n.contains("skeelo-ops dead requeue --id 7")));
+    assert!(Lang::PtBr
+        .next(parked)
+        .is_some_and(|n| n.contains("catálogo da Skeelo")));
+}

@@ -1,0 +1,359 @@
+//! The findings in words, in English or in Portuguese (pt-BR) for the ISP's support
+//! staff. Every sentence lives here, once per language, so the two never drift apart
+//! in what they say (a test checks that each finding has both).
+
+use super::{EventRef, Finding, Fix};
+
+/// The reader's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lang {
+    En,
+    PtBr,
+}
+
+impl Lang {
+    /// `en` or `pt-BR` (any case, `_` for `-`; `pt` alone is pt-BR).
+    pub(crate) fn parse(raw: &str) -> Result<Lang, String> {
+        match raw.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "en" | "en-us" | "en-gb" => Ok(Lang::En),
+            "pt-br" | "pt" => Ok(Lang::PtBr),
+            other => Err(format!("`{other}`: the languages are en and pt-BR")),
+        }
+    }
+
+    fn pick(self, en: &str, pt: &str) -> String {
+        match self {
+            Lang::En => en.to_string(),
+            Lang::PtBr => pt.to_string(),
+        }
+    }
+
+    pub(crate) fn no_contract(self, id: &str) -> String {
+        match self {
+            Lang::En => format!("no contract {id}: the fleet has received no event for it"),
+            Lang::PtBr => format!("contrato {id} desconhecido: nenhum evento dele chegou"),
+        }
+    }
+
+    pub(crate) fn no_subscriber(self, masked: &str) -> String {
+        match self {
+            Lang::En => format!("no synced contract names the document {masked}"),
+            Lang::PtBr => format!("nenhum contrato sincronizado tem o documento {masked}"),
+        }
+    }
+
+    pub(crate) fn title(self, id: &str, headline: &str) -> String {
+        match self {
+            Lang::En => format!("Contract {id}: {headline}"),
+            Lang::PtBr => format!("Contrato {id}: {headline}"),
+        }
+    }
+
+    /// Has the subscriber access, and the main reason, in a few words.
+    pub(crate) fn headline(self, found: &[Finding]) -> String {
+        let has = |p: fn(&Finding) -> bool| found.iter().any(p);
+        if has(|f| matches!(f, Finding::HasAccess { .. })) {
+            return self.pick("HAS ACCESS", "TEM ACESSO");
+        }
+        if has(|f| matches!(f, Finding::AwaitingSync { .. })) {
+            return self.pick(
+                "NO ACCESS YET: the ERP has not sent the sync",
+                "SEM ACESSO AINDA: o ERP não enviou a sincronização",
+            );
+        }
+        if has(|f| matches!(f, Finding::Cancelled { .. } | Finding::CancelledBeforeSync)) {
+            return self.pick("NO ACCESS: cancelled", "SEM ACESSO: cancelado");
+        }
+        let suspended = has(|f| matches!(f, Finding::Suspended { .. }));
+        let blocked = has(|f| matches!(f, Finding::Blocked { .. }));
+        match (suspended, blocked) {
+            (true, true) => {
+                return self.pick(
+                    "NO ACCESS: suspended and blocked",
+                    "SEM ACESSO: suspenso e bloqueado",
+                )
+            }
+            (true, false) => {
+                return self.pick(
+                    "NO ACCESS: suspended by the ERP",
+                    "SEM ACESSO: suspenso pelo ERP",
+                )
+            }
+            (false, true) => {
+                return self.pick(
+                    "NO ACCESS: blocked by hand",
+                    "SEM ACESSO: bloqueado manualmente",
+                )
+            }
+            (false, false) => {}
+        }
+        if has(|f| matches!(f, Finding::SkeeloUnreachable { .. })) {
+            return self.pick(
+                "SHOULD HAVE ACCESS (Skeelo could not be asked)",
+                "DEVERIA TER ACESSO (a Skeelo não pôde ser consultada)",
+            );
+        }
+        self.pick(
+            "NO ACCESS, but should have it: Skeelo differs",
+            "SEM ACESSO, mas deveria ter: a Skeelo diverge",
+        )
+    }
+
+    pub(crate) fn label(self, key: &str) -> String {
+        let (en, pt) = match key {
+            "subscriber" => ("Subscriber", "Assinante"),
+            "should_hold" => ("Should be", "Deveria ser"),
+            "holds_now" => ("Skeelo now", "Skeelo agora"),
+            "events" => ("Events, oldest first", "Eventos, do mais antigo"),
+            _ => (key, key),
+        };
+        self.pick(en, pt)
+    }
+
+    pub(crate) fn asked_now(self, holds: &str) -> String {
+        match self {
+            Lang::En => format!("{holds} (asked just now)"),
+            Lang::PtBr => format!("{holds} (consultado agora)"),
+        }
+    }
+
+    pub(crate) fn not_asked(self) -> String {
+        self.pick(
+            "unknown (could not be asked)",
+            "desconhecido (sem resposta)",
+        )
+    }
+
+    fn by(self, e: &Option<EventRef>) -> String {
+        let Some(e) = e else {
+            return String::new();
+        };
+        let mut s = match self {
+            Lang::En => format!(" (event v{}", e.version),
+            Lang::PtBr => format!(" (evento v{}", e.version),
+        };
+        if let Some(at) = &e.at {
+            s += &match self {
+                Lang::En => format!(" of {at}"),
+                Lang::PtBr => format!(" de {at}"),
+            };
+        }
+        if let Some(actor) = &e.actor {
+            s += &match self {
+                Lang::En => format!(", by {actor}"),
+                Lang::PtBr => format!(", por {actor}"),
+            };
+        }
+        s + ")"
+    }
+
+    /// The finding as one sentence.
+    pub(crate) fn finding(self, f: &Finding) -> String {
+        match (self, f) {
+            (Lang::En, Finding::HasAccess { products }) => format!(
+                "Skeelo holds an active subscription with {}, as the ERP's events say it should.",
+                join(products)
+            ),
+            (Lang::PtBr, Finding::HasAccess { products }) => format!(
+                "A Skeelo tem uma assinatura ativa com {}, como os eventos do ERP pedem.",
+                join(products)
+            ),
+            (Lang::En, Finding::AwaitingSync { recorded }) => format!(
+                "The ERP has not sent this contract's sync (the event that creates the subscription); {recorded} later event(s) are recorded and wait for it."
+            ),
+            (Lang::PtBr, Finding::AwaitingSync { recorded }) => format!(
+                "O ERP ainda não enviou a sincronização deste contrato (o evento que cria a assinatura); {recorded} evento(s) posterior(es) estão registrados e aguardam por ela."
+            ),
+            (Lang::En, Finding::Suspended { event }) => format!(
+                "Suspended by the ERP{}, usually for arrears: the ERP reactivates it when paid.",
+                self.by(event)
+            ),
+            (Lang::PtBr, Finding::Suspended { event }) => format!(
+                "Suspenso pelo ERP{}, em geral por inadimplência: o ERP reativa quando for pago.",
+                self.by(event)
+            ),
+            (Lang::En, Finding::Blocked { event }) => format!(
+                "Blocked by hand in the ERP{}: only an unblock in the ERP gives access back.",
+                self.by(event)
+            ),
+            (Lang::PtBr, Finding::Blocked { event }) => format!(
+                "Bloqueado manualmente no ERP{}: só um desbloqueio no ERP devolve o acesso.",
+                self.by(event)
+            ),
+            (Lang::En, Finding::Cancelled { event }) => format!(
+                "Cancelled for good{}: a cancel cannot be undone.",
+                self.by(event)
+            ),
+            (Lang::PtBr, Finding::Cancelled { event }) => format!(
+                "Cancelado definitivamente{}: um cancelamento não pode ser desfeito.",
+                self.by(event)
+            ),
+            (Lang::En, Finding::CancelledBeforeSync) => {
+                "Cancelled before its sync was applied: it never had access.".into()
+            }
+            (Lang::PtBr, Finding::CancelledBeforeSync) => {
+                "Cancelado antes de a sincronização ser aplicada: nunca teve acesso.".into()
+            }
+            (Lang::En, Finding::RejectedAfterCancel { count }) => format!(
+                "{count} event(s) came after the cancel and were rejected."
+            ),
+            (Lang::PtBr, Finding::RejectedAfterCancel { count }) => format!(
+                "{count} evento(s) chegaram depois do cancelamento e foram rejeitados."
+            ),
+            (Lang::En, Finding::Drift { should, holds }) => format!(
+                "Skeelo differs from the ERP's facts: it should be {should}, it holds {holds} (changed at Skeelo behind the fleet's back, or an answer was lost)."
+            ),
+            (Lang::PtBr, Finding::Drift { should, holds }) => format!(
+                "A Skeelo diverge dos fatos do ERP: deveria ser {should}, está {holds} (alterado na Skeelo por fora, ou uma resposta se perdeu)."
+            ),
+            (Lang::En, Finding::SkeeloUnreachable { error }) => {
+                format!("Skeelo could not be asked now: {error}.")
+            }
+            (Lang::PtBr, Finding::SkeeloUnreachable { error }) => {
+                format!("A Skeelo não respondeu agora: {error}.")
+            }
+            (Lang::En, Finding::CallsInFlight { for_seconds }) => format!(
+                "Calls to Skeelo for this contract may still land for up to {for_seconds} s."
+            ),
+            (Lang::PtBr, Finding::CallsInFlight { for_seconds }) => format!(
+                "Chamadas à Skeelo deste contrato ainda podem chegar por até {for_seconds} s."
+            ),
+            (
+                Lang::En,
+                Finding::Parked {
+                    id,
+                    event_type,
+                    reason,
+                    error_class,
+                    error,
+                    ..
+                },
+            ) => format!(
+                "Dead letter #{id}: the {event_type} event is parked ({reason}, {error_class}): {error}"
+            ),
+            (
+                Lang::PtBr,
+                Finding::Parked {
+                    id,
+                    event_type,
+                    reason,
+                    error_class,
+                    error,
+                    ..
+                },
+            ) => format!(
+                "Mensagem parada #{id}: o evento {event_type} está parado ({reason}, {error_class}): {error}"
+            ),
+            (Lang::En, Finding::NothingPending) => {
+                "Nothing is pending: Skeelo matches the ERP and no event waits.".into()
+            }
+            (Lang::PtBr, Finding::NothingPending) => {
+                "Nada pendente: a Skeelo confere com o ERP e nenhum evento aguarda.".into()
+            }
+        }
+    }
+
+    /// What happens next, by itself or by whom, when there is something to say.
+    pub(crate) fn next(self, f: &Finding) -> Option<String> {
+        Some(match (self, f) {
+            (Lang::En, Finding::AwaitingSync { .. }) => {
+                "When the sync arrives, the subscription is created with these events applied.".into()
+            }
+            (Lang::PtBr, Finding::AwaitingSync { .. }) => {
+                "Quando a sincronização chegar, a assinatura é criada já com esses eventos aplicados.".into()
+            }
+            (Lang::En, Finding::RejectedAfterCancel { .. }) => {
+                "To give access again, create a new contract in the ERP.".into()
+            }
+            (Lang::PtBr, Finding::RejectedAfterCancel { .. }) => {
+                "Para dar acesso de novo, crie um novo contrato no ERP.".into()
+            }
+            (Lang::En, Finding::Drift { .. }) => {
+                "Not repaired by itself yet: `skeelo-ops check --drift-only` lists every contract like this one.".into()
+            }
+            (Lang::PtBr, Finding::Drift { .. }) => {
+                "Ainda não é corrigido sozinho: `skeelo-ops check --drift-only` lista todos os contratos assim.".into()
+            }
+            (Lang::En, Finding::SkeeloUnreachable { .. }) => {
+                "Ask again later; the fleet retries its own calls by itself.".into()
+            }
+            (Lang::PtBr, Finding::SkeeloUnreachable { .. }) => {
+                "Consulte de novo mais tarde; a frota repete as próprias chamadas sozinha.".into()
+            }
+            (Lang::En, Finding::CallsInFlight { .. }) => {
+                "The next event of this contract reads Skeelo back before acting.".into()
+            }
+            (Lang::PtBr, Finding::CallsInFlight { .. }) => {
+                "O próximo evento deste contrato consulta a Skeelo antes de agir.".into()
+            }
+            (lang, Finding::Parked { id, fix, .. }) => {
+                let command = fix.command(*id).unwrap_or_default();
+                match (lang, fix) {
+                    (Lang::En, Fix::ProductThenRequeue) => format!(
+                        "Waits for people: once the product is in Skeelo's catalogue, run `{command}`."
+                    ),
+                    (Lang::PtBr, Fix::ProductThenRequeue) => format!(
+                        "Aguarda uma pessoa: quando o produto estiver no catálogo da Skeelo, execute `{command}`."
+                    ),
+                    (Lang::En, Fix::CorrectInErp) => {
+                        "Cannot be applied as it is: correct the data in the ERP, which sends a new event.".into()
+                    }
+                    (Lang::PtBr, Fix::CorrectInErp) => {
+                        "Não pode ser aplicado assim: corrija os dados no ERP, que envia um novo evento.".into()
+                    }
+                    (Lang::En, Fix::ReadRefusalThenRequeue) => format!(
+                        "Skeelo refused it: fix what its answer names (at Skeelo or in the ERP), then run `{command}`."
+                    ),
+                    (Lang::PtBr, Fix::ReadRefusalThenRequeue) => format!(
+                        "A Skeelo recusou: corrija o que a resposta indica (na Skeelo ou no ERP) e execute `{command}`."
+                    ),
+                    (Lang::En, Fix::RequeueWhenHealthy) => format!(
+                        "Skeelo or the database did not answer in time: once they are healthy, run `{command}`."
+                    ),
+                    (Lang::PtBr, Fix::RequeueWhenHealthy) => format!(
+                        "A Skeelo ou o banco de dados não responderam a tempo: quando estiverem normais, execute `{command}`."
+                    ),
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// An event's outcome, as a support agent reads it.
+    pub(crate) fn outcome(self, code: &str) -> String {
+        let (en, pt) = match code {
+            "applied" => ("applied", "aplicado"),
+            "deferred" => (
+                "recorded, waits for the sync",
+                "registrado, aguarda a sincronização",
+            ),
+            "duplicate" => ("duplicate, ignored", "duplicado, ignorado"),
+            "superseded" => (
+                "superseded by a newer event",
+                "substituído por um evento mais novo",
+            ),
+            "rejected" => (
+                "rejected: create a new contract",
+                "rejeitado: crie um novo contrato",
+            ),
+            "dead_lettered" => ("parked for people", "parado para uma pessoa"),
+            other => (other, other),
+        };
+        self.pick(en, pt)
+    }
+
+    pub(crate) fn history_header(self) -> [&'static str; 5] {
+        match self {
+            Lang::En => ["RECEIVED", "TYPE", "VERSION", "OUTCOME", "ACTOR"],
+            Lang::PtBr => ["RECEBIDO", "TIPO", "VERSÃO", "RESULTADO", "QUEM"],
+        }
+    }
+}
+
+fn join(products: &[skeelo_domain::event::Sku]) -> String {
+    products
+        .iter()
+        .map(skeelo_domain::event::Sku::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
