@@ -80,7 +80,12 @@ pub(crate) enum Finding {
     RejectedAfterCancel { count: usize },
     /// Skeelo holds something else than the facts call for (changed behind the
     /// fleet's back, or a call whose answer was lost).
-    Drift { should: String, holds: String },
+    Drift {
+        should: String,
+        holds: String,
+        /// Skeelo gives access although the facts say it should not.
+        gives_access: bool,
+    },
     /// Skeelo could not be asked now.
     SkeeloUnreachable { error: String },
     /// Calls to Skeelo for this contract may still be on their way.
@@ -118,6 +123,8 @@ pub(crate) enum Fix {
     ReadRefusalThenRequeue,
     /// Skeelo or the database did not answer in time: requeue once they are healthy.
     RequeueWhenHealthy,
+    /// RabbitMQ gave up on it (it failed delivery after delivery): read it first.
+    InspectFirst,
 }
 
 impl Fix {
@@ -128,6 +135,7 @@ impl Fix {
             match letter.reason.as_str() {
                 "invalid" => Fix::CorrectInErp,
                 "refused" => Fix::ReadRefusalThenRequeue,
+                "broker" => Fix::InspectFirst,
                 _ => Fix::RequeueWhenHealthy,
             }
         }
@@ -137,6 +145,7 @@ impl Fix {
     fn command(self, id: i64) -> Option<String> {
         match self {
             Fix::CorrectInErp => None,
+            Fix::InspectFirst => Some(format!("skeelo-ops dead show {id}")),
             _ => Some(format!("skeelo-ops dead requeue --id {id}")),
         }
     }
@@ -156,6 +165,7 @@ pub(crate) fn findings(
     parked: &[DeadLetter],
     live: &Live,
     in_flight: Option<Duration>,
+    lang: Lang,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     let target = lifecycle::target(facts);
@@ -206,7 +216,7 @@ pub(crate) fn findings(
             }
             Status::Active => {
                 if let Live::Holds(Some(h)) = live {
-                    if h.status == Status::Active {
+                    if lifecycle::holds(&target, Some(h)) {
                         out.push(Finding::HasAccess {
                             products: h.profile.products.clone(),
                         });
@@ -226,8 +236,9 @@ pub(crate) fn findings(
         Live::Holds(held) => {
             if !lifecycle::holds(&target, held.as_ref()) {
                 out.push(Finding::Drift {
-                    should: describe_target(&target),
-                    holds: describe_held(held.as_ref()),
+                    should: describe_target(&target, lang),
+                    holds: describe_held(held.as_ref(), lang),
+                    gives_access: held.as_ref().is_some_and(|h| h.status == Status::Active),
                 });
             }
         }
@@ -263,20 +274,20 @@ pub(crate) fn findings(
     out
 }
 
-fn describe_target(target: &Target) -> String {
+fn describe_target(target: &Target, lang: Lang) -> String {
     match target {
-        Target::Absent => "nothing".into(),
-        Target::Withdrawn => "nothing active".into(),
-        Target::Present(h) => describe_held(Some(h)),
+        Target::Absent => lang.nothing(),
+        Target::Withdrawn => lang.nothing_active(),
+        Target::Present(h) => describe_held(Some(h), lang),
     }
 }
 
-fn describe_held(held: Option<&Held>) -> String {
+fn describe_held(held: Option<&Held>, lang: Lang) -> String {
     match held {
-        None => "nothing".into(),
+        None => lang.nothing(),
         Some(h) => format!(
             "{} [{}]",
-            h.status.as_str(),
+            lang.status(h.status),
             h.profile
                 .products
                 .iter()
@@ -303,7 +314,11 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     if known.is_empty() {
         let asked = match (&a.contract, &document) {
-            (Some(id), _) => a.lang.no_contract(id),
+            // A document typed where the contract goes is not echoed either.
+            (Some(id), _) => match Document::parse(id) {
+                Ok(doc) => a.lang.document_as_contract(&mask::document(doc.digits())),
+                Err(_) => a.lang.no_contract(id),
+            },
             (_, Some(doc)) => a.lang.no_subscriber(&mask::document(doc.digits())),
             _ => String::new(),
         };
@@ -345,7 +360,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .calls_may_land(id)
             .await
             .with_context(|| format!("reading contract {id}'s calls in flight"))?;
-        let found = findings(&state.facts, &history, &parked, &live, in_flight);
+        let found = findings(&state.facts, &history, &parked, &live, in_flight, a.lang);
         if a.json {
             docs.push(document_json(
                 id,
@@ -401,9 +416,9 @@ fn document_json(
         "contract_id": id,
         "headline": lang.headline(found),
         "subscriber": subscriber(facts, reveal),
-        "skeelo_should_be": describe_target(&lifecycle::target(facts)),
+        "skeelo_should_be": describe_target(&lifecycle::target(facts), lang),
         "skeelo_now": match live {
-            Live::Holds(h) => json!({ "asked": true, "holds": describe_held(h.as_ref()) }),
+            Live::Holds(h) => json!({ "asked": true, "holds": describe_held(h.as_ref(), lang) }),
             Live::Unreachable(e) => json!({ "asked": false, "error": e }),
         },
         "findings": found.iter().map(|f| {
@@ -449,10 +464,10 @@ fn print_text(
     println!(
         "  {:<13}{}",
         lang.label("should_hold"),
-        describe_target(&lifecycle::target(facts))
+        describe_target(&lifecycle::target(facts), lang)
     );
     let now = match live {
-        Live::Holds(h) => lang.asked_now(&describe_held(h.as_ref())),
+        Live::Holds(h) => lang.asked_now(&describe_held(h.as_ref(), lang)),
         Live::Unreachable(_) => lang.not_asked(),
     };
     println!("  {:<13}{}", lang.label("holds_now"), now);

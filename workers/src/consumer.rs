@@ -123,22 +123,23 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
         }
     }
     tracker.close();
-    if stop.is_cancelled() {
-        // A stop is bounded: what has not finished by then goes back to the broker
-        // when the channels close, and the uncertainty marks of any calls it made
-        // are read back by whoever gets it next, as after a crash.
-        if tokio::time::timeout(app.settings.stop_grace, tracker.wait())
-            .await
-            .is_err()
-        {
+    // A stop is bounded, also one that comes while a lost session's work finishes:
+    // what has not finished by the end of the grace goes back to the broker when the
+    // channels close, and the uncertainty marks of any calls it made are read back by
+    // whoever gets it next, as after a crash (the process exits right after).
+    let grace = async {
+        stop.cancelled().await;
+        tokio::time::sleep(app.settings.stop_grace).await;
+    };
+    tokio::select! {
+        _ = tracker.wait() => {}
+        _ = grace => {
             tracing::error!(
                 grace_seconds = app.settings.stop_grace.as_secs(),
                 batches = tracker.len(),
                 "work still in flight at the end of the stop grace; its deliveries go back to the broker"
             );
         }
-    } else {
-        tracker.wait().await;
     }
     relay_stop.cancel();
     // The results of the last events go out before the connection closes (or wait in

@@ -35,7 +35,7 @@ fn kinds(found: &[Finding]) -> Vec<String> {
 #[test]
 fn an_active_contract_that_skeelo_matches_has_access_and_nothing_pending() {
     let f = facts(&[(EventType::Sync, 1)]);
-    let found = findings(&f, &[], &[], &held_as_target(&f), None);
+    let found = findings(&f, &[], &[], &held_as_target(&f), None, Lang::En);
     assert_eq!(kinds(&found), ["has_access", "nothing_pending"]);
     assert_eq!(Lang::En.headline(&found), "HAS ACCESS");
     assert_eq!(Lang::PtBr.headline(&found), "TEM ACESSO");
@@ -44,7 +44,7 @@ fn an_active_contract_that_skeelo_matches_has_access_and_nothing_pending() {
 #[test]
 fn a_contract_without_its_sync_waits_for_it() {
     let f = facts(&[(EventType::Suspend, 2)]);
-    let found = findings(&f, &[], &[], &Live::Holds(None), None);
+    let found = findings(&f, &[], &[], &Live::Holds(None), None, Lang::En);
     assert_eq!(kinds(&found), ["awaiting_sync"]);
     assert!(Lang::En.headline(&found).contains("NO ACCESS YET"));
     assert!(Lang::PtBr.headline(&found).contains("SEM ACESSO AINDA"));
@@ -57,7 +57,7 @@ fn suspended_and_blocked_are_both_named() {
         (EventType::Suspend, 2),
         (EventType::Block, 3),
     ]);
-    let found = findings(&f, &[], &[], &held_as_target(&f), None);
+    let found = findings(&f, &[], &[], &held_as_target(&f), None, Lang::En);
     assert_eq!(kinds(&found), ["suspended", "blocked", "nothing_pending"]);
     assert_eq!(
         Lang::En.headline(&found),
@@ -72,7 +72,7 @@ fn an_active_contract_skeelo_cancelled_behind_the_back_is_drift() {
         panic!("a synced contract has a target");
     };
     h.status = Status::Cancelled;
-    let found = findings(&f, &[], &[], &Live::Holds(Some(h)), None);
+    let found = findings(&f, &[], &[], &Live::Holds(Some(h)), None, Lang::En);
     assert_eq!(kinds(&found), ["drift"]);
     assert!(Lang::En.finding(&found[0]).contains("should be active"));
     assert!(Lang::En.finding(&found[0]).contains("holds cancelled"));
@@ -82,7 +82,14 @@ fn an_active_contract_skeelo_cancelled_behind_the_back_is_drift() {
 #[test]
 fn skeelo_unreachable_is_said_and_nothing_is_claimed_about_access() {
     let f = facts(&[(EventType::Sync, 1)]);
-    let found = findings(&f, &[], &[], &Live::Unreachable("timeout".into()), None);
+    let found = findings(
+        &f,
+        &[],
+        &[],
+        &Live::Unreachable("timeout".into()),
+        None,
+        Lang::En,
+    );
     assert_eq!(kinds(&found), ["skeelo_unreachable"]);
     assert!(Lang::En.headline(&found).contains("could not be asked"));
 }
@@ -96,6 +103,7 @@ fn calls_in_flight_are_pending() {
         &[],
         &held_as_target(&f),
         Some(Duration::from_millis(2500)),
+        Lang::En,
     );
     assert_eq!(kinds(&found), ["has_access", "calls_in_flight"]);
 }
@@ -131,6 +139,7 @@ fn every_finding_is_said_in_both_languages_differently() {
         Finding::Drift {
             should: "active".into(),
             holds: "cancelled".into(),
+            gives_access: false,
         },
         Finding::SkeeloUnreachable { error: "x".into() },
         Finding::CallsInFlight { for_seconds: 1 },
@@ -160,4 +169,40 @@ fn every_finding_is_said_in_both_languages_differently() {
     assert!(Lang::PtBr
         .next(parked)
         .is_some_and(|n| n.contains("catálogo da Skeelo")));
+}
+
+#[test]
+fn a_suspended_contract_skeelo_still_serves_has_access_against_the_facts() {
+    let active = facts(&[(EventType::Sync, 1)]);
+    let suspended = facts(&[(EventType::Sync, 1), (EventType::Suspend, 2)]);
+    let found = findings(
+        &suspended,
+        &[],
+        &[],
+        &held_as_target(&active),
+        None,
+        Lang::PtBr,
+    );
+    assert_eq!(kinds(&found), ["suspended", "drift"]);
+    assert_eq!(
+        Lang::En.headline(&found),
+        "HAS ACCESS at Skeelo, but should not: Skeelo differs"
+    );
+    assert!(Lang::PtBr
+        .finding(&found[1])
+        .contains("deveria ser inativo"));
+}
+
+#[test]
+fn products_that_differ_are_not_called_access_as_the_erp_says() {
+    let f = facts(&[(EventType::Sync, 1)]);
+    let Live::Holds(Some(mut h)) = held_as_target(&f) else {
+        panic!("a synced contract has a target");
+    };
+    h.profile.products.clear();
+    let found = findings(&f, &[], &[], &Live::Holds(Some(h)), None, Lang::En);
+    assert_eq!(kinds(&found), ["drift"]);
+    assert!(Lang::En
+        .headline(&found)
+        .starts_with("HAS ACCESS at Skeelo"));
 }

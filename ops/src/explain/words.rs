@@ -2,6 +2,8 @@
 //! staff. Every sentence lives here, once per language, so the two never drift apart
 //! in what they say (a test checks that each finding has both).
 
+use skeelo_domain::lifecycle::Status;
+
 use super::{EventRef, Finding, Fix};
 
 /// The reader's language.
@@ -35,6 +37,34 @@ impl Lang {
         }
     }
 
+    pub(crate) fn document_as_contract(self, masked: &str) -> String {
+        match self {
+            Lang::En => format!(
+                "no contract has the id {masked}, which is a CPF or CNPJ: use --document to find a subscriber's contracts"
+            ),
+            Lang::PtBr => format!(
+                "nenhum contrato tem o id {masked}, que é um CPF ou CNPJ: use --document para achar os contratos de um assinante"
+            ),
+        }
+    }
+
+    pub(crate) fn status(self, s: Status) -> &'static str {
+        match (self, s) {
+            (Lang::En, s) => s.as_str(),
+            (Lang::PtBr, Status::Active) => "ativo",
+            (Lang::PtBr, Status::Inactive) => "inativo",
+            (Lang::PtBr, Status::Cancelled) => "cancelado",
+        }
+    }
+
+    pub(crate) fn nothing(self) -> String {
+        self.pick("nothing", "nada")
+    }
+
+    pub(crate) fn nothing_active(self) -> String {
+        self.pick("nothing active", "nada ativo")
+    }
+
     pub(crate) fn no_subscriber(self, masked: &str) -> String {
         match self {
             Lang::En => format!("no synced contract names the document {masked}"),
@@ -54,6 +84,20 @@ impl Lang {
         let has = |p: fn(&Finding) -> bool| found.iter().any(p);
         if has(|f| matches!(f, Finding::HasAccess { .. })) {
             return self.pick("HAS ACCESS", "TEM ACESSO");
+        }
+        if has(|f| {
+            matches!(
+                f,
+                Finding::Drift {
+                    gives_access: true,
+                    ..
+                }
+            )
+        }) {
+            return self.pick(
+                "HAS ACCESS at Skeelo, but should not: Skeelo differs",
+                "TEM ACESSO na Skeelo, mas não deveria: a Skeelo diverge",
+            );
         }
         if has(|f| matches!(f, Finding::AwaitingSync { .. })) {
             return self.pick(
@@ -200,10 +244,10 @@ impl Lang {
             (Lang::PtBr, Finding::RejectedAfterCancel { count }) => format!(
                 "{count} evento(s) chegaram depois do cancelamento e foram rejeitados."
             ),
-            (Lang::En, Finding::Drift { should, holds }) => format!(
+            (Lang::En, Finding::Drift { should, holds, .. }) => format!(
                 "Skeelo differs from the ERP's facts: it should be {should}, it holds {holds} (changed at Skeelo behind the fleet's back, or an answer was lost)."
             ),
-            (Lang::PtBr, Finding::Drift { should, holds }) => format!(
+            (Lang::PtBr, Finding::Drift { should, holds, .. }) => format!(
                 "A Skeelo diverge dos fatos do ERP: deveria ser {should}, está {holds} (alterado na Skeelo por fora, ou uma resposta se perdeu)."
             ),
             (Lang::En, Finding::SkeeloUnreachable { error }) => {
@@ -312,6 +356,12 @@ impl Lang {
                     ),
                     (Lang::PtBr, Fix::RequeueWhenHealthy) => format!(
                         "A Skeelo ou o banco de dados não responderam a tempo: quando estiverem normais, execute `{command}`."
+                    ),
+                    (Lang::En, Fix::InspectFirst) => format!(
+                        "RabbitMQ gave up delivering it (it failed again and again): read it with `{command}` before sending it back."
+                    ),
+                    (Lang::PtBr, Fix::InspectFirst) => format!(
+                        "O RabbitMQ desistiu de entregá-la (falhou repetidas vezes): leia com `{command}` antes de reenviar."
                     ),
                 }
             }

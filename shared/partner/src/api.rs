@@ -223,6 +223,8 @@ pub async fn counting_sent<F: std::future::Future>(sent: Arc<AtomicUsize>, calls
 /// event nothing): long enough to ride a burst, short enough not to hold a database
 /// connection and the contract's lock for minutes.
 const MAX_THROTTLED_WAIT: Duration = Duration::from_secs(15);
+/// Turns a call gives up as stale before it goes anyway.
+const MAX_STALE_TURNS: usize = 3;
 /// Longest token lifetime believed (guards the arithmetic against absurd answers).
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// The longest `Retry-After` honoured as given (a larger one is capped, not ignored).
@@ -468,8 +470,14 @@ impl SkeeloClient {
         operation: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Answer), SkeeloError> {
+        // A turn that went stale is given up for another, a few times at most: on a
+        // process too busy to send on time, calls go late rather than not at all
+        // (the margin grows by itself if the partner then throttles).
         let mut turn = self.wait_turn(false).await;
-        while turn.stale() {
+        for _ in 0..MAX_STALE_TURNS {
+            if !turn.stale() {
+                break;
+            }
             self.inner.metrics.turns_stale.inc();
             turn = self.wait_turn(true).await;
         }

@@ -26,6 +26,9 @@ use tokio::sync::{oneshot, Notify};
 
 use skeelo_domain::event::EventType;
 
+/// How long a lease or a pause may take at the ledger before it counts as failed.
+const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Slots leased at once, at most: about a tenth of a second of the rate.
 const LEASE_SECONDS: f64 = 0.1;
 
@@ -303,7 +306,12 @@ impl Queues {
         std::array::from_fn(|l| !self.lanes[l].is_empty())
     }
 
-    fn len(&self) -> usize {
+    /// Calls still waiting: those given up meanwhile (their round ran out of time)
+    /// are forgotten first, so that no slot is leased from the fleet for them.
+    fn waiting_now(&mut self) -> usize {
+        for lane in &mut self.lanes {
+            lane.retain(|tx| !tx.is_closed());
+        }
         self.lanes.iter().map(VecDeque::len).sum()
     }
 }
@@ -441,7 +449,10 @@ impl Pacer {
         // ask for a longer wait than the first.
         if let Some(ledger) = inner.ledger.clone() {
             tokio::spawn(async move {
-                if let Err(e) = ledger.pause(ROW, wait).await {
+                let paused = tokio::time::timeout(LEDGER_TIMEOUT, ledger.pause(ROW, wait))
+                    .await
+                    .unwrap_or_else(|_| Err("the database did not answer in time".into()));
+                if let Err(e) = paused {
                     tracing::warn!(error = %e, "could not share the 429 pause with the fleet");
                 }
             });
@@ -461,7 +472,11 @@ async fn dispatch(weak: std::sync::Weak<Inner>) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
-        let waiting = inner.queues.lock().map(|q| q.len()).unwrap_or(0);
+        let waiting = inner
+            .queues
+            .lock()
+            .map(|mut q| q.waiting_now())
+            .unwrap_or(0);
         let now = Instant::now();
         let late = inner.late();
         while slots.front().is_some_and(|s| now.duration_since(*s) > late) {
@@ -655,7 +670,13 @@ async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, LedgerError> {
     let interval = inner.interval();
     let start = match &inner.ledger {
         Some(ledger) => {
-            let first = ledger.lease(ROW, n, interval).await?;
+            // Bounded: a connection that stopped answering (half open) must not hold
+            // every call of the process; the dispatcher tries again.
+            let first = tokio::time::timeout(LEDGER_TIMEOUT, ledger.lease(ROW, n, interval))
+                .await
+                .map_err(|_| -> LedgerError {
+                    format!("no lease within {LEDGER_TIMEOUT:?}").into()
+                })??;
             let now = Instant::now();
             match first.duration_since(std::time::SystemTime::now()) {
                 Ok(ahead) => now + ahead,
