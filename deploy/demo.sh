@@ -84,5 +84,8 @@ first=$(head -n 1 "$run_dir/events.jsonl" | sed -E 's/.*"id":"([^"]+)".*/\1/')
 echo "== one contract's story (skeelo-ops contract show $first)"
 "$bin/skeelo-ops" contract show "$first"
 echo
+echo "== the same contract as support reads it (skeelo-ops explain $first --lang pt-BR)"
+"$bin/skeelo-ops" explain "$first" --lang pt-BR
+echo
 echo "Logs: $run_dir/workers.log, $run_dir/sim.log. Events: $run_dir/events.jsonl"
 [ "$handled" -ge "$total" ]

@@ -66,8 +66,9 @@ fn parse_document(raw: &str) -> anyhow::Result<Document> {
 pub(crate) enum Finding {
     /// Skeelo holds an active subscription, as the facts say it should.
     HasAccess { products: Vec<Sku> },
-    /// The ERP has not sent the contract's sync yet; `recorded` events wait for it.
-    AwaitingSync { recorded: usize },
+    /// No sync has been applied yet: the ERP has not sent it, or it is parked
+    /// (`sync_parked`); `recorded` later events wait for it.
+    AwaitingSync { recorded: usize, sync_parked: bool },
     /// Suspended by the ERP (arrears).
     Suspended { event: Option<EventRef> },
     /// Blocked by hand in the ERP.
@@ -186,6 +187,7 @@ pub(crate) fn findings(
     match &target {
         Target::Absent => out.push(Finding::AwaitingSync {
             recorded: history.iter().filter(|h| h.outcome == "deferred").count(),
+            sync_parked: parked.iter().any(|l| l.event_type == "sync"),
         }),
         Target::Withdrawn => out.push(Finding::CancelledBeforeSync),
         Target::Present(want) => match want.status {

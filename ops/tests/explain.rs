@@ -101,7 +101,7 @@ async fn events_before_the_sync_wait_for_it() {
         &[
             "NO ACCESS YET: the ERP has not sent the sync",
             "1 later event(s) are recorded",
-            "When the sync arrives",
+            "When the sync is applied",
             "recorded, waits for the sync",
         ],
     );
@@ -195,6 +195,8 @@ async fn a_dead_letter_is_shown_with_the_command_that_clears_it() {
     assert_has(
         &en,
         &[
+            "Contract XP1: NO ACCESS YET: its sync is parked",
+            "came but is parked",
             &format!("Dead letter #{id}: the sync event is parked (invalid, unknown_product)"),
             "SKEELO-MINIBOOKS",
             "once the product is in Skeelo's catalogue",
@@ -207,6 +209,7 @@ async fn a_dead_letter_is_shown_with_the_command_that_clears_it() {
     assert_has(
         &pt,
         &[
+            "SEM ACESSO AINDA: a sincronização está parada",
             &format!("Mensagem parada #{id}"),
             "quando o produto estiver no catálogo da Skeelo",
             &format!("skeelo-ops dead requeue --id {id}"),

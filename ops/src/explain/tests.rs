@@ -126,7 +126,10 @@ fn every_finding_is_said_in_both_languages_differently() {
     });
     let all = [
         Finding::HasAccess { products: vec![] },
-        Finding::AwaitingSync { recorded: 1 },
+        Finding::AwaitingSync {
+            recorded: 1,
+            sync_parked: false,
+        },
         Finding::Suspended {
             event: event.clone(),
         },

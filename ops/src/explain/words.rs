@@ -99,6 +99,20 @@ impl Lang {
                 "TEM ACESSO na Skeelo, mas não deveria: a Skeelo diverge",
             );
         }
+        if has(|f| {
+            matches!(
+                f,
+                Finding::AwaitingSync {
+                    sync_parked: true,
+                    ..
+                }
+            )
+        }) {
+            return self.pick(
+                "NO ACCESS YET: its sync is parked",
+                "SEM ACESSO AINDA: a sincronização está parada",
+            );
+        }
         if has(|f| matches!(f, Finding::AwaitingSync { .. })) {
             return self.pick(
                 "NO ACCESS YET: the ERP has not sent the sync",
@@ -202,11 +216,21 @@ impl Lang {
                 "A Skeelo tem uma assinatura ativa com {}, como os eventos do ERP pedem.",
                 join(products)
             ),
-            (Lang::En, Finding::AwaitingSync { recorded }) => format!(
-                "The ERP has not sent this contract's sync (the event that creates the subscription); {recorded} later event(s) are recorded and wait for it."
+            (Lang::En, Finding::AwaitingSync { recorded, sync_parked }) => format!(
+                "{}; {recorded} later event(s) are recorded and wait for it.",
+                if *sync_parked {
+                    "The contract's sync (the event that creates the subscription) came but is parked, see below"
+                } else {
+                    "The ERP has not sent this contract's sync (the event that creates the subscription)"
+                }
             ),
-            (Lang::PtBr, Finding::AwaitingSync { recorded }) => format!(
-                "O ERP ainda não enviou a sincronização deste contrato (o evento que cria a assinatura); {recorded} evento(s) posterior(es) estão registrados e aguardam por ela."
+            (Lang::PtBr, Finding::AwaitingSync { recorded, sync_parked }) => format!(
+                "{}; {recorded} evento(s) posterior(es) estão registrados e aguardam por ela.",
+                if *sync_parked {
+                    "A sincronização do contrato (o evento que cria a assinatura) chegou, mas está parada, veja abaixo"
+                } else {
+                    "O ERP ainda não enviou a sincronização deste contrato (o evento que cria a assinatura)"
+                }
             ),
             (Lang::En, Finding::Suspended { event }) => format!(
                 "Suspended by the ERP{}, usually for arrears: the ERP reactivates it when paid.",
@@ -301,10 +325,10 @@ impl Lang {
     pub(crate) fn next(self, f: &Finding) -> Option<String> {
         Some(match (self, f) {
             (Lang::En, Finding::AwaitingSync { .. }) => {
-                "When the sync arrives, the subscription is created with these events applied.".into()
+                "When the sync is applied, the subscription is created with these events in force.".into()
             }
             (Lang::PtBr, Finding::AwaitingSync { .. }) => {
-                "Quando a sincronização chegar, a assinatura é criada já com esses eventos aplicados.".into()
+                "Quando a sincronização for aplicada, a assinatura é criada já com esses eventos em vigor.".into()
             }
             (Lang::En, Finding::RejectedAfterCancel { .. }) => {
                 "To give access again, create a new contract in the ERP.".into()
