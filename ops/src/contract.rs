@@ -4,8 +4,6 @@ use std::process::ExitCode;
 
 use serde_json::json;
 use skeelo_domain::lifecycle::{self, Target};
-use skeelo_domain::mask;
-use time::format_description::well_known::Rfc3339;
 
 use crate::table;
 
@@ -64,19 +62,8 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Target::Present(h) => h.status.as_str().to_string(),
     };
-    let subscriber = f.synced.as_ref().map(|s| {
-        let sub = &s.details.subscriber;
-        if reveal {
-            json!({ "id": sub.id, "name": sub.name, "document": sub.document.digits(),
-                    "email": sub.email.as_str(), "phone": sub.phone.as_ref().map(|p| p.as_str()) })
-        } else {
-            json!({ "id": sub.id, "name": mask::name(&sub.name), "document": mask::document(sub.document.digits()),
-                    "email": mask::email(sub.email.as_str()), "phone": sub.phone.as_ref().map(|p| mask::phone(p.as_str())) })
-        }
-    });
-    let fmt_time = |t: Option<time::OffsetDateTime>| {
-        t.and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
-    };
+    let subscriber = crate::explain::subscriber(f, reveal);
+    let fmt_time = crate::explain::fmt_time;
     if json {
         let doc = json!({
             "contract_id": id,

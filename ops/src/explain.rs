@@ -386,7 +386,8 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn subscriber(facts: &Facts, reveal: bool) -> Option<Value> {
+/// The subscriber's details, masked unless `reveal` (the caller audits a reveal).
+pub(crate) fn subscriber(facts: &Facts, reveal: bool) -> Option<Value> {
     facts.synced.as_ref().map(|s| {
         let sub = &s.details.subscriber;
         if reveal {
@@ -401,7 +402,8 @@ fn subscriber(facts: &Facts, reveal: bool) -> Option<Value> {
     })
 }
 
-fn fmt_time(t: Option<time::OffsetDateTime>) -> String {
+/// RFC 3339, or nothing.
+pub(crate) fn fmt_time(t: Option<time::OffsetDateTime>) -> String {
     t.and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
