@@ -67,6 +67,10 @@ pub(crate) enum Command {
     Requeue {
         #[command(flatten)]
         select: Select,
+        /// One JSON object at the end (matched, requeued, ids, stopped_early) and no
+        /// progress lines, for scripts.
+        #[arg(long)]
+        json: bool,
         /// RabbitMQ.
         #[arg(long, env = "AMQP_URL", hide_env_values = true)]
         amqp_url: String,
@@ -304,9 +308,10 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Requeue {
             select,
+            json,
             amqp_url,
             db,
-        } => requeue(&select, &amqp_url, &db).await,
+        } => requeue(&select, json, &amqp_url, &db).await,
         Command::Purge {
             select,
             retention_days,
@@ -527,7 +532,12 @@ async fn show(id: i64, reveal: Option<String>, json: bool, db: &Db) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-async fn requeue(select: &Select, amqp_url: &str, db: &Db) -> anyhow::Result<ExitCode> {
+async fn requeue(
+    select: &Select,
+    json_out: bool,
+    amqp_url: &str,
+    db: &Db,
+) -> anyhow::Result<ExitCode> {
     let filter = select.filter()?;
     let store = store(db).await?;
     let count = store.count_dead_letters(&filter).await?;
@@ -553,6 +563,7 @@ async fn requeue(select: &Select, amqp_url: &str, db: &Db) -> anyhow::Result<Exi
     let publisher = Publisher::open(&connection).await?;
     let mut done = Vec::new();
     let mut failure = None;
+    let mut progress = Progress::new(json_out);
     // Page through the matches: each requeued letter leaves the parked set.
     'pages: loop {
         let page = store.dead_letters(&filter, 500).await?;
@@ -583,9 +594,7 @@ async fn requeue(select: &Select, amqp_url: &str, db: &Db) -> anyhow::Result<Exi
             if store.mark_requeued(d.id, &who).await? {
                 done.push(d.id);
             }
-            if done.len() % 100 == 0 {
-                eprintln!("requeued {} of {count}", done.len());
-            }
+            progress.show(done.len(), count);
         }
     }
     let _ = connection.close(200, "done".into()).await;
@@ -599,15 +608,64 @@ async fn requeue(select: &Select, amqp_url: &str, db: &Db) -> anyhow::Result<Exi
             &json!({ "ids": shown }),
         )
         .await?;
-    println!(
-        "requeued {} dead letter(s), confirmed by the broker; they get new results",
-        done.len()
-    );
-    if let Some(f) = failure {
-        eprintln!("stopped early: {f}");
-        return Ok(ExitCode::from(1));
+    progress.finish();
+    if json_out {
+        println!(
+            "{}",
+            json!({ "matched": count, "requeued": done.len(), "ids": shown, "stopped_early": failure })
+        );
+    } else {
+        println!(
+            "requeued {} dead letter(s), confirmed by the broker; they get new results",
+            done.len()
+        );
+        if let Some(f) = &failure {
+            eprintln!("stopped early: {f}");
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failure.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Progress of a long requeue: one line rewritten in place on a terminal, a line
+/// every 100 letters in a log, nothing with `--json` (the count comes at the end).
+struct Progress {
+    terminal: bool,
+    quiet: bool,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            quiet,
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, done: usize, of: i64) {
+        if self.quiet {
+            return;
+        }
+        if self.terminal {
+            if done % 10 == 0 || done as i64 == of {
+                eprint!("\rrequeued {done} of {of}");
+                self.shown = true;
+            }
+        } else if done % 100 == 0 {
+            eprintln!("requeued {done} of {of}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
 }
 
 async fn purge(

@@ -116,9 +116,13 @@ async fn an_operator_finds_understands_requeues_and_purges_dead_letters() {
 
     // The cause is fixed at Skeelo; the requeued event applies and gets a new result.
     w.sim.add_product("SKEELO-KIDS", "Skeelo Kids");
-    let requeued = ops(&w, &["dead", "requeue", &id_text]);
+    let requeued = ops(&w, &["dead", "requeue", &id_text, "--json"]);
     assert!(requeued.status.success(), "{}", text(&requeued));
-    assert!(text(&requeued).contains("requeued 1 dead letter(s)"));
+    let counted: serde_json::Value =
+        serde_json::from_slice(&requeued.stdout).expect("one JSON object");
+    assert_eq!(counted["matched"], 1, "{counted}");
+    assert_eq!(counted["requeued"], 1, "{counted}");
+    assert!(counted["stopped_early"].is_null(), "{counted}");
     w.wait_results(4, Duration::from_secs(30))
         .await
         .expect("a new result");
