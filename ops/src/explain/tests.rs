@@ -7,7 +7,9 @@ fn facts(events: &[(EventType, i64)]) -> Facts {
     let mut f = Facts::default();
     for (t, v) in events {
         let body = sample::event(*t, "EX1", *v, &["SKEELO-EBOOKS"]);
-        let e = event::parse(&t.routing_key(), body.to_string().as_bytes()).expect("valid event");
+        let Ok(e) = event::parse(&t.routing_key(), body.to_string().as_bytes()) else {
+            panic!("a sample {t:?} event is valid");
+        };
         f = lifecycle::decide(&f, &e).facts;
     }
     f
@@ -24,10 +26,9 @@ fn kinds(found: &[Finding]) -> Vec<String> {
     found
         .iter()
         .map(|f| {
-            serde_json::to_value(f).expect("json")["kind"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
+            serde_json::to_value(f)
+                .map(|v| v["kind"].as_str().unwrap_or("").to_string())
+                .unwrap_or_default()
         })
         .collect()
 }
