@@ -130,9 +130,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
             vec![
                 fmt_time(Some(h.received_at)),
                 h.event_type.clone(),
-                h.version
-                    .map(|v| format!("v{v}"))
-                    .unwrap_or_else(|| "-".into()),
+                crate::explain::version_cell(h.version),
                 h.outcome.clone(),
                 h.skeelo_status.clone().unwrap_or_else(|| "-".into()),
                 h.skeelo_calls.to_string(),

@@ -362,22 +362,22 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .calls_may_land(id)
             .await
             .with_context(|| format!("reading contract {id}'s calls in flight"))?;
-        let found = findings(&state.facts, &history, &parked, &live, in_flight, a.lang);
+        let story = Story {
+            id,
+            facts: &state.facts,
+            history: &history,
+            found: findings(&state.facts, &history, &parked, &live, in_flight, a.lang),
+            live,
+            lang: a.lang,
+            reveal: a.reveal,
+        };
         if a.json {
-            docs.push(document_json(
-                id,
-                &state.facts,
-                &history,
-                &live,
-                &found,
-                a.lang,
-                a.reveal,
-            ));
+            docs.push(story.json());
         } else {
             if i > 0 {
                 println!();
             }
-            print_text(id, &state.facts, &history, &live, &found, a.lang, a.reveal);
+            story.print();
         }
     }
     if a.json {
@@ -407,16 +407,35 @@ pub(crate) fn fmt_time(t: Option<time::OffsetDateTime>) -> String {
     t.and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
-fn document_json(
-    id: &str,
-    facts: &Facts,
-    history: &[HistoryEntry],
-    live: &Live,
-    found: &[Finding],
+/// A version as the history tables show it: `v3`, or `-`.
+pub(crate) fn version_cell(version: Option<i64>) -> String {
+    version.map_or_else(|| "-".into(), |v| format!("v{v}"))
+}
+
+/// One contract's explanation: what was read, what was found, and for whom.
+struct Story<'a> {
+    id: &'a str,
+    facts: &'a Facts,
+    history: &'a [HistoryEntry],
+    live: Live,
+    found: Vec<Finding>,
     lang: Lang,
     reveal: bool,
-) -> Value {
-    json!({
+}
+
+impl Story<'_> {
+    fn json(&self) -> Value {
+        let Story {
+            id,
+            facts,
+            history,
+            live,
+            found,
+            lang,
+            reveal,
+        } = self;
+        let (lang, reveal) = (*lang, *reveal);
+        json!({
         "contract_id": id,
         "headline": lang.headline(found),
         "subscriber": subscriber(facts, reveal),
@@ -441,63 +460,64 @@ fn document_json(
             "received_at": fmt_time(Some(h.received_at)), "outcome": h.outcome,
             "outcome_text": lang.outcome(&h.outcome), "detail": mask::text(&h.detail),
         })).collect::<Vec<_>>(),
-    })
-}
-
-fn print_text(
-    id: &str,
-    facts: &Facts,
-    history: &[HistoryEntry],
-    live: &Live,
-    found: &[Finding],
-    lang: Lang,
-    reveal: bool,
-) {
-    println!("{}", lang.title(id, &lang.headline(found)));
-    if let Some(s) = subscriber(facts, reveal) {
-        let field = |k: &str| s[k].as_str().unwrap_or("-").to_string();
-        println!(
-            "  {:<13}{} · {} · {} · {}",
-            lang.label("subscriber"),
-            field("name"),
-            field("document"),
-            field("email"),
-            field("phone"),
-        );
-    }
-    println!(
-        "  {:<13}{}",
-        lang.label("should_hold"),
-        describe_target(&lifecycle::target(facts), lang)
-    );
-    let now = match live {
-        Live::Holds(h) => lang.asked_now(&describe_held(h.as_ref(), lang)),
-        Live::Unreachable(_) => lang.not_asked(),
-    };
-    println!("  {:<13}{}", lang.label("holds_now"), now);
-    println!();
-    for f in found {
-        println!("  - {}", lang.finding(f));
-        if let Some(next) = lang.next(f) {
-            println!("    → {next}");
-        }
-    }
-    println!("\n{}", lang.label("events"));
-    let rows: Vec<Vec<String>> = history
-        .iter()
-        .map(|h| {
-            vec![
-                fmt_time(Some(h.received_at)),
-                h.event_type.clone(),
-                h.version
-                    .map(|v| format!("v{v}"))
-                    .unwrap_or_else(|| "-".into()),
-                lang.outcome(&h.outcome),
-                h.actor.clone().unwrap_or_default(),
-            ]
         })
-        .collect();
-    table::print(&lang.history_header(), &rows);
+    }
+
+    fn print(&self) {
+        let Story {
+            id,
+            facts,
+            history,
+            live,
+            found,
+            lang,
+            reveal,
+        } = self;
+        let (lang, reveal) = (*lang, *reveal);
+        println!("{}", lang.title(id, &lang.headline(found)));
+        if let Some(s) = subscriber(facts, reveal) {
+            let field = |k: &str| s[k].as_str().unwrap_or("-").to_string();
+            println!(
+                "  {:<13}{} · {} · {} · {}",
+                lang.label("subscriber"),
+                field("name"),
+                field("document"),
+                field("email"),
+                field("phone"),
+            );
+        }
+        println!(
+            "  {:<13}{}",
+            lang.label("should_hold"),
+            describe_target(&lifecycle::target(facts), lang)
+        );
+        let now = match live {
+            Live::Holds(h) => lang.asked_now(&describe_held(h.as_ref(), lang)),
+            Live::Unreachable(_) => lang.not_asked(),
+        };
+        println!("  {:<13}{}", lang.label("holds_now"), now);
+        println!();
+        for f in found {
+            println!("  - {}", lang.finding(f));
+            if let Some(next) = lang.next(f) {
+                println!("    → {next}");
+            }
+        }
+        println!("\n{}", lang.label("events"));
+        let rows: Vec<Vec<String>> = history
+            .iter()
+            .map(|h| {
+                vec![
+                    fmt_time(Some(h.received_at)),
+                    h.event_type.clone(),
+                    version_cell(h.version),
+                    lang.outcome(&h.outcome),
+                    h.actor.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        table::print(&lang.history_header(), &rows);
+    }
 }
 
 #[cfg(test)]
