@@ -124,6 +124,7 @@ async fn start_worker(
         ("SKEELO_RATE_PER_SECOND", rate.as_str()),
         ("SKEELO_CONSUMERS", consumers),
         ("RUST_LOG", log.as_str()),
+        ("SKEELO_REPAIR_INTERVAL", "off"),
     ];
     env.extend_from_slice(extra);
     // BENCH_LOGS=DIR keeps each worker's log there, to find out what a stall was.

@@ -21,6 +21,29 @@ pub(crate) struct Args {
     /// Print only the contracts that differ.
     #[arg(long)]
     drift_only: bool,
+    /// Bring Skeelo back to what the facts say, through the lifecycle rules and the
+    /// partner rate (in its lowest lane), with a line in each contract's story. Every
+    /// contract the fleet knows is compared first; nothing changes if more would
+    /// change than the guard allows. Exits 0 when Skeelo is in line afterwards, 1 when
+    /// differences remain (left for people, or failed), 3 when the guard stopped it.
+    #[arg(long)]
+    repair: bool,
+    /// Carry out a repair run the guard stopped, once its differences are reviewed
+    /// (implies --repair). It may change as many contracts as that run found, no more.
+    #[arg(long, value_name = "RUN_ID")]
+    approve: Option<i64>,
+    /// The guard: the most of the compared contracts one run may change, in percent.
+    #[arg(long, env = "SKEELO_REPAIR_MAX_PERCENT", default_value_t = 5.0)]
+    max_percent: f64,
+    /// The guard: the most contracts one run may change, whatever the base.
+    #[arg(long, env = "SKEELO_REPAIR_MAX_COUNT", default_value_t = 500)]
+    max_count: u64,
+    /// Who repairs, for the audit trail (default: $USER).
+    #[arg(long, env = "SKEELO_OPERATOR")]
+    operator: Option<String>,
+    /// List the latest repair runs (by operators and by the fleet) and exit.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "10")]
+    runs: Option<i64>,
     /// PostgreSQL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
@@ -40,6 +63,21 @@ struct Row {
 
 pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let store = crate::database(&a.database_url).await?;
+    if let Some(n) = a.runs {
+        return crate::repair::runs(&store, n, a.json).await;
+    }
+    if a.repair || a.approve.is_some() {
+        let guard = skeelo_repair::Guard::from_percent(a.max_percent, a.max_count)
+            .map_err(anyhow::Error::msg)?;
+        let request = skeelo_repair::Request {
+            trigger: skeelo_repair::Trigger::Operator,
+            by: crate::dead::operator(&a.operator),
+            guard,
+            approve: a.approve,
+        };
+        let skeelo = a.partner.client(&store)?;
+        return crate::repair::run(&store, &skeelo, &request, a.json).await;
+    }
     let skeelo = a.partner.client(&store)?;
     let ids = store.recent_contracts(a.limit).await?;
     let mut rows = Vec::new();

@@ -86,6 +86,9 @@ pub(crate) enum Finding {
         holds: String,
         /// Skeelo gives access although the facts say it should not.
         gives_access: bool,
+        /// Calls the rules allow bring it back (a repair run does); `false` when
+        /// Skeelo cancelled it, which is final there.
+        repairable: bool,
     },
     /// Skeelo could not be asked now.
     SkeeloUnreachable { error: String },
@@ -241,6 +244,8 @@ pub(crate) fn findings(
                     should: describe_target(&target, lang),
                     holds: describe_held(held.as_ref(), lang),
                     gives_access: held.as_ref().is_some_and(|h| h.status == Status::Active),
+                    repairable: skeelo_domain::drift::drift(&target, held.as_ref())
+                        .is_some_and(|d| d.repairable()),
                 });
             }
         }

@@ -10,6 +10,7 @@ mod dead;
 mod explain;
 mod partner;
 mod publish;
+mod repair;
 mod sample;
 mod subscribers;
 mod table;
@@ -28,6 +29,8 @@ mod table;
 ///   skeelo-ops explain 48213 --lang pt-BR              # has access? why? what next?
 ///   skeelo-ops explain --document 529.982.247-25       # every contract of a subscriber
 ///   skeelo-ops check                                   # compare with Skeelo itself
+///   skeelo-ops check --repair                          # and bring Skeelo back in line
+///   skeelo-ops check --repair --approve 12             # carry out a run the guard stopped
 ///   skeelo-ops dead groups                             # what failed, grouped
 ///   skeelo-ops dead requeue --class unknown_product --dry-run
 #[derive(Parser, Debug)]
@@ -61,6 +64,7 @@ enum Command {
     Explain(explain::Args),
     /// Ask Skeelo (the partner API) for every contract the fleet knows and compare
     /// with what it should hold: drift shows here first. Exits 1 on any difference.
+    /// With --repair, bring Skeelo back in line behind a blast-radius guard.
     Check(check::Args),
     /// Print example ERP events (valid JSON lines) for random contract histories.
     Sample(sample::Args),

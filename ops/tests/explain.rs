@@ -219,16 +219,23 @@ async fn a_dead_letter_is_shown_with_the_command_that_clears_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_changed_behind_the_fleets_back_is_shown_as_drift() {
-    let w = fleet_after(&[ev(Sync, "XF1", 1)]).await;
+async fn a_subscription_changed_behind_the_fleets_back_is_shown_as_drift_and_its_repair() {
+    let w = fleet_after(&[
+        ev(Sync, "XF1", 1),
+        ev(Sync, "XF2", 1),
+        ev(Suspend, "XF2", 2),
+    ])
+    .await;
     assert!(w.sim.tamper("XF1", |s| s.status = "cancelled".into()));
+    assert!(w.sim.tamper("XF2", |s| s.status = "active".into()));
     let en = explain(&w, "XF1", "en");
     assert_has(
         &en,
         &[
             "NO ACCESS, but should have it: Skeelo differs",
             "it should be active [SKEELO-EBOOKS], it holds cancelled [SKEELO-EBOOKS]",
-            "skeelo-ops check --drift-only",
+            "a cancel at Skeelo is final",
+            "create a new contract in the ERP",
         ],
     );
     let pt = explain(&w, "XF1", "pt-BR");
@@ -237,8 +244,33 @@ async fn a_subscription_changed_behind_the_fleets_back_is_shown_as_drift() {
         &[
             "a Skeelo diverge",
             "deveria ser ativo [SKEELO-EBOOKS], está cancelado",
+            "o cancelamento é definitivo",
         ],
     );
+    // Reactivated behind the fleet's back: a repair brings it back, and says so.
+    let en = explain(&w, "XF2", "en");
+    assert_has(
+        &en,
+        &[
+            "HAS ACCESS at Skeelo, but should not",
+            "periodic reconciliation",
+            "skeelo-ops check --repair",
+        ],
+    );
+    let pt = explain(&w, "XF2", "pt-BR");
+    assert_has(
+        &pt,
+        &["reconciliação periódica", "skeelo-ops check --repair"],
+    );
+    let out = ops(&w, &["check", "--repair", "--max-percent", "100"]);
+    assert_eq!(out.status.code(), Some(1), "XF1 is left for people");
+    let en = explain(&w, "XF2", "en");
+    assert_has(&en, &["repaired: Skeelo brought back in line", "suspend"]);
+    assert!(!en.contains("Skeelo differs"), "{en}");
+    let pt = explain(&w, "XF2", "pt-BR");
+    assert_has(&pt, &["reparado: Skeelo de volta ao que os fatos dizem"]);
+    let en = explain(&w, "XF1", "en");
+    assert_has(&en, &["changed at Skeelo, left for people"]);
     w.close().await.expect("cleanup");
 }
 

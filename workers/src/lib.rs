@@ -27,6 +27,7 @@ mod held;
 mod http;
 mod outage;
 mod queues;
+mod reconcile;
 mod relay;
 pub mod settings;
 
@@ -72,6 +73,17 @@ pub struct Settings {
     pub queue_watch: Duration,
     /// `SKEELO_STOP_GRACE_SECONDS`: how long a stop waits for the work in flight.
     pub stop_grace: Duration,
+    /// The periodic drift repair.
+    pub repair: Repair,
+}
+
+/// The periodic drift repair (`SKEELO_REPAIR_*`).
+#[derive(Debug, Clone)]
+pub struct Repair {
+    /// How often; `None`: off.
+    pub interval: Option<Duration>,
+    /// The blast-radius guard.
+    pub guard: skeelo_repair::Guard,
 }
 
 impl Settings {
@@ -231,6 +243,7 @@ pub async fn start(
     tokio::spawn(probe(app.clone(), Probe::Skeelo, stop.clone()));
     tokio::spawn(probe(app.clone(), Probe::Database, stop.clone()));
     tokio::spawn(count_parked(app.clone(), stop.clone()));
+    tokio::spawn(reconcile::run(app.clone(), stop.clone()));
     if app.settings.consumers.contains(&EventType::Sync) {
         tokio::spawn(warm_catalogue(app.clone(), stop.clone()));
     }

@@ -158,6 +158,36 @@ pub struct Cli {
     /// after a crash. Keep it below the orchestrator's own grace (30 s in Kubernetes).
     #[arg(long, env = "SKEELO_STOP_GRACE_SECONDS", default_value_t = 20)]
     stop_grace_seconds: u64,
+
+    /// How often the fleet compares every contract with Skeelo and repairs drift (a
+    /// subscription changed behind its back), or `off`. One process of the fleet runs
+    /// it at a time, in the partner rate's lowest lane. Units: s, m, h.
+    #[arg(long, env = "SKEELO_REPAIR_INTERVAL", default_value = "24h", value_parser = parse_interval)]
+    repair_interval: Interval,
+
+    /// The repair's blast-radius guard: the most of the compared contracts one run may
+    /// change, in percent. Above it the run changes nothing and waits for an
+    /// operator's `skeelo-ops check --repair --approve RUN_ID`.
+    #[arg(long, env = "SKEELO_REPAIR_MAX_PERCENT", default_value_t = 5.0)]
+    repair_max_percent: f64,
+
+    /// The repair's blast-radius guard: the most contracts one run may change.
+    #[arg(long, env = "SKEELO_REPAIR_MAX_COUNT", default_value_t = 500)]
+    repair_max_count: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Interval(Option<Duration>);
+
+fn parse_interval(raw: &str) -> Result<Interval, String> {
+    if matches!(raw.trim(), "off" | "0") {
+        return Ok(Interval(None));
+    }
+    let d = parse_delays(raw)?;
+    match d.0.as_slice() {
+        [one] => Ok(Interval(Some(*one))),
+        _ => Err(format!("`{raw}`: one interval, e.g. 6h, or off")),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -297,6 +327,14 @@ impl Cli {
             },
             queue_watch: Duration::from_secs(cli.queue_watch_seconds.max(1)),
             stop_grace: Duration::from_secs(cli.stop_grace_seconds),
+            repair: crate::Repair {
+                interval: cli.repair_interval.0,
+                guard: skeelo_repair::Guard::from_percent(
+                    cli.repair_max_percent,
+                    cli.repair_max_count,
+                )
+                .map_err(|e| format!("SKEELO_REPAIR_MAX_PERCENT: {e}"))?,
+            },
         })
     }
 }
@@ -362,6 +400,18 @@ mod tests {
     }
 
     #[test]
+    fn the_periodic_repair_is_an_interval_or_off() {
+        let s = with(&[]).expect("valid");
+        assert_eq!(s.repair.interval, Some(Duration::from_secs(86_400)));
+        assert_eq!(s.repair.guard, skeelo_repair::Guard::default());
+        let s = with(&["--repair-interval", "off"]).expect("valid");
+        assert_eq!(s.repair.interval, None);
+        let s = with(&["--repair-interval", "6h", "--repair-max-percent", "2"]).expect("valid");
+        assert_eq!(s.repair.interval, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(s.repair.guard.max_share, 0.02);
+    }
+
+    #[test]
     fn a_dedicated_deployment_names_its_consumers() {
         let s = with(&["--consumers", "cancel, sync,cancel"]).expect("valid");
         assert_eq!(s.consumers, vec![EventType::Cancel, EventType::Sync]);
@@ -378,6 +428,9 @@ mod tests {
             (&["--rate-margin-percent=-1"], "a percentage from 0.5 to 25"),
             (&["--rate-margin-percent", "NaN"], "a percentage from 0.5 to 25"),
             (&["--retry-delays", "5"], "needs a unit"),
+            (&["--repair-interval", "1h,2h"], "one interval, e.g. 6h, or off"),
+            (&["--repair-interval", "soon"], "is not a number and a unit"),
+            (&["--repair-max-percent", "150"], "a percentage from 0 to 100"),
             (&["--retry-delays", "5d"], "the unit must be ms, s, m or h"),
             (&["--retry-delays", "0s"], "more than zero"),
             (&["--retry-delays", "99999999999h"], "too long"),

@@ -144,6 +144,13 @@ fn every_finding_is_said_in_both_languages_differently() {
             should: "active".into(),
             holds: "cancelled".into(),
             gives_access: false,
+            repairable: false,
+        },
+        Finding::Drift {
+            should: "inactive".into(),
+            holds: "active".into(),
+            gives_access: true,
+            repairable: true,
         },
         Finding::SkeeloUnreachable { error: "x".into() },
         Finding::CallsInFlight { for_seconds: 1 },
@@ -166,7 +173,7 @@ fn every_finding_is_said_in_both_languages_differently() {
             "{f:?}"
         );
     }
-    let parked = &all[10];
+    let parked = &all[11];
     assert!(Lang::En
         .next(parked)
         .is_some_and(|n| n.contains("skeelo-ops dead requeue --id 7")));

@@ -336,11 +336,17 @@ impl Lang {
             (Lang::PtBr, Finding::RejectedAfterCancel { .. }) => {
                 "Para dar acesso de novo, crie um novo contrato no ERP.".into()
             }
-            (Lang::En, Finding::Drift { .. }) => {
-                "Not repaired by itself yet: `skeelo-ops check --drift-only` lists every contract like this one.".into()
+            (Lang::En, Finding::Drift { repairable: true, .. }) => {
+                "The fleet's periodic reconciliation brings Skeelo back in line by itself; to do it now: `skeelo-ops check --repair`.".into()
             }
-            (Lang::PtBr, Finding::Drift { .. }) => {
-                "Ainda não é corrigido sozinho: `skeelo-ops check --drift-only` lista todos os contratos assim.".into()
+            (Lang::PtBr, Finding::Drift { repairable: true, .. }) => {
+                "A reconciliação periódica da frota corrige a Skeelo sozinha; para corrigir agora: `skeelo-ops check --repair`.".into()
+            }
+            (Lang::En, Finding::Drift { repairable: false, .. }) => {
+                "No call can repair it (a cancel at Skeelo is final): create a new contract in the ERP, or ask Skeelo's support to restore the subscription.".into()
+            }
+            (Lang::PtBr, Finding::Drift { repairable: false, .. }) => {
+                "Nenhuma chamada corrige isso (na Skeelo o cancelamento é definitivo): crie um novo contrato no ERP, ou peça ao suporte da Skeelo que restaure a assinatura.".into()
             }
             (Lang::En, Finding::SkeeloUnreachable { .. }) => {
                 "Ask again later; the fleet retries its own calls by itself.".into()
@@ -411,6 +417,14 @@ impl Lang {
                 "rejeitado: crie um novo contrato",
             ),
             "dead_lettered" => ("parked for people", "parado para uma pessoa"),
+            "repaired" => (
+                "repaired: Skeelo brought back in line",
+                "reparado: Skeelo de volta ao que os fatos dizem",
+            ),
+            "left_for_people" => (
+                "changed at Skeelo, left for people",
+                "alterado na Skeelo, para uma pessoa decidir",
+            ),
             other => (other, other),
         };
         self.pick(en, pt)

@@ -6,6 +6,7 @@
 //! it depends on none of them.
 
 pub mod decide;
+pub mod drift;
 pub mod event;
 pub mod ids;
 pub mod lifecycle;

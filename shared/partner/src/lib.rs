@@ -5,5 +5,6 @@
 mod answer;
 pub mod api;
 pub mod backoff;
+pub mod converge;
 mod lenient;
 pub mod pacer;

@@ -137,7 +137,11 @@ pub type Lane = usize;
 
 /// The lane of calls made for no event.
 pub const OTHER: Lane = 6;
-const LANES: usize = 7;
+/// The lowest lane: requeued dead letters and drift repairs. It gets a turn only when
+/// no other lane waits, so work an operator (or the fleet itself) sends back never
+/// delays a new customer's sign-up; it takes the rate the events leave unused.
+pub const BACKGROUND: Lane = 7;
+const LANES: usize = 8;
 
 /// The lane of an event type.
 pub fn lane(t: EventType) -> Lane {
@@ -197,6 +201,10 @@ pub(crate) struct RoundRobin {
 
 impl RoundRobin {
     pub(crate) fn pick(&mut self, weights: &Weights, waiting: &[bool; LANES]) -> Option<Lane> {
+        let mut waiting = *waiting;
+        if waiting[BACKGROUND] && waiting[..BACKGROUND].iter().any(|w| *w) {
+            waiting[BACKGROUND] = false;
+        }
         let total: i64 = (0..LANES)
             .filter(|l| waiting[*l])
             .map(|l| i64::from(weights.0[l]))
@@ -734,12 +742,26 @@ mod tests {
             longest_gap[l] = longest_gap[l].max(i - last_seen[l]);
             last_seen[l] = i;
         }
-        // Every lane's turn comes round within its fair period, plus a little.
+        // Every lane but the background one gets its turn within its fair period.
         let total: u32 = w.0.iter().sum();
-        for l in 0..LANES {
+        for l in 0..BACKGROUND {
             let period = total.div_ceil(w.0[l]) as usize;
             assert!(longest_gap[l] <= period + 2, "lane {l}: {longest_gap:?}");
         }
+    }
+
+    #[test]
+    fn the_background_lane_waits_behind_every_other() {
+        let w = Weights::default();
+        let mut rr = RoundRobin::default();
+        let mut waiting = [false; LANES];
+        waiting[BACKGROUND] = true;
+        waiting[lane(EventType::Suspend)] = true;
+        for _ in 0..100 {
+            assert_eq!(rr.pick(&w, &waiting), Some(lane(EventType::Suspend)));
+        }
+        waiting[lane(EventType::Suspend)] = false;
+        assert_eq!(rr.pick(&w, &waiting), Some(BACKGROUND));
     }
 
     #[test]

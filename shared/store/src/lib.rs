@@ -20,6 +20,7 @@ pub mod apply;
 pub mod dead;
 mod migrate;
 pub mod outbox;
+pub mod repairs;
 pub mod reports;
 pub mod tls;
 

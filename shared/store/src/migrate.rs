@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "calls_until",
         include_str!("../../../migrations/0005_calls_until.sql"),
     ),
+    (
+        6,
+        "repair_runs",
+        include_str!("../../../migrations/0006_repair_runs.sql"),
+    ),
 ];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.

@@ -87,6 +87,21 @@ pub struct Metrics {
     /// its statistics interval). Compared with `skeelo_events_in_flight`, it shows
     /// messages held by a consumer that is not handling them.
     pub queue_unacked: IntGaugeVec,
+    /// `skeelo_repair_runs_total{trigger,state}`: drift repair runs this process made,
+    /// by how they ended (`done`, `awaiting_approval`, `failed`).
+    pub repair_runs: IntCounterVec,
+    /// `skeelo_repair_last_run_differences{kind}`: differences with Skeelo the latest
+    /// finished run found, by kind (whoever ran it, fleet or operator).
+    pub repair_differences: IntGaugeVec,
+    /// `skeelo_repair_last_run_contracts{result}`: what the latest finished run did
+    /// (`repaired`, `left_for_people`, `failed`).
+    pub repair_contracts: IntGaugeVec,
+    /// `skeelo_repair_last_run_timestamp_seconds`: when the latest run ended (alert
+    /// when reconciliation stopped happening).
+    pub repair_last_run: Gauge,
+    /// `skeelo_repair_awaiting_approval`: runs the blast-radius guard stopped that no
+    /// operator approved yet.
+    pub repair_awaiting: IntGauge,
 }
 
 impl Metrics {
@@ -258,6 +273,51 @@ impl Metrics {
         )?;
         registry.register(Box::new(queue_consumers.clone()))?;
         registry.register(Box::new(queue_unacked.clone()))?;
+        let repair_runs = IntCounterVec::new(
+            Opts::new(
+                "skeelo_repair_runs_total",
+                "Drift repair runs this process made, by trigger and how they ended.",
+            ),
+            &["trigger", "state"],
+        )?;
+        let repair_differences = IntGaugeVec::new(
+            Opts::new(
+                "skeelo_repair_last_run_differences",
+                "Differences with Skeelo found by the latest finished drift repair run, by kind.",
+            ),
+            &["kind"],
+        )?;
+        let repair_contracts = IntGaugeVec::new(
+            Opts::new(
+                "skeelo_repair_last_run_contracts",
+                "Contracts the latest finished drift repair run repaired, left for people, or failed to repair.",
+            ),
+            &["result"],
+        )?;
+        let repair_last_run = Gauge::new(
+            "skeelo_repair_last_run_timestamp_seconds",
+            "When the latest drift repair run ended (Unix time; 0 before the first).",
+        )?;
+        let repair_awaiting = IntGauge::new(
+            "skeelo_repair_awaiting_approval",
+            "Drift repair runs stopped by the blast-radius guard and not approved yet.",
+        )?;
+        registry.register(Box::new(repair_runs.clone()))?;
+        registry.register(Box::new(repair_differences.clone()))?;
+        registry.register(Box::new(repair_contracts.clone()))?;
+        registry.register(Box::new(repair_last_run.clone()))?;
+        registry.register(Box::new(repair_awaiting.clone()))?;
+        for trigger in ["operator", "periodic"] {
+            for state in ["done", "awaiting_approval", "failed"] {
+                repair_runs.with_label_values(&[trigger, state]);
+            }
+        }
+        for kind in skeelo_domain::drift::Kind::ALL {
+            repair_differences.with_label_values(&[kind.as_str()]);
+        }
+        for result in ["repaired", "left_for_people", "failed"] {
+            repair_contracts.with_label_values(&[result]);
+        }
         registry.register(Box::new(outage_mode.clone()))?;
         registry.register(Box::new(dead_letters_parked.clone()))?;
         for d in ["skeelo", "database"] {
@@ -325,6 +385,11 @@ impl Metrics {
             queue_messages,
             queue_consumers,
             queue_unacked,
+            repair_runs,
+            repair_differences,
+            repair_contracts,
+            repair_last_run,
+            repair_awaiting,
         })
     }
 

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use skeelo_domain::decide::{ContractPlan, Step};
-use skeelo_domain::lifecycle::{self, Call, Facts, Held, Target};
-use skeelo_partner::api::{self as skeelo, NewSubscription, SkeeloError};
+use skeelo_domain::lifecycle::{Facts, Held};
+use skeelo_partner::api::{self as skeelo, SkeeloError};
+use skeelo_partner::converge::converge;
 use tokio::sync::Notify;
 
 use crate::App;
@@ -97,7 +98,13 @@ pub(super) async fn steps(
         let sent = Arc::new(AtomicUsize::new(0));
         let calls = skeelo::counting_sent(
             sent.clone(),
-            reconcile(app, contract_id, document.as_deref(), held.clone(), target),
+            converge(
+                &app.skeelo,
+                contract_id,
+                document.as_deref(),
+                held.clone(),
+                target,
+            ),
         );
         match tokio::time::timeout_at(deadline, calls).await {
             Ok(Ok((now, made))) => {
@@ -132,48 +139,6 @@ pub(super) async fn steps(
         }
     }
     Called { ends, facts, held }
-}
-
-/// Calls Skeelo until it holds the target, re-planning after every answer (an adopted
-/// subscription or one changed behind our back may need other calls than planned).
-async fn reconcile(
-    app: &App,
-    contract_id: &str,
-    document: Option<&str>,
-    mut held: Option<Held>,
-    target: &Target,
-) -> Result<(Option<Held>, i32), SkeeloError> {
-    let mut made = 0;
-    loop {
-        let calls = lifecycle::plan(held.as_ref(), target);
-        let Some(call) = calls.first() else {
-            return Ok((held, made));
-        };
-        if made >= 6 {
-            return Err(SkeeloError::Transient(
-                "Skeelo did not reach the expected state after 6 calls".into(),
-            ));
-        }
-        made += 1;
-        let skeelo = &app.skeelo;
-        held = match (call, target) {
-            (Call::Create, Target::Present(want)) => {
-                let new = NewSubscription {
-                    external_id: contract_id,
-                    document: document.unwrap_or_default(),
-                    profile: &want.profile,
-                };
-                Some(skeelo.create(&new).await?.held())
-            }
-            (Call::Create, _) => held,
-            (Call::Update(changes), _) => {
-                skeelo.update(contract_id, changes).await?.map(|s| s.held())
-            }
-            (Call::SetStatus(to), _) => {
-                skeelo.set_status(contract_id, *to).await?.map(|s| s.held())
-            }
-        };
-    }
 }
 
 /// The calls this process is making, by contract, so that an event of this process
