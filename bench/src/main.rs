@@ -125,6 +125,7 @@ async fn start_worker(
         ("SKEELO_CONSUMERS", consumers),
         ("RUST_LOG", log.as_str()),
         ("SKEELO_REPAIR_INTERVAL", "off"),
+        ("SKEELO_SELF_HEAL_INTERVAL", "off"),
     ];
     env.extend_from_slice(extra);
     // BENCH_LOGS=DIR keeps each worker's log there, to find out what a stall was.

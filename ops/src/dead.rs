@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{json, Value};
-use skeelo_broker::{self as broker, Publisher, REQUEUED_FROM_HEADER, RETRY_EXCHANGE};
+use skeelo_broker::{self as broker, Publisher, REQUEUED_FROM_HEADER, REQUEUE_EXCHANGE};
 use skeelo_domain::mask;
 use skeelo_store::dead::{DeadLetter, Filter, LetterState};
 use skeelo_store::Store;
@@ -580,7 +580,7 @@ async fn requeue(
                 .unwrap_or_default();
             if let Err(e) = publisher
                 .publish(
-                    RETRY_EXCHANGE,
+                    REQUEUE_EXCHANGE,
                     &d.routing_key,
                     &message_id,
                     &d.body,

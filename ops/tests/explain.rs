@@ -200,6 +200,7 @@ async fn a_dead_letter_is_shown_with_the_command_that_clears_it() {
             &format!("Dead letter #{id}: the sync event is parked (invalid, unknown_product)"),
             "SKEELO-MINIBOOKS",
             "once the product is in Skeelo's catalogue",
+            "the fleet requeues it by itself",
             &format!("skeelo-ops dead requeue --id {id}"),
             "parked for people",
         ],
@@ -212,6 +213,7 @@ async fn a_dead_letter_is_shown_with_the_command_that_clears_it() {
             "SEM ACESSO AINDA: a sincronização está parada",
             &format!("Mensagem parada #{id}"),
             "quando o produto estiver no catálogo da Skeelo",
+            "a frota a reenvia sozinha",
             &format!("skeelo-ops dead requeue --id {id}"),
         ],
     );
@@ -268,6 +270,7 @@ async fn a_subscription_changed_behind_the_fleets_back_is_shown_as_drift_and_its
     assert_has(&en, &["repaired: Skeelo brought back in line", "suspend"]);
     assert!(!en.contains("Skeelo differs"), "{en}");
     let pt = explain(&w, "XF2", "pt-BR");
+    println!("$ skeelo-ops explain XF2\n{en}\n$ skeelo-ops explain XF2 --lang pt-BR\n{pt}");
     assert_has(&pt, &["reparado: Skeelo de volta ao que os fatos dizem"]);
     let en = explain(&w, "XF1", "en");
     assert_has(&en, &["changed at Skeelo, left for people"]);

@@ -179,7 +179,8 @@ impl World {
             ),
             // Above the broker's statistics interval (5 s), whose figures lag that much.
             held_after: Duration::from_secs(6),
-            // Off: a test that wants the periodic repair sets its interval.
+            // Off, as the periodic repair: a test that wants them sets the interval.
+            self_heal: None,
             repair: skeelo_workers::Repair {
                 interval: None,
                 guard: skeelo_repair::Guard::default(),

@@ -56,6 +56,7 @@ impl WorkerProcess {
             .env("SKEELO_CLIENT_SECRET", "demo-secret")
             .env("SKEELO_RATE_PER_SECOND", "unlimited")
             .env("SKEELO_REPAIR_INTERVAL", "off")
+            .env("SKEELO_SELF_HEAL_INTERVAL", "off")
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn");
         for (k, v) in env {

@@ -243,7 +243,15 @@ async fn replicas_migrating_at_once_do_not_race() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(n, 5, "each migration applied once");
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .expect("the migrations folder")
+        .filter(|f| {
+            f.as_ref()
+                .is_ok_and(|f| f.path().extension().is_some_and(|e| e == "sql"))
+        })
+        .count();
+    assert!(files >= 7);
+    assert_eq!(n, files as i64, "each migration applied once");
     w.close().await.expect("cleanup");
 }
 

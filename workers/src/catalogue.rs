@@ -73,6 +73,18 @@ impl Catalogue {
         Ok(())
     }
 
+    /// Reads Skeelo's list now (after any refresh under way): the SKUs it sells. The
+    /// probe of dead letters waiting for a product.
+    pub(crate) async fn probe(
+        &self,
+        store: &Store,
+        skeelo: &SkeeloClient,
+    ) -> Result<BTreeSet<String>, SkeeloError> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        self.refresh(store, skeelo).await?;
+        Ok(self.skus.read().map(|s| s.0.clone()).unwrap_or_default())
+    }
+
     fn replace(&self, skus: BTreeSet<String>) {
         if let Ok(mut s) = self.skus.write() {
             s.1 += 1;

@@ -22,6 +22,8 @@ use crate::held::Held;
 use crate::queues::{CANCELLED, HELD};
 use crate::App;
 
+/// Requeued dead letters one process works on at once.
+const REQUEUE_PREFETCH: u16 = 16;
 /// How long connecting to the broker and declaring the shared topology may take.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection may stay down while the client recovers it by itself.
@@ -84,6 +86,7 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
         .map(|t| Source::Work(*t))
         .collect();
     sources.push(Source::Dead);
+    sources.push(Source::Requeue);
     let mut loops = Vec::new();
     for source in sources {
         loops.push(tokio::spawn(consume(
@@ -449,8 +452,14 @@ async fn consume_until_stopped(
     tracker: &TaskTracker,
 ) -> anyhow::Result<Ended> {
     let channel = connection.create_channel().await?;
+    // Requeued dead letters are taken a few at a time: the bounded batch in which a
+    // requeue of thousands moves, in the partner rate's lowest lane.
+    let prefetch = match source {
+        Source::Requeue => app.settings.prefetch.min(REQUEUE_PREFETCH),
+        _ => app.settings.prefetch,
+    };
     channel
-        .basic_qos(app.settings.prefetch, BasicQosOptions::default())
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     let queue = source.queue();
     if let Source::Work(t) = source {
@@ -461,7 +470,10 @@ async fn consume_until_stopped(
         }
     }
     app.queues.up(&app.metrics, &queue);
-    let batches = Arc::new(tokio::sync::Semaphore::new(app.settings.batches_per_type()));
+    let batches = Arc::new(tokio::sync::Semaphore::new(match source {
+        Source::Requeue => 1,
+        _ => app.settings.batches_per_type(),
+    }));
     let mut skeelo_down = app.skeelo_health.watch();
     let mut db_down = app.db_health.watch();
     loop {

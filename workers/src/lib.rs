@@ -29,6 +29,7 @@ mod outage;
 mod queues;
 mod reconcile;
 mod relay;
+mod self_heal;
 pub mod settings;
 
 pub use outage::Trip;
@@ -75,6 +76,9 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// The periodic drift repair.
     pub repair: Repair,
+    /// `SKEELO_SELF_HEAL_INTERVAL`: how often dead letters whose cause can clear are
+    /// looked at; `None`: off.
+    pub self_heal: Option<Duration>,
 }
 
 /// The periodic drift repair (`SKEELO_REPAIR_*`).
@@ -244,6 +248,7 @@ pub async fn start(
     tokio::spawn(probe(app.clone(), Probe::Database, stop.clone()));
     tokio::spawn(count_parked(app.clone(), stop.clone()));
     tokio::spawn(reconcile::run(app.clone(), stop.clone()));
+    tokio::spawn(self_heal::run(app.clone(), stop.clone()));
     if app.settings.consumers.contains(&EventType::Sync) {
         tokio::spawn(warm_catalogue(app.clone(), stop.clone()));
     }

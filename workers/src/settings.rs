@@ -171,6 +171,15 @@ pub struct Cli {
     #[arg(long, env = "SKEELO_REPAIR_MAX_PERCENT", default_value_t = 5.0)]
     repair_max_percent: f64,
 
+    /// How often parked dead letters whose cause can clear by itself are looked at, or
+    /// `off`. A letter waiting for a product is requeued once Skeelo's catalogue has
+    /// it; one whose attempts ran out while Skeelo failed, once Skeelo answers again
+    /// with our credentials — by the fleet, at most once per change of the cause, in
+    /// the partner rate's lowest lane. Invalid input and Skeelo's refusals stay for
+    /// people. Units: s, m, h.
+    #[arg(long, env = "SKEELO_SELF_HEAL_INTERVAL", default_value = "1m", value_parser = parse_interval)]
+    self_heal_interval: Interval,
+
     /// The repair's blast-radius guard: the most contracts one run may change.
     #[arg(long, env = "SKEELO_REPAIR_MAX_COUNT", default_value_t = 500)]
     repair_max_count: u64,
@@ -327,6 +336,7 @@ impl Cli {
             },
             queue_watch: Duration::from_secs(cli.queue_watch_seconds.max(1)),
             stop_grace: Duration::from_secs(cli.stop_grace_seconds),
+            self_heal: cli.self_heal_interval.0,
             repair: crate::Repair {
                 interval: cli.repair_interval.0,
                 guard: skeelo_repair::Guard::from_percent(
@@ -406,6 +416,9 @@ mod tests {
         assert_eq!(s.repair.guard, skeelo_repair::Guard::default());
         let s = with(&["--repair-interval", "off"]).expect("valid");
         assert_eq!(s.repair.interval, None);
+        assert_eq!(s.self_heal, Some(Duration::from_secs(60)));
+        let s = with(&["--self-heal-interval", "off"]).expect("valid");
+        assert_eq!(s.self_heal, None);
         let s = with(&["--repair-interval", "6h", "--repair-max-percent", "2"]).expect("valid");
         assert_eq!(s.repair.interval, Some(Duration::from_secs(6 * 3600)));
         assert_eq!(s.repair.guard.max_share, 0.02);

@@ -364,10 +364,10 @@ impl Lang {
                 let command = fix.command(*id).unwrap_or_default();
                 match (lang, fix) {
                     (Lang::En, Fix::ProductThenRequeue) => format!(
-                        "Waits for people: once the product is in Skeelo's catalogue, run `{command}`."
+                        "Waits for the product: once the product is in Skeelo's catalogue, the fleet requeues it by itself (it looks every minute); to send it back at once: `{command}`."
                     ),
                     (Lang::PtBr, Fix::ProductThenRequeue) => format!(
-                        "Aguarda uma pessoa: quando o produto estiver no catálogo da Skeelo, execute `{command}`."
+                        "Aguarda o produto: quando o produto estiver no catálogo da Skeelo, a frota a reenvia sozinha (verifica a cada minuto); para reenviar na hora: `{command}`."
                     ),
                     (Lang::En, Fix::CorrectInErp) => {
                         "Cannot be applied as it is: correct the data in the ERP, which sends a new event.".into()
@@ -382,10 +382,10 @@ impl Lang {
                         "A Skeelo recusou: corrija o que a resposta indica (na Skeelo ou no ERP) e execute `{command}`."
                     ),
                     (Lang::En, Fix::RequeueWhenHealthy) => format!(
-                        "Skeelo or the database did not answer in time: once they are healthy, run `{command}`."
+                        "Skeelo or the database did not answer in time: once Skeelo answers again, the fleet requeues it by itself; to send it back at once: `{command}`."
                     ),
                     (Lang::PtBr, Fix::RequeueWhenHealthy) => format!(
-                        "A Skeelo ou o banco de dados não responderam a tempo: quando estiverem normais, execute `{command}`."
+                        "A Skeelo ou o banco de dados não responderam a tempo: quando a Skeelo responder de novo, a frota a reenvia sozinha; para reenviar na hora: `{command}`."
                     ),
                     (Lang::En, Fix::InspectFirst) => format!(
                         "RabbitMQ gave up delivering it (it failed again and again): read it with `{command}` before sending it back."

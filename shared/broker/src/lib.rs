@@ -8,6 +8,11 @@
 //!                                                                     reach only our queue)
 //! skeelo.delay  (headers, skeelo-delay=<ms>) ──▶ skeelo.delay.<ms>ms  TTL = <ms>, then
 //!                                          dead-lettered to skeelo.retry with its routing key
+//! skeelo.requeue (direct) ──contract.<type>──▶ skeelo.requeue   dead letters sent back by
+//!                                                             operators or the fleet:
+//!                                                             their own queue, so they
+//!                                                             never stand in front of
+//!                                                             new events
 //! erp.contracts.dead (fanout) ──▶ erp.contracts.dead   what RabbitMQ itself dead-letters
 //!                                                       (delivery limit); moved to PostgreSQL
 //! skeelo.results (topic) ──result.#──▶ erp.results     the results, waiting for the ERP
@@ -55,8 +60,17 @@ pub const FIRST_FAILURE_HEADER: &str = "skeelo-first-failure";
 pub const LAST_ERROR_HEADER: &str = "skeelo-last-error";
 /// Our header: which delay queue (milliseconds), read by the headers exchange.
 pub const DELAY_HEADER: &str = "skeelo-delay";
-/// Our header: the dead letter an operator requeued this from.
+/// Our header: the dead letter an operator (or the fleet) requeued this from. It
+/// survives delayed retries, so a requeued event stays in the partner rate's lowest
+/// lane whichever queue it comes back through.
 pub const REQUEUED_FROM_HEADER: &str = "skeelo-requeued-from";
+/// Where requeued dead letters are published (routing key `contract.<type>`, as the
+/// ERP's).
+pub const REQUEUE_EXCHANGE: &str = "skeelo.requeue";
+/// Where requeued dead letters wait: one queue for every type, consumed a few at a
+/// time in the partner rate's lowest lane, so a requeue of thousands never delays a
+/// new customer's events.
+pub const REQUEUE_QUEUE: &str = "skeelo.requeue";
 /// Deliveries of one message before RabbitMQ itself dead-letters it: only a message
 /// that kills its worker again and again gets there.
 pub const DELIVERY_LIMIT: i64 = 50;
@@ -388,6 +402,7 @@ pub async fn declare_shared(
         (DEAD_EXCHANGE, ExchangeKind::Fanout),
         (RETRY_EXCHANGE, ExchangeKind::Direct),
         (DELAY_EXCHANGE, ExchangeKind::Headers),
+        (REQUEUE_EXCHANGE, ExchangeKind::Direct),
     ] {
         channel
             .exchange_declare(name.into(), kind, durable, FieldTable::default())
@@ -405,6 +420,24 @@ pub async fn declare_shared(
         FieldTable::default(),
     )
     .await?;
+    let mut args = quorum(Some(DEAD_EXCHANGE));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    channel
+        .queue_declare(REQUEUE_QUEUE.into(), queue, args)
+        .await?;
+    for t in EventType::ALL {
+        bind(
+            channel,
+            REQUEUE_QUEUE,
+            REQUEUE_EXCHANGE,
+            &t.routing_key(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
     channel
         .queue_declare(RESULTS_QUEUE.into(), queue, quorum(None))
         .await?;
@@ -669,6 +702,8 @@ pub struct Envelope {
     pub death: Option<Death>,
     /// The AMQP `content_encoding` the publisher declared (e.g. `gzip`).
     pub content_encoding: Option<String>,
+    /// The dead letter this was requeued from (by an operator or the fleet).
+    pub requeued_from: Option<i64>,
 }
 
 impl Envelope {
@@ -705,19 +740,25 @@ impl Envelope {
                 .content_encoding()
                 .as_ref()
                 .map(|e| e.as_str().to_string()),
+            requeued_from: header_int(headers, REQUEUED_FROM_HEADER),
         }
     }
 }
 
 /// The headers of a copy sent to a delay queue: our attempt count, the first
-/// failure's time, the last error (cut to 500 characters), and which delay queue.
+/// failure's time, the last error (cut to 500 characters), which delay queue, and the
+/// dead letter it was requeued from, if it was.
 pub fn retry_headers(
     attempts: u32,
     first_failure: OffsetDateTime,
     last_error: &str,
     delay: std::time::Duration,
+    requeued_from: Option<i64>,
 ) -> FieldTable {
     let mut headers = FieldTable::default();
+    if let Some(id) = requeued_from {
+        headers.insert(REQUEUED_FROM_HEADER.into(), AMQPValue::LongLongInt(id));
+    }
     headers.insert(
         ATTEMPTS_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(attempts)),

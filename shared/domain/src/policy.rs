@@ -163,6 +163,41 @@ fn doubling(base: Duration, times: u32) -> Duration {
     base.saturating_mul(1u32 << times.min(16)).min(MAX_PAUSE)
 }
 
+/// A cause of a dead letter that can clear by itself, so the fleet can requeue the
+/// letter once a probe shows it gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heals {
+    /// Skeelo did not sell a product the sync names: clears when the product is in
+    /// Skeelo's catalogue.
+    Catalogue,
+    /// Skeelo kept failing (or refused our credentials) until the attempts ran out:
+    /// clears when Skeelo answers again with our credentials.
+    Partner,
+}
+
+impl Heals {
+    /// The name in metrics and the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Heals::Catalogue => "catalogue",
+            Heals::Partner => "partner",
+        }
+    }
+}
+
+/// Whether a parked letter (its stored reason and error class) can heal by itself.
+/// Invalid input, Skeelo's refusals and what RabbitMQ dead-lettered (a message that
+/// kept killing its worker) stay parked for people.
+pub fn heals(reason: &str, class: &str) -> Option<Heals> {
+    match (reason, class) {
+        ("invalid", "unknown_product") | ("refused", "http_422_unknown_product") => {
+            Some(Heals::Catalogue)
+        }
+        ("exhausted", _) => Some(Heals::Partner),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,5 +418,26 @@ mod tests {
             next(Failure::PartnerFailed, &s),
             Next::Park(ParkReason::Exhausted)
         );
+    }
+
+    #[test]
+    fn only_causes_that_clear_by_themselves_heal() {
+        assert_eq!(heals("invalid", "unknown_product"), Some(Heals::Catalogue));
+        assert_eq!(
+            heals("refused", "http_422_unknown_product"),
+            Some(Heals::Catalogue)
+        );
+        for class in ["transient", "unavailable", "throttled"] {
+            assert_eq!(heals("exhausted", class), Some(Heals::Partner));
+        }
+        for (reason, class) in [
+            ("invalid", "invalid_document"),
+            ("invalid", "not_json"),
+            ("refused", "http_422_invalid_document"),
+            ("refused", "database_refused"),
+            ("broker", "delivery_limit"),
+        ] {
+            assert_eq!(heals(reason, class), None, "{reason}/{class}");
+        }
     }
 }

@@ -22,6 +22,7 @@ mod migrate;
 pub mod outbox;
 pub mod repairs;
 pub mod reports;
+pub mod self_heal;
 pub mod tls;
 
 /// What went wrong talking to PostgreSQL. Always worth another try later, except

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "repair_runs",
         include_str!("../../../migrations/0006_repair_runs.sql"),
     ),
+    (
+        7,
+        "self_heal",
+        include_str!("../../../migrations/0007_self_heal.sql"),
+    ),
 ];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.

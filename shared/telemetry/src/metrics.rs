@@ -102,6 +102,9 @@ pub struct Metrics {
     /// `skeelo_repair_awaiting_approval`: runs the blast-radius guard stopped that no
     /// operator approved yet.
     pub repair_awaiting: IntGauge,
+    /// `skeelo_dead_letters_self_requeued_total{cause}`: dead letters the fleet
+    /// requeued by itself once their cause cleared (`catalogue`, `partner`).
+    pub self_requeued: IntCounterVec,
 }
 
 impl Metrics {
@@ -302,6 +305,17 @@ impl Metrics {
             "skeelo_repair_awaiting_approval",
             "Drift repair runs stopped by the blast-radius guard and not approved yet.",
         )?;
+        let self_requeued = IntCounterVec::new(
+            Opts::new(
+                "skeelo_dead_letters_self_requeued_total",
+                "Dead letters the fleet requeued by itself once their cause cleared, by cause.",
+            ),
+            &["cause"],
+        )?;
+        registry.register(Box::new(self_requeued.clone()))?;
+        for cause in ["catalogue", "partner"] {
+            self_requeued.with_label_values(&[cause]);
+        }
         registry.register(Box::new(repair_runs.clone()))?;
         registry.register(Box::new(repair_differences.clone()))?;
         registry.register(Box::new(repair_contracts.clone()))?;
@@ -390,6 +404,7 @@ impl Metrics {
             repair_contracts,
             repair_last_run,
             repair_awaiting,
+            self_requeued,
         })
     }
 

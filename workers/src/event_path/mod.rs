@@ -39,6 +39,8 @@ pub(crate) enum Source {
     Work(EventType),
     /// What RabbitMQ dead-lettered by itself, to be parked in the database.
     Dead,
+    /// Dead letters sent back by operators or the fleet, every type in one queue.
+    Requeue,
 }
 
 impl Source {
@@ -46,6 +48,7 @@ impl Source {
         match self {
             Source::Work(t) => broker::queue_name(t),
             Source::Dead => broker::DEAD_QUEUE.to_string(),
+            Source::Requeue => broker::REQUEUE_QUEUE.to_string(),
         }
     }
 
@@ -53,6 +56,7 @@ impl Source {
         match self {
             Source::Work(t) => t.as_str(),
             Source::Dead => "dead",
+            Source::Requeue => "requeue",
         }
     }
 }
@@ -139,8 +143,10 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
             let envelope = Envelope::of(d);
             let label = match batch.source {
                 Source::Work(t) => t.as_str(),
-                Source::Dead => EventType::from_routing_key(&envelope.routing_key)
-                    .map_or("unknown", |t| t.as_str()),
+                Source::Dead | Source::Requeue => {
+                    EventType::from_routing_key(&envelope.routing_key)
+                        .map_or("unknown", |t| t.as_str())
+                }
             };
             Message {
                 delivery: d,
@@ -169,7 +175,7 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
                     .map_or("RabbitMQ dead-lettered it".into(), |d| d.describe()),
                 attempts: msg.envelope.attempts,
             }),
-            Source::Work(_) => match event::parse_encoded(
+            Source::Work(_) | Source::Requeue => match event::parse_encoded(
                 &msg.envelope.routing_key,
                 msg.envelope.content_encoding.as_deref(),
                 &msg.delivery.data,
@@ -369,7 +375,7 @@ async fn settle_round(
         .chain(parked.iter().map(|(i, ..)| *i))
         .map(|i| batch.ack(i));
     futures_util::future::join_all(acks).await;
-    if let Source::Work(_) = batch.source {
+    if let Source::Work(_) | Source::Requeue = batch.source {
         let seconds = took.as_secs_f64();
         for (_, result) in told {
             app.metrics
@@ -444,7 +450,7 @@ async fn delay(
         .envelope
         .first_failure
         .unwrap_or_else(OffsetDateTime::now_utc);
-    let headers = broker::retry_headers(attempts, first, error, wait);
+    let headers = broker::retry_headers(attempts, first, error, wait, msg.envelope.requeued_from);
     let message_id = msg.envelope.message_id.clone().unwrap_or_default();
     let sent = match app.publisher().await {
         Some(publisher) => publisher

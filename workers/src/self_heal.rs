@@ -1,0 +1,192 @@
+//! Dead letters that requeue themselves once their cause clears.
+//!
+//! Every `SKEELO_SELF_HEAL_INTERVAL`, if letters are parked for a cause that can clear
+//! ([`policy::heals`]), one probe — Skeelo's catalogue, read in the partner rate's
+//! lowest lane, which also needs our credentials to work — shows which causes are gone:
+//! a product now sold clears the letters waiting for it; any answer clears the letters
+//! whose attempts ran out while Skeelo failed. Those are requeued through the requeue
+//! queue, like an operator's requeue, with the fleet named in the audit trail.
+//!
+//! At most once per change of the cause: each cause's state is kept in the database
+//! with the time it last changed, and a letter is requeued under that token only if
+//! its message was not requeued under it before. A letter that fails again for the
+//! same cause (its own product still refused, Skeelo failing only for it) stays
+//! parked for people until the cause changes again.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable};
+use skeelo_broker::{REQUEUED_FROM_HEADER, REQUEUE_EXCHANGE};
+use skeelo_domain::event;
+use skeelo_domain::policy::{self, Heals};
+use skeelo_partner::pacer;
+use skeelo_store::self_heal::Candidate;
+use time::format_description::well_known::Rfc3339;
+use tokio_util::sync::CancellationToken;
+
+use crate::App;
+
+/// Letters looked at per sweep (the rest wait for the next).
+const PER_SWEEP: i64 = 1000;
+/// Who the audit trail names.
+const BY: &str = "fleet";
+
+pub(crate) async fn run(app: Arc<App>, stop: CancellationToken) {
+    let Some(every) = app.settings.self_heal else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = sweep(&app).await {
+            tracing::warn!(error = %e, "could not look at the dead letters that heal by themselves; trying again later");
+        }
+    }
+}
+
+async fn sweep(app: &App) -> anyhow::Result<()> {
+    let candidates = app.store.healable_letters(PER_SWEEP).await?;
+    if candidates.is_empty() || app.db_health.is_down() {
+        return Ok(());
+    }
+    let probe = pacer::LANE
+        .scope(
+            pacer::BACKGROUND,
+            app.catalogue.probe(&app.store, &app.skeelo),
+        )
+        .await;
+    let (partner, sold) = match probe {
+        Ok(skus) => ("up", Some(skus)),
+        Err(e) => {
+            tracing::debug!(error = %e, "the self-heal probe got no answer from Skeelo");
+            ("down", None)
+        }
+    };
+    let partner_since = app.store.cause_state("partner", partner).await?;
+    let Some(sold) = sold else {
+        return Ok(());
+    };
+    let catalogue: Vec<&str> = sold.iter().map(String::as_str).collect();
+    let catalogue_since = app
+        .store
+        .cause_state("catalogue", &catalogue.join(","))
+        .await?;
+    let token = |cause: Heals, since: time::OffsetDateTime| {
+        format!(
+            "{}:{}",
+            cause.as_str(),
+            since.format(&Rfc3339).unwrap_or_default()
+        )
+    };
+    let mut requeued: Vec<(Heals, i64)> = Vec::new();
+    for letter in candidates {
+        let Some(cause) = policy::heals(&letter.reason, &letter.error_class) else {
+            continue;
+        };
+        let cleared = match cause {
+            Heals::Partner => Some(token(cause, partner_since)),
+            Heals::Catalogue => {
+                products_sold(&letter, &sold).then(|| token(cause, catalogue_since))
+            }
+        };
+        let Some(token) = cleared else {
+            continue;
+        };
+        if !app
+            .store
+            .claim_auto_requeue(
+                letter.id,
+                &token,
+                &format!("{BY} ({} cleared)", cause.as_str()),
+            )
+            .await?
+        {
+            continue;
+        }
+        match publish(app, &letter).await {
+            Ok(()) => {
+                app.metrics
+                    .self_requeued
+                    .with_label_values(&[cause.as_str()])
+                    .inc();
+                requeued.push((cause, letter.id));
+            }
+            Err(e) => {
+                app.store.unclaim_auto_requeue(letter.id).await?;
+                tracing::warn!(letter = letter.id, error = %e, "could not requeue a dead letter whose cause cleared; the next sweep tries again");
+                break;
+            }
+        }
+    }
+    for cause in [Heals::Catalogue, Heals::Partner] {
+        let ids: Vec<i64> = requeued
+            .iter()
+            .filter(|(c, _)| *c == cause)
+            .map(|(_, id)| *id)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let what = match cause {
+            Heals::Catalogue => "dead letters waiting for a product Skeelo now sells",
+            Heals::Partner => {
+                "dead letters whose attempts ran out while Skeelo failed; Skeelo answers again"
+            }
+        };
+        tracing::info!(
+            cause = cause.as_str(),
+            letters = ids.len(),
+            "requeued {what}"
+        );
+        let shown: Vec<i64> = ids.iter().take(1000).copied().collect();
+        app.store
+            .audit(
+                BY,
+                "requeue",
+                &format!("{what} (by itself)"),
+                ids.len() as i64,
+                &serde_json::json!({ "ids": shown, "cause": cause.as_str() }),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Every product the letter's sync names is sold now. A body that no longer reads
+/// (it was parked as unknown_product, so it did once) is left for people.
+fn products_sold(letter: &Candidate, sold: &BTreeSet<String>) -> bool {
+    match event::parse_encoded(&letter.routing_key, None, &letter.body) {
+        Ok(e) => e
+            .sync
+            .is_some_and(|s| s.products.iter().all(|p| sold.contains(p.as_str()))),
+        Err(_) => false,
+    }
+}
+
+async fn publish(app: &App, letter: &Candidate) -> anyhow::Result<()> {
+    let Some(publisher) = app.publisher().await else {
+        anyhow::bail!("no broker session");
+    };
+    let mut headers = FieldTable::default();
+    headers.insert(
+        REQUEUED_FROM_HEADER.into(),
+        AMQPValue::LongLongInt(letter.id),
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        publisher.publish(
+            REQUEUE_EXCHANGE,
+            &letter.routing_key,
+            &letter.message_id,
+            &letter.body,
+            headers,
+        ),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the broker did not confirm within 10 s"))??;
+    Ok(())
+}
