@@ -19,6 +19,8 @@ CREATE TABLE repair_runs (
     found         jsonb NOT NULL DEFAULT '{}'::jsonb,
     -- contracts the run would change, and the most the guard let it
     to_change     bigint NOT NULL DEFAULT 0,
+    -- a run the guard stopped: the contracts it would change, all an approval covers
+    scope         jsonb NOT NULL DEFAULT '[]'::jsonb,
     allowed       bigint NOT NULL DEFAULT 0,
     repaired      bigint NOT NULL DEFAULT 0,
     left_for_people bigint NOT NULL DEFAULT 0,

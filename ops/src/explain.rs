@@ -68,7 +68,12 @@ pub(crate) enum Finding {
     HasAccess { products: Vec<Sku> },
     /// No sync has been applied yet: the ERP has not sent it, or it is parked
     /// (`sync_parked`); `recorded` later events wait for it.
-    AwaitingSync { recorded: usize, sync_parked: bool },
+    AwaitingSync {
+        recorded: usize,
+        sync_parked: bool,
+        /// The parked sync was sent back and waits in the requeue queue.
+        sync_requeued: bool,
+    },
     /// Suspended by the ERP (arrears).
     Suspended { event: Option<EventRef> },
     /// Blocked by hand in the ERP.
@@ -105,6 +110,9 @@ pub(crate) enum Finding {
     },
     /// Nothing is pending: the fleet and Skeelo agree, and no letter waits.
     NothingPending,
+    /// A dead letter sent back (by people or by the fleet) and not handled yet: it
+    /// waits its turn in the requeue queue.
+    Requeued { id: i64, by: String, at: String },
 }
 
 /// The event behind a fact: its version, when the ERP acted and who.
@@ -150,7 +158,7 @@ impl Fix {
         match self {
             Fix::CorrectInErp => None,
             Fix::InspectFirst => Some(format!("skeelo-ops dead show {id}")),
-            _ => Some(format!("skeelo-ops dead requeue --id {id}")),
+            _ => Some(format!("skeelo-ops dead requeue {id}")),
         }
     }
 }
@@ -167,12 +175,23 @@ pub(crate) fn findings(
     facts: &Facts,
     history: &[HistoryEntry],
     parked: &[DeadLetter],
+    requeued: &[DeadLetter],
     live: &Live,
     in_flight: Option<Duration>,
     lang: Lang,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     let target = lifecycle::target(facts);
+    // Letters sent back that no worker has handled yet (no line of their event since).
+    let waiting: Vec<(&DeadLetter, time::OffsetDateTime)> = requeued
+        .iter()
+        .filter_map(|l| l.requeued_at.map(|at| (l, at)))
+        .filter(|(l, at)| {
+            !history
+                .iter()
+                .any(|h| l.event_id.as_deref() == Some(h.event_id.as_str()) && h.received_at > *at)
+        })
+        .collect();
     let cause = |t: Option<Toggle>, kind: &str| {
         t.map(|t| t.version.get()).map(|version| {
             let line = history
@@ -191,6 +210,7 @@ pub(crate) fn findings(
         Target::Absent => out.push(Finding::AwaitingSync {
             recorded: history.iter().filter(|h| h.outcome == "deferred").count(),
             sync_parked: parked.iter().any(|l| l.event_type == "sync"),
+            sync_requeued: waiting.iter().any(|(l, _)| l.event_type == "sync"),
         }),
         Target::Withdrawn => out.push(Finding::CancelledBeforeSync),
         Target::Present(want) => match want.status {
@@ -265,6 +285,13 @@ pub(crate) fn findings(
             fix: Fix::of(l),
         });
     }
+    for (l, at) in &waiting {
+        out.push(Finding::Requeued {
+            id: l.id,
+            by: l.requeued_by.clone().unwrap_or_default(),
+            at: at.format(&Rfc3339).unwrap_or_default(),
+        });
+    }
     let pending = out.iter().any(|f| {
         matches!(
             f,
@@ -273,6 +300,7 @@ pub(crate) fn findings(
                 | Finding::SkeeloUnreachable { .. }
                 | Finding::CallsInFlight { .. }
                 | Finding::Parked { .. }
+                | Finding::Requeued { .. }
         )
     });
     if !pending {
@@ -359,6 +387,16 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 20,
             )
             .await?;
+        let requeued = store
+            .dead_letters(
+                &Filter {
+                    contract_id: Some(id.clone()),
+                    state: Some(LetterState::Requeued),
+                    ..Filter::default()
+                },
+                20,
+            )
+            .await?;
         let live = match ask(&skeelo, id).await {
             Ok(s) => Live::Holds(s.map(|s| s.held())),
             Err(e) => Live::Unreachable(mask::text(&e.to_string())),
@@ -371,7 +409,15 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             id,
             facts: &state.facts,
             history: &history,
-            found: findings(&state.facts, &history, &parked, &live, in_flight, a.lang),
+            found: findings(
+                &state.facts,
+                &history,
+                &parked,
+                &requeued,
+                &live,
+                in_flight,
+                a.lang,
+            ),
             live,
             lang: a.lang,
             reveal: a.reveal,

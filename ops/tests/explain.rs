@@ -16,6 +16,7 @@ fn ops(w: &World, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_skeelo-ops"))
         .args(args)
         .env("DATABASE_URL", &w.database_url)
+        .env("AMQP_URL", &w.amqp_url)
         .env("SKEELO_BASE_URL", w.sim.base_url())
         .env("SKEELO_CLIENT_ID", "demo-client")
         .env("SKEELO_CLIENT_SECRET", "demo-secret")
@@ -201,7 +202,7 @@ async fn a_dead_letter_is_shown_with_the_command_that_clears_it() {
             "SKEELO-MINIBOOKS",
             "once the product is in Skeelo's catalogue",
             "the fleet requeues it by itself",
-            &format!("skeelo-ops dead requeue --id {id}"),
+            &format!("skeelo-ops dead requeue {id}"),
             "parked for people",
         ],
     );
@@ -214,7 +215,35 @@ async fn a_dead_letter_is_shown_with_the_command_that_clears_it() {
             &format!("Mensagem parada #{id}"),
             "quando o produto estiver no catálogo da Skeelo",
             "a frota a reenvia sozinha",
-            &format!("skeelo-ops dead requeue --id {id}"),
+            &format!("skeelo-ops dead requeue {id}"),
+        ],
+    );
+    // Sent back while no worker takes it yet: it waits in the requeue queue.
+    w.stop_fleets().await.expect("stopped");
+    // The command explain names, as it names it.
+    let out = ops(&w, &["dead", "requeue", &id.to_string(), "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let en = explain(&w, "XP1", "en");
+    println!("$ skeelo-ops explain XP1   # requeued\n{en}");
+    assert_has(
+        &en,
+        &[
+            "NO ACCESS YET: its sync was sent back and waits its turn",
+            &format!("Dead letter #{id} was sent back by suporte.teste"),
+            "waits its turn in the requeue queue",
+            "It gets a new result once handled",
+        ],
+    );
+    let pt = explain(&w, "XP1", "pt-BR");
+    assert_has(
+        &pt,
+        &[
+            "a sincronização foi reenviada e aguarda a vez",
+            "aguarda a vez na fila de reenvio",
         ],
     );
     w.close().await.expect("cleanup");
@@ -260,6 +289,7 @@ async fn a_subscription_changed_behind_the_fleets_back_is_shown_as_drift_and_its
         ],
     );
     let pt = explain(&w, "XF2", "pt-BR");
+    println!("$ skeelo-ops explain XF2\n{en}\n$ skeelo-ops explain XF2 --lang pt-BR\n{pt}");
     assert_has(
         &pt,
         &["reconciliação periódica", "skeelo-ops check --repair"],

@@ -186,29 +186,34 @@ async fn a_message_is_requeued_by_the_fleet_at_most_once_per_change_of_its_cause
         .get(0)
     };
     let first = park().await;
-    assert!(store
-        .claim_auto_requeue(first, "partner:t1", "fleet")
+    assert!(!store
+        .requeued_under("m-1", "partner:t1")
         .await
-        .expect("claim"));
+        .expect("read"));
+    assert!(store
+        .mark_auto_requeued(first, "partner:t1", "fleet")
+        .await
+        .expect("mark"));
     // The same message fails again for the same cause: not again under t1.
     let again = park().await;
-    assert!(!store
-        .claim_auto_requeue(again, "partner:t1", "fleet")
-        .await
-        .expect("claim"));
-    // The cause changed (Skeelo went down and came back): once more.
     assert!(store
-        .claim_auto_requeue(again, "partner:t2", "fleet")
+        .requeued_under("m-1", "partner:t1")
         .await
-        .expect("claim"));
-    // A publish that failed gives the claim back.
-    store.unclaim_auto_requeue(again).await.expect("unclaim");
-    let state: String = db
-        .query_one("SELECT state FROM dead_letters WHERE id = $1", &[&again])
+        .expect("read"));
+    // The cause changed (Skeelo went down and came back): once more.
+    assert!(!store
+        .requeued_under("m-1", "partner:t2")
         .await
-        .expect("state")
-        .get(0);
-    assert_eq!(state, "parked");
+        .expect("read"));
+    assert!(store
+        .mark_auto_requeued(again, "partner:t2", "fleet")
+        .await
+        .expect("mark"));
+    // Marked once: a second process that sent the same copy learns it was first.
+    assert!(!store
+        .mark_auto_requeued(again, "partner:t2", "fleet")
+        .await
+        .expect("mark"));
     // A cause's state keeps its time until it changes.
     let up = store.cause_state("partner", "up").await.expect("state");
     assert_eq!(store.cause_state("partner", "up").await.expect("state"), up);

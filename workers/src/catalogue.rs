@@ -73,14 +73,14 @@ impl Catalogue {
         Ok(())
     }
 
-    /// Reads Skeelo's list now (after any refresh under way): the SKUs it sells. The
-    /// probe of dead letters waiting for a product.
+    /// Reads Skeelo's list now: the SKUs it sells. The probe of dead letters waiting
+    /// for a product; it takes its turn in the caller's lane (the lowest) without the
+    /// refresh lock, so syncs that need a refresh never wait behind it.
     pub(crate) async fn probe(
         &self,
         store: &Store,
         skeelo: &SkeeloClient,
     ) -> Result<BTreeSet<String>, SkeeloError> {
-        let _one_at_a_time = self.refreshing.lock().await;
         self.refresh(store, skeelo).await?;
         Ok(self.skus.read().map(|s| s.0.clone()).unwrap_or_default())
     }

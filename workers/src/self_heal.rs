@@ -28,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::App;
 
-/// Letters looked at per sweep (the rest wait for the next).
-const PER_SWEEP: i64 = 1000;
+/// Letters read from the database at once.
+const PAGE: i64 = 500;
+/// Letters looked at per sweep at most (the rest wait for the next).
+const MOST_PER_SWEEP: usize = 20_000;
 /// Who the audit trail names.
 const BY: &str = "fleet";
 
@@ -49,8 +51,8 @@ pub(crate) async fn run(app: Arc<App>, stop: CancellationToken) {
 }
 
 async fn sweep(app: &App) -> anyhow::Result<()> {
-    let candidates = app.store.healable_letters(PER_SWEEP).await?;
-    if candidates.is_empty() || app.db_health.is_down() {
+    let first = app.store.healable_letters(0, PAGE).await?;
+    if first.is_empty() || app.db_health.is_down() {
         return Ok(());
     }
     let probe = pacer::LANE
@@ -59,17 +61,20 @@ async fn sweep(app: &App) -> anyhow::Result<()> {
             app.catalogue.probe(&app.store, &app.skeelo),
         )
         .await;
-    let (partner, sold) = match probe {
-        Ok(skus) => ("up", Some(skus)),
+    let sold = match probe {
+        Ok(skus) => skus,
         Err(e) => {
+            // Down only once the fleet itself says so (outage mode, after several
+            // failures): one probe that timed out or was throttled changes nothing, so
+            // the cause's state does not flap and requeue the same letters again.
+            if app.skeelo_health.is_down() {
+                app.store.cause_state("partner", "down").await?;
+            }
             tracing::debug!(error = %e, "the self-heal probe got no answer from Skeelo");
-            ("down", None)
+            return Ok(());
         }
     };
-    let partner_since = app.store.cause_state("partner", partner).await?;
-    let Some(sold) = sold else {
-        return Ok(());
-    };
+    let partner_since = app.store.cause_state("partner", "up").await?;
     let catalogue: Vec<&str> = sold.iter().map(String::as_str).collect();
     let catalogue_since = app
         .store
@@ -83,44 +88,47 @@ async fn sweep(app: &App) -> anyhow::Result<()> {
         )
     };
     let mut requeued: Vec<(Heals, i64)> = Vec::new();
-    for letter in candidates {
-        let Some(cause) = policy::heals(&letter.reason, &letter.error_class) else {
-            continue;
-        };
-        let cleared = match cause {
-            Heals::Partner => Some(token(cause, partner_since)),
-            Heals::Catalogue => {
-                products_sold(&letter, &sold).then(|| token(cause, catalogue_since))
+    let mut page = first;
+    let mut looked = 0;
+    'pages: while !page.is_empty() && looked < MOST_PER_SWEEP {
+        let last = page.last().map_or(0, |l| l.id);
+        looked += page.len();
+        for letter in page {
+            let Some(cause) = policy::heals(&letter.reason, &letter.error_class) else {
+                continue;
+            };
+            let cleared = match cause {
+                Heals::Partner => Some(token(cause, partner_since)),
+                Heals::Catalogue => {
+                    products_sold(&letter, &sold).then(|| token(cause, catalogue_since))
+                }
+            };
+            let Some(token) = cleared else {
+                continue;
+            };
+            if app
+                .store
+                .requeued_under(&letter.message_key, &token)
+                .await?
+            {
+                continue;
             }
-        };
-        let Some(token) = cleared else {
-            continue;
-        };
-        if !app
-            .store
-            .claim_auto_requeue(
-                letter.id,
-                &token,
-                &format!("{BY} ({} cleared)", cause.as_str()),
-            )
-            .await?
-        {
-            continue;
-        }
-        match publish(app, &letter).await {
-            Ok(()) => {
+            // Published first, marked once confirmed: a stop in between leaves it
+            // parked (the next sweep sends it again, and the event path knows the copy).
+            if let Err(e) = publish(app, &letter).await {
+                tracing::warn!(letter = letter.id, error = %e, "could not requeue a dead letter whose cause cleared; the next sweep tries again");
+                break 'pages;
+            }
+            let by = format!("{BY} ({} cleared)", cause.as_str());
+            if app.store.mark_auto_requeued(letter.id, &token, &by).await? {
                 app.metrics
                     .self_requeued
                     .with_label_values(&[cause.as_str()])
                     .inc();
                 requeued.push((cause, letter.id));
             }
-            Err(e) => {
-                app.store.unclaim_auto_requeue(letter.id).await?;
-                tracing::warn!(letter = letter.id, error = %e, "could not requeue a dead letter whose cause cleared; the next sweep tries again");
-                break;
-            }
         }
+        page = app.store.healable_letters(last, PAGE).await?;
     }
     for cause in [Heals::Catalogue, Heals::Partner] {
         let ids: Vec<i64> = requeued

@@ -36,7 +36,7 @@ fn kinds(found: &[Finding]) -> Vec<String> {
 #[test]
 fn an_active_contract_that_skeelo_matches_has_access_and_nothing_pending() {
     let f = facts(&[(EventType::Sync, 1)]);
-    let found = findings(&f, &[], &[], &held_as_target(&f), None, Lang::En);
+    let found = findings(&f, &[], &[], &[], &held_as_target(&f), None, Lang::En);
     assert_eq!(kinds(&found), ["has_access", "nothing_pending"]);
     assert_eq!(Lang::En.headline(&found), "HAS ACCESS");
     assert_eq!(Lang::PtBr.headline(&found), "TEM ACESSO");
@@ -45,7 +45,7 @@ fn an_active_contract_that_skeelo_matches_has_access_and_nothing_pending() {
 #[test]
 fn a_contract_without_its_sync_waits_for_it() {
     let f = facts(&[(EventType::Suspend, 2)]);
-    let found = findings(&f, &[], &[], &Live::Holds(None), None, Lang::En);
+    let found = findings(&f, &[], &[], &[], &Live::Holds(None), None, Lang::En);
     assert_eq!(kinds(&found), ["awaiting_sync"]);
     assert!(Lang::En.headline(&found).contains("NO ACCESS YET"));
     assert!(Lang::PtBr.headline(&found).contains("SEM ACESSO AINDA"));
@@ -58,7 +58,7 @@ fn suspended_and_blocked_are_both_named() {
         (EventType::Suspend, 2),
         (EventType::Block, 3),
     ]);
-    let found = findings(&f, &[], &[], &held_as_target(&f), None, Lang::En);
+    let found = findings(&f, &[], &[], &[], &held_as_target(&f), None, Lang::En);
     assert_eq!(kinds(&found), ["suspended", "blocked", "nothing_pending"]);
     assert_eq!(
         Lang::En.headline(&found),
@@ -73,7 +73,7 @@ fn an_active_contract_skeelo_cancelled_behind_the_back_is_drift() {
         panic!("a synced contract has a target");
     };
     h.status = Status::Cancelled;
-    let found = findings(&f, &[], &[], &Live::Holds(Some(h)), None, Lang::En);
+    let found = findings(&f, &[], &[], &[], &Live::Holds(Some(h)), None, Lang::En);
     assert_eq!(kinds(&found), ["drift"]);
     assert!(Lang::En.finding(&found[0]).contains("should be active"));
     assert!(Lang::En.finding(&found[0]).contains("holds cancelled"));
@@ -85,6 +85,7 @@ fn skeelo_unreachable_is_said_and_nothing_is_claimed_about_access() {
     let f = facts(&[(EventType::Sync, 1)]);
     let found = findings(
         &f,
+        &[],
         &[],
         &[],
         &Live::Unreachable("timeout".into()),
@@ -100,6 +101,7 @@ fn calls_in_flight_are_pending() {
     let f = facts(&[(EventType::Sync, 1)]);
     let found = findings(
         &f,
+        &[],
         &[],
         &[],
         &held_as_target(&f),
@@ -130,6 +132,7 @@ fn every_finding_is_said_in_both_languages_differently() {
         Finding::AwaitingSync {
             recorded: 1,
             sync_parked: false,
+            sync_requeued: false,
         },
         Finding::Suspended {
             event: event.clone(),
@@ -162,6 +165,11 @@ fn every_finding_is_said_in_both_languages_differently() {
             error: "products Skeelo does not sell: X".into(),
             fix: Fix::ProductThenRequeue,
         },
+        Finding::Requeued {
+            id: 8,
+            by: "ana".into(),
+            at: "2026-11-30T10:00:00Z".into(),
+        },
         Finding::NothingPending,
     ];
     for f in &all {
@@ -176,7 +184,7 @@ fn every_finding_is_said_in_both_languages_differently() {
     let parked = &all[11];
     assert!(Lang::En
         .next(parked)
-        .is_some_and(|n| n.contains("skeelo-ops dead requeue --id 7")));
+        .is_some_and(|n| n.contains("skeelo-ops dead requeue 7")));
     assert!(Lang::PtBr
         .next(parked)
         .is_some_and(|n| n.contains("catálogo da Skeelo")));
@@ -188,6 +196,7 @@ fn a_suspended_contract_skeelo_still_serves_has_access_against_the_facts() {
     let suspended = facts(&[(EventType::Sync, 1), (EventType::Suspend, 2)]);
     let found = findings(
         &suspended,
+        &[],
         &[],
         &[],
         &held_as_target(&active),
@@ -211,7 +220,7 @@ fn products_that_differ_are_not_called_access_as_the_erp_says() {
         panic!("a synced contract has a target");
     };
     h.profile.products.clear();
-    let found = findings(&f, &[], &[], &Live::Holds(Some(h)), None, Lang::En);
+    let found = findings(&f, &[], &[], &[], &Live::Holds(Some(h)), None, Lang::En);
     assert_eq!(kinds(&found), ["drift"]);
     assert!(Lang::En
         .headline(&found)

@@ -103,6 +103,21 @@ impl Lang {
             matches!(
                 f,
                 Finding::AwaitingSync {
+                    sync_requeued: true,
+                    sync_parked: false,
+                    ..
+                }
+            )
+        }) {
+            return self.pick(
+                "NO ACCESS YET: its sync was sent back and waits its turn",
+                "SEM ACESSO AINDA: a sincronização foi reenviada e aguarda a vez",
+            );
+        }
+        if has(|f| {
+            matches!(
+                f,
+                Finding::AwaitingSync {
                     sync_parked: true,
                     ..
                 }
@@ -216,18 +231,22 @@ impl Lang {
                 "A Skeelo tem uma assinatura ativa com {}, como os eventos do ERP pedem.",
                 join(products)
             ),
-            (Lang::En, Finding::AwaitingSync { recorded, sync_parked }) => format!(
+            (Lang::En, Finding::AwaitingSync { recorded, sync_parked, sync_requeued }) => format!(
                 "{}; {recorded} later event(s) are recorded and wait for it.",
                 if *sync_parked {
                     "The contract's sync (the event that creates the subscription) came but is parked, see below"
+                } else if *sync_requeued {
+                    "The contract's sync (the event that creates the subscription) came, was parked and has been sent back, see below"
                 } else {
                     "The ERP has not sent this contract's sync (the event that creates the subscription)"
                 }
             ),
-            (Lang::PtBr, Finding::AwaitingSync { recorded, sync_parked }) => format!(
+            (Lang::PtBr, Finding::AwaitingSync { recorded, sync_parked, sync_requeued }) => format!(
                 "{}; {recorded} evento(s) posterior(es) estão registrados e aguardam por ela.",
                 if *sync_parked {
                     "A sincronização do contrato (o evento que cria a assinatura) chegou, mas está parada, veja abaixo"
+                } else if *sync_requeued {
+                    "A sincronização do contrato (o evento que cria a assinatura) chegou, ficou parada e foi reenviada, veja abaixo"
                 } else {
                     "O ERP ainda não enviou a sincronização deste contrato (o evento que cria a assinatura)"
                 }
@@ -312,6 +331,12 @@ impl Lang {
             ) => format!(
                 "Mensagem parada #{id}: o evento {event_type} está parado ({reason}, {error_class}): {error}"
             ),
+            (Lang::En, Finding::Requeued { id, by, at }) => format!(
+                "Dead letter #{id} was sent back by {by} at {at} and waits its turn in the requeue queue, behind new customers' events."
+            ),
+            (Lang::PtBr, Finding::Requeued { id, by, at }) => format!(
+                "A mensagem parada #{id} foi reenviada por {by} em {at} e aguarda a vez na fila de reenvio, atrás dos eventos de clientes novos."
+            ),
             (Lang::En, Finding::NothingPending) => {
                 "Nothing is pending: Skeelo matches the ERP and no event waits.".into()
             }
@@ -348,6 +373,12 @@ impl Lang {
             (Lang::PtBr, Finding::Drift { repairable: false, .. }) => {
                 "Nenhuma chamada corrige isso (na Skeelo o cancelamento é definitivo): crie um novo contrato no ERP, ou peça ao suporte da Skeelo que restaure a assinatura.".into()
             }
+            (Lang::En, Finding::Requeued { .. }) => {
+                "It gets a new result once handled: the requeue queue takes the partner rate that events leave unused.".into()
+            }
+            (Lang::PtBr, Finding::Requeued { .. }) => {
+                "Recebe um novo resultado quando for tratada: a fila de reenvio usa a taxa do parceiro que os eventos deixam livre.".into()
+            }
             (Lang::En, Finding::SkeeloUnreachable { .. }) => {
                 "Ask again later; the fleet retries its own calls by itself.".into()
             }
@@ -364,10 +395,10 @@ impl Lang {
                 let command = fix.command(*id).unwrap_or_default();
                 match (lang, fix) {
                     (Lang::En, Fix::ProductThenRequeue) => format!(
-                        "Waits for the product: once the product is in Skeelo's catalogue, the fleet requeues it by itself (it looks every minute); to send it back at once: `{command}`."
+                        "Waits for the product: once the product is in Skeelo's catalogue, the fleet requeues it by itself (it looks every minute by default); to send it back at once: `{command}`."
                     ),
                     (Lang::PtBr, Fix::ProductThenRequeue) => format!(
-                        "Aguarda o produto: quando o produto estiver no catálogo da Skeelo, a frota a reenvia sozinha (verifica a cada minuto); para reenviar na hora: `{command}`."
+                        "Aguarda o produto: quando o produto estiver no catálogo da Skeelo, a frota a reenvia sozinha (verifica a cada minuto, por padrão); para reenviar na hora: `{command}`."
                     ),
                     (Lang::En, Fix::CorrectInErp) => {
                         "Cannot be applied as it is: correct the data in the ERP, which sends a new event.".into()

@@ -138,8 +138,10 @@ pub type Lane = usize;
 /// The lane of calls made for no event.
 pub const OTHER: Lane = 6;
 /// The lowest lane: requeued dead letters and drift repairs. It gets a turn only when
-/// no other lane waits, so work an operator (or the fleet itself) sends back never
-/// delays a new customer's sign-up; it takes the rate the events leave unused.
+/// no other lane of the process waits, so work an operator (or the fleet itself) sends
+/// back never delays a sign-up waiting in the same process. (Across processes the
+/// fleet's slots are leased first come: a process with only background work takes its
+/// share of the rate.)
 pub const BACKGROUND: Lane = 7;
 const LANES: usize = 8;
 

@@ -37,6 +37,8 @@ pub struct RepairRun {
     pub found: BTreeMap<String, i64>,
     /// Contracts the run would change.
     pub to_change: i64,
+    /// A run the guard stopped: the contracts it would change (all its approval covers).
+    pub scope: Vec<String>,
     /// The most the blast-radius guard let it change.
     pub allowed: i64,
     /// Contracts brought back to what the facts say.
@@ -94,10 +96,11 @@ pub struct RepairLine<'a> {
 
 const COLUMNS: &str = "id, trigger, requested_by, started_at, finished_at, state, compared,
      differing, found, to_change, allowed, repaired, left_for_people, failed, approves,
-     approved_by, note";
+     approved_by, note, scope";
 
 fn run_of(r: &tokio_postgres::Row) -> Result<RepairRun, StoreError> {
     let found: Json<BTreeMap<String, i64>> = r.try_get(8)?;
+    let scope: Json<Vec<String>> = r.try_get(17)?;
     Ok(RepairRun {
         id: r.try_get(0)?,
         trigger: r.try_get(1)?,
@@ -109,6 +112,7 @@ fn run_of(r: &tokio_postgres::Row) -> Result<RepairRun, StoreError> {
         differing: r.try_get(7)?,
         found: found.0,
         to_change: r.try_get(9)?,
+        scope: scope.0,
         allowed: r.try_get(10)?,
         repaired: r.try_get(11)?,
         left_for_people: r.try_get(12)?,
@@ -158,30 +162,55 @@ impl Store {
         let client = self.pool.get().await?;
         client
             .execute(
-                "UPDATE repair_runs SET heartbeat_at = now() WHERE id = $1",
+                "UPDATE repair_runs SET heartbeat_at = now() WHERE id = $1 AND state = 'running'",
                 &[&id],
             )
             .await?;
         Ok(())
     }
 
+    /// Records the contracts a run the guard stopped would change: an approval covers
+    /// those and no others.
+    pub async fn set_repair_scope(&self, id: i64, contract_ids: &[&str]) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE repair_runs SET scope = $2 WHERE id = $1",
+                &[&id, &Json(contract_ids)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Parked dead letters of one contract.
+    pub async fn parked_letters_of(&self, contract_id: &str) -> Result<i64, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM dead_letters WHERE contract_id = $1 AND state = 'parked'",
+                &[&contract_id],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// Ends a run with what it found and did; `state` is `done`, `awaiting_approval`
-    /// or `failed`.
+    /// or `failed`. `false` when the run was no longer working (taken for abandoned).
     pub async fn finish_repair_run(
         &self,
         id: i64,
         state: &str,
         totals: &RunTotals,
         note: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
-        client
+        let n = client
             .execute(
                 "UPDATE repair_runs
                  SET state = $2, finished_at = now(), heartbeat_at = now(), compared = $3,
                      differing = $4, found = $5, to_change = $6, allowed = $7,
                      repaired = $8, left_for_people = $9, failed = $10, note = $11
-                 WHERE id = $1",
+                 WHERE id = $1 AND state = 'running'",
                 &[
                     &id,
                     &state,
@@ -197,7 +226,7 @@ impl Store {
                 ],
             )
             .await?;
-        Ok(())
+        Ok(n == 1)
     }
 
     /// One run.

@@ -1,6 +1,6 @@
 //! What the fleet needs to requeue dead letters whose cause cleared: the candidates,
-//! when each cause last changed state (shared by the whole fleet), and a claim that
-//! makes each letter requeued by the fleet at most once per such change.
+//! when each cause last changed state (shared by the whole fleet), and the mark that
+//! makes each message requeued by the fleet at most once per such change.
 
 use time::OffsetDateTime;
 
@@ -26,21 +26,25 @@ pub struct Candidate {
 }
 
 impl Store {
-    /// Parked letters whose cause may clear by itself (see
-    /// `skeelo_domain::policy::heals`), oldest failure first.
-    pub async fn healable_letters(&self, limit: i64) -> Result<Vec<Candidate>, StoreError> {
+    /// A page of the parked letters whose cause may clear by itself (see
+    /// `skeelo_domain::policy::heals`), in id order after `after`.
+    pub async fn healable_letters(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Candidate>, StoreError> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
                 "SELECT id, message_key, reason, error_class, routing_key,
                         COALESCE(event_id, message_id, ''), body
                  FROM dead_letters
-                 WHERE state = 'parked'
+                 WHERE state = 'parked' AND id > $2
                    AND (reason = 'exhausted'
                         OR (reason = 'invalid' AND error_class = 'unknown_product')
                         OR (reason = 'refused' AND error_class = 'http_422_unknown_product'))
-                 ORDER BY last_failed_at, id LIMIT $1",
-                &[&limit.max(1)],
+                 ORDER BY id LIMIT $1",
+                &[&limit.max(1), &after],
             )
             .await?;
         Ok(rows
@@ -79,11 +83,24 @@ impl Store {
         Ok(row.get(0))
     }
 
-    /// Claims a parked letter for a requeue by the fleet under `token` (the cause's
-    /// change): `false` when it is no longer parked, or when its message was already
-    /// requeued by the fleet under the same token (it failed again for the same cause:
-    /// it stays for people until the cause changes again).
-    pub async fn claim_auto_requeue(
+    /// The letter's message was requeued by the fleet under `token` before (it failed
+    /// again for the same cause: it stays for people until the cause changes again).
+    pub async fn requeued_under(&self, message_key: &str, token: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM dead_letters
+                                WHERE message_key = $1 AND auto_token = $2)",
+                &[&message_key, &token],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Marks a letter the fleet requeued (once the broker confirmed the copy) under
+    /// `token`. `false` when it was no longer parked (an operator, or another process,
+    /// got there first: the second copy is a duplicate the event path recognises).
+    pub async fn mark_auto_requeued(
         &self,
         id: i64,
         token: &str,
@@ -92,28 +109,12 @@ impl Store {
         let client = self.pool.get().await?;
         let n = client
             .execute(
-                "UPDATE dead_letters d
+                "UPDATE dead_letters
                  SET state = 'requeued', requeued_at = now(), requeued_by = $3, auto_token = $2
-                 WHERE id = $1 AND state = 'parked'
-                   AND NOT EXISTS (SELECT 1 FROM dead_letters o
-                                   WHERE o.message_key = d.message_key AND o.auto_token = $2)",
+                 WHERE id = $1 AND state = 'parked'",
                 &[&id, &token, &by],
             )
             .await?;
         Ok(n == 1)
-    }
-
-    /// Gives back a claim whose publish failed: parked again, for the next sweep.
-    pub async fn unclaim_auto_requeue(&self, id: i64) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "UPDATE dead_letters
-                 SET state = 'parked', requeued_at = NULL, requeued_by = NULL, auto_token = NULL
-                 WHERE id = $1 AND state = 'requeued'",
-                &[&id],
-            )
-            .await?;
-        Ok(())
     }
 }
