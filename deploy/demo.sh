@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole fleet end to end on this machine: RabbitMQ and PostgreSQL (started or
-# installed if missing), the Skeelo simulator, the workers, a demo set of ERP events,
-# and what Skeelo ended with. Everything it starts is stopped when it ends.
+# installed if missing), the Skeelo simulator, the workers, the operators' web console,
+# a demo set of ERP events, and what Skeelo ended with. On a terminal it then waits
+# while you look around the console; everything it starts is stopped when it ends.
 #
 #   deploy/demo.sh                 # 25 contracts
 #   CONTRACTS=200 deploy/demo.sh   # more
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 CONTRACTS=${CONTRACTS:-25}
 SIM_ADDR=${SIM_ADDR:-127.0.0.1:18080}
 WORKERS_HTTP=${WORKERS_HTTP:-127.0.0.1:19090}
+CONSOLE_ADDR=${CONSOLE_ADDR:-127.0.0.1:18088}
 VHOST=skeelo-demo
 DB=skeelo_demo
 run_dir=.demo
@@ -56,6 +58,17 @@ for _ in $(seq 1 120); do
 done
 curl -fs "http://$WORKERS_HTTP/readyz" >/dev/null || { echo "workers never became ready; see $run_dir/workers.log" >&2; exit 1; }
 
+echo "== starting the operators' web console on http://$CONSOLE_ADDR (account demo, an operator)"
+console_password=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+printf '%s\n' "$console_password" | "$bin/skeelo-ops" user add demo --role operator >/dev/null
+SKEELO_CONSOLE_ADDR=$CONSOLE_ADDR "$bin/skeelo-console" 2>"$run_dir/console.log" &
+pids+=($!)
+for _ in $(seq 1 60); do
+  curl -fs "http://$CONSOLE_ADDR/healthz" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+curl -fs "http://$CONSOLE_ADDR/healthz" >/dev/null || { echo "the console never answered; see $run_dir/console.log" >&2; exit 1; }
+
 echo "== publishing demo events for $CONTRACTS contracts, shuffled as separate queues deliver them"
 "$bin/skeelo-ops" sample --contracts "$CONTRACTS" --seed 2026 --shuffle >"$run_dir/events.jsonl"
 total=$(wc -l <"$run_dir/events.jsonl")
@@ -87,5 +100,10 @@ echo
 echo "== the same contract as support reads it (skeelo-ops explain $first --lang pt-BR)"
 "$bin/skeelo-ops" explain "$first" --lang pt-BR
 echo
-echo "Logs: $run_dir/workers.log, $run_dir/sim.log. Events: $run_dir/events.jsonl"
+echo "Logs: $run_dir/workers.log, $run_dir/sim.log, $run_dir/console.log. Events: $run_dir/events.jsonl"
 [ "$handled" -ge "$total" ]
+if [ -t 0 ]; then
+  echo
+  echo "The console is at http://$CONSOLE_ADDR — account demo, password $console_password"
+  read -r -p "Press Enter to stop everything. " _
+fi

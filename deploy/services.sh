@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure RabbitMQ (127.0.0.1:5672, guest/guest) and PostgreSQL (127.0.0.1:5432,
 # user postgres, trust) are running; installs them from Debian's packages when they
-# are missing. Safe to run again and again.
+# are missing. Safe to run again and again. With --browser, also Debian's Chromium and
+# ChromeDriver, which the console's tests drive.
 set -euo pipefail
 
 need_root() {
@@ -99,3 +100,9 @@ if ! psql -w -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&
   fi
 fi
 echo "services: RabbitMQ and PostgreSQL are up"
+
+# --- Chromium, for the console's browser tests -------------------------------
+if [ "${1:-}" = "--browser" ] && ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+  echo "services: installing Chromium and ChromeDriver (the console's browser tests)"
+  apt_install chromium chromium-driver
+fi

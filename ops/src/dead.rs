@@ -9,9 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{json, Value};
-use skeelo_broker::{self as broker, Publisher, REQUEUED_FROM_HEADER, REQUEUE_EXCHANGE};
+use skeelo_broker::{self as broker, Publisher};
 use skeelo_domain::mask;
 use skeelo_store::dead::{DeadLetter, Filter, LetterState};
 use skeelo_store::Store;
@@ -413,22 +412,7 @@ async fn groups(f: &FilterArgs, json: bool, db: &Db) -> anyhow::Result<ExitCode>
 /// The body as people may read it: personal data masked wherever it is, in a valid
 /// event, in JSON that is not one, and in a body that is not JSON at all.
 fn body_for_people(d: &DeadLetter, reveal: bool) -> Value {
-    match serde_json::from_slice::<Value>(&d.body) {
-        Ok(mut v) => {
-            if !reveal {
-                mask::event_body(&mut v);
-                mask::json(&mut v);
-            }
-            v
-        }
-        Err(_) => {
-            let text: String = String::from_utf8_lossy(&d.body)
-                .chars()
-                .take(2000)
-                .collect();
-            Value::from(if reveal { text } else { mask::text(&text) })
-        }
-    }
+    mask::body(&d.body, reveal)
 }
 
 /// `reveal`: who asked to see personal data unmasked (the audit trail says so).
@@ -561,53 +545,19 @@ async fn requeue(
         .await
         .context("cannot reach RabbitMQ at AMQP_URL")?;
     let publisher = Publisher::open(&connection).await?;
-    let mut done = Vec::new();
-    let mut failure = None;
     let mut progress = Progress::new(json_out);
-    // Page through the matches: each requeued letter leaves the parked set.
-    'pages: loop {
-        let page = store.dead_letters(&filter, 500).await?;
-        if page.is_empty() {
-            break;
-        }
-        for d in page {
-            let mut headers = FieldTable::default();
-            headers.insert(REQUEUED_FROM_HEADER.into(), AMQPValue::LongLongInt(d.id));
-            let message_id = d
-                .event_id
-                .clone()
-                .or(d.message_id.clone())
-                .unwrap_or_default();
-            if let Err(e) = publisher
-                .publish(
-                    REQUEUE_EXCHANGE,
-                    &d.routing_key,
-                    &message_id,
-                    &d.body,
-                    headers,
-                )
-                .await
-            {
-                failure = Some(format!("dead letter {}: {e}", d.id));
-                break 'pages;
-            }
-            if store.mark_requeued(d.id, &who).await? {
-                done.push(d.id);
-            }
-            progress.show(done.len(), count);
-        }
-    }
+    let requeued = skeelo_repair::requeue::matching(
+        &store,
+        &publisher,
+        &filter,
+        &who,
+        &select.describe(),
+        &mut |n| progress.show(n, count),
+    )
+    .await?;
+    let (done, failure) = (requeued.ids, requeued.stopped_early);
     let _ = connection.close(200, "done".into()).await;
     let shown: Vec<i64> = done.iter().take(1000).copied().collect();
-    store
-        .audit(
-            &who,
-            "requeue",
-            &select.describe(),
-            done.len() as i64,
-            &json!({ "ids": shown }),
-        )
-        .await?;
     progress.finish();
     if json_out {
         println!(

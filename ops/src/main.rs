@@ -14,6 +14,7 @@ mod repair;
 mod sample;
 mod subscribers;
 mod table;
+mod user;
 
 /// The operators' command line for the Skeelo bridge.
 ///
@@ -68,6 +69,11 @@ enum Command {
     Check(check::Args),
     /// Print example ERP events (valid JSON lines) for random contract histories.
     Sample(sample::Args),
+    /// The web console's accounts: add (password from standard input), remove, list.
+    User {
+        #[command(subcommand)]
+        command: user::Command,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
             Command::Check(a) => check::run(a).await,
             Command::Explain(a) => explain::run(a).await,
             Command::Dead { command } => dead::run(command).await,
+            Command::User { command } => user::run(command).await,
         }
     });
     match result {

@@ -168,3 +168,80 @@ async fn bad_input_gets_a_clear_error() {
     );
     w.close().await.expect("cleanup");
 }
+
+/// `skeelo-ops user add` with the password on standard input.
+fn add_user(w: &World, args: &[&str], password: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skeelo-ops"))
+        .args(args)
+        .env("DATABASE_URL", &w.database_url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("skeelo-ops runs");
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{password}").expect("the password written");
+    }
+    child.wait_with_output().expect("skeelo-ops ends")
+}
+
+#[tokio::test]
+async fn console_accounts_are_managed_with_the_password_on_standard_input() {
+    let w = World::new().await.expect("world");
+    let short = add_user(&w, &["user", "add", "ana", "--role", "operator"], "short");
+    assert!(!short.status.success());
+    assert!(
+        stderr(&short).contains("at least 10 characters"),
+        "{}",
+        stderr(&short)
+    );
+    let added = add_user(
+        &w,
+        &[
+            "user", "add", "ana", "--role", "operator", "--lang", "pt-BR",
+        ],
+        "a long enough secret",
+    );
+    assert!(added.status.success(), "{}", stderr(&added));
+    assert!(stdout(&added).contains("account ana saved (operator)"));
+    let listed = stdout(&ops(&w, &["user", "list"]));
+    assert!(
+        listed.contains("ana") && listed.contains("operator") && listed.contains("pt-BR"),
+        "{listed}"
+    );
+    assert!(!listed.contains("secret"));
+    // The password is kept only as an Argon2id hash.
+    let db = w.db().await.expect("db");
+    let hash: String = db
+        .query_one(
+            "SELECT password_hash FROM console_users WHERE name = 'ana'",
+            &[],
+        )
+        .await
+        .expect("the account")
+        .get(0);
+    assert!(hash.starts_with("$argon2id$") && !hash.contains("a long enough secret"));
+    let store = skeelo_store::Store::connect(&w.database_url, 1).expect("store");
+    let ttl = Duration::from_secs(60);
+    assert!(store
+        .sign_in("ana", "a long enough secret", ttl)
+        .await
+        .expect("sign in")
+        .is_some());
+    assert!(store
+        .sign_in("ana", "the wrong secret", ttl)
+        .await
+        .expect("sign in")
+        .is_none());
+    assert!(store
+        .sign_in("nobody", "a long enough secret", ttl)
+        .await
+        .expect("sign in")
+        .is_none());
+    let bad_role = ops(&w, &["user", "add", "bob", "--role", "admin"]);
+    assert!(!bad_role.status.success());
+    assert!(ops(&w, &["user", "remove", "ana"]).status.success());
+    assert!(!ops(&w, &["user", "remove", "ana"]).status.success());
+    w.close().await.expect("cleanup");
+}

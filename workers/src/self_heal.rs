@@ -17,8 +17,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::types::{AMQPValue, FieldTable};
-use skeelo_broker::{REQUEUED_FROM_HEADER, REQUEUE_EXCHANGE};
 use skeelo_domain::event;
 use skeelo_domain::policy::{self, Heals};
 use skeelo_partner::pacer;
@@ -179,19 +177,14 @@ async fn publish(app: &App, letter: &Candidate) -> anyhow::Result<()> {
     let Some(publisher) = app.publisher().await else {
         anyhow::bail!("no broker session");
     };
-    let mut headers = FieldTable::default();
-    headers.insert(
-        REQUEUED_FROM_HEADER.into(),
-        AMQPValue::LongLongInt(letter.id),
-    );
     tokio::time::timeout(
         Duration::from_secs(10),
-        publisher.publish(
-            REQUEUE_EXCHANGE,
+        skeelo_broker::requeue_letter(
+            &publisher,
+            letter.id,
             &letter.routing_key,
             &letter.message_id,
             &letter.body,
-            headers,
         ),
     )
     .await

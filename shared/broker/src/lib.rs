@@ -745,6 +745,26 @@ impl Envelope {
     }
 }
 
+/// Sends a parked dead letter back to the fleet through the requeue queue, with
+/// publisher confirms, naming the letter it came from (which keeps it in the partner
+/// rate's lowest lane).
+pub async fn requeue_letter(
+    publisher: &Publisher,
+    letter_id: i64,
+    routing_key: &str,
+    message_id: &str,
+    body: &[u8],
+) -> Result<(), BrokerError> {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        REQUEUED_FROM_HEADER.into(),
+        AMQPValue::LongLongInt(letter_id),
+    );
+    publisher
+        .publish(REQUEUE_EXCHANGE, routing_key, message_id, body, headers)
+        .await
+}
+
 /// The headers of a copy sent to a delay queue: our attempt count, the first
 /// failure's time, the last error (cut to 500 characters), which delay queue, and the
 /// dead letter it was requeued from, if it was.

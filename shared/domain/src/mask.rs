@@ -105,6 +105,26 @@ pub fn json(value: &mut serde_json::Value) {
     }
 }
 
+/// A stored message body for people: JSON with personal data masked (an event's
+/// subscriber fields and anything that looks like it elsewhere), or, when it is not
+/// JSON, its first 2 000 characters with personal data masked. `reveal` shows it as
+/// it came.
+pub fn body(raw: &[u8], reveal: bool) -> serde_json::Value {
+    match serde_json::from_slice::<serde_json::Value>(raw) {
+        Ok(mut v) => {
+            if !reveal {
+                event_body(&mut v);
+                json(&mut v);
+            }
+            v
+        }
+        Err(_) => {
+            let text: String = String::from_utf8_lossy(raw).chars().take(2000).collect();
+            serde_json::Value::from(if reveal { text } else { self::text(&text) })
+        }
+    }
+}
+
 /// Masks personal data in text that is not readable JSON (a broken body, an error
 /// message): the values of fields named like personal data (`"cpf": "…"`), then every
 /// e-mail address, and every run of 10 to 14 digits (with the usual separators) that

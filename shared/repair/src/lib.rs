@@ -11,6 +11,7 @@
 //! [`Guard`] agrees; each run leaves its summary in `repair_runs`.
 
 mod guard;
+pub mod requeue;
 pub mod words;
 
 use std::collections::{BTreeMap, BTreeSet};

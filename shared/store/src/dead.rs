@@ -378,6 +378,28 @@ impl Store {
             .await?)
     }
 
+    /// The audit trail, newest first.
+    pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT at, operator, action, target, count FROM operator_actions
+                 ORDER BY id DESC LIMIT $1",
+                &[&limit.max(1)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEntry {
+                at: r.get(0),
+                operator: r.get(1),
+                action: r.get(2),
+                target: r.get(3),
+                count: r.get(4),
+            })
+            .collect())
+    }
+
     /// Writes an operator action to the audit trail.
     pub async fn audit(
         &self,
@@ -398,6 +420,21 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// One line of the audit trail.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    /// When.
+    pub at: OffsetDateTime,
+    /// Who (an operator, or `fleet`).
+    pub operator: String,
+    /// What: requeue, purge, restore, reveal, …
+    pub action: String,
+    /// On what, in words.
+    pub target: String,
+    /// On how many.
+    pub count: i32,
 }
 
 /// Parks one letter in the caller's transaction; returns its id.

@@ -16,6 +16,7 @@ use skeelo_domain::outcome::{EventResult, Outcome};
 use skeelo_domain::policy::Failure;
 use skeelo_domain::product::Product;
 
+pub mod accounts;
 pub mod apply;
 pub mod dead;
 mod migrate;

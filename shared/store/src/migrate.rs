@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "self_heal",
         include_str!("../../../migrations/0007_self_heal.sql"),
     ),
+    (
+        8,
+        "console",
+        include_str!("../../../migrations/0008_console.sql"),
+    ),
 ];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.

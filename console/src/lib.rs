@@ -1,0 +1,84 @@
+//! `skeelo-console`: the operators' web console. Server-rendered pages (askama
+//! templates, no front-end build, usable without JavaScript) over the same database
+//! and broker as the fleet. It never originates lifecycle events — the ERP is the
+//! source of truth — it reads, explains and requeues.
+//!
+//! Access: accounts from `skeelo-ops user` (Argon2id), two roles (viewer, operator),
+//! a session cookie that is `Secure`, `HttpOnly` and `SameSite=Strict`, and an
+//! anti-forgery token in every form, checked on every action. Personal data is masked
+//! everywhere unless an operator reveals it, and every action and reveal is in the
+//! audit trail. A search by CPF is a POST, so the number never reaches a URL or a log.
+
+mod auth;
+mod i18n;
+mod pages;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use skeelo_store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// What the console needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `DATABASE_URL`: the fleet's database.
+    pub database_url: String,
+    /// `AMQP_URL`: the fleet's broker, for requeues.
+    pub amqp_url: String,
+    /// How long a session lasts.
+    pub session_ttl: Duration,
+}
+
+pub(crate) struct App {
+    pub(crate) settings: Settings,
+    pub(crate) store: Store,
+}
+
+/// The console's routes over `store`.
+pub fn router(settings: Settings, store: Store) -> Router {
+    let app = Arc::new(App { settings, store });
+    Router::new()
+        .route("/", get(pages::overview::page))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/dead", get(pages::dead::groups))
+        .route("/dead/{id}", get(pages::dead::one))
+        .route("/dead/{id}/reveal", post(pages::dead::reveal))
+        .route("/dead/requeue", post(pages::dead::confirm))
+        .route("/dead/requeue/confirmed", post(pages::dead::requeue))
+        .route("/subscribers", get(pages::subscribers::list))
+        .route("/subscribers/search", post(pages::subscribers::search))
+        .route("/contract/{id}", get(pages::contract::page))
+        .route("/audit", get(pages::audit::page))
+        .route("/style.css", get(pages::style))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(app)
+}
+
+/// Serves the console on `listener` until `stop`.
+pub async fn serve(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = Store::connect(&settings.database_url, 8)?;
+    store.migrate().await?;
+    let app = router(settings, store);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+/// Where a console listens by default: this machine only (put TLS in front of it to
+/// serve others; its cookies are `Secure`).
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8088";
+
+/// Binds `addr` (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    Ok(tokio::net::TcpListener::bind(addr).await?)
+}

@@ -1,0 +1,90 @@
+//! `skeelo-console`: the operators' web console.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// The operators' web console for the Skeelo bridge: dead letters, subscribers, a
+/// contract's story and the audit trail, in a browser (English or Portuguese).
+///
+/// Reads the fleet's environment. Accounts are made with `skeelo-ops user add`.
+/// Cookies are Secure: serve it on localhost, or behind TLS.
+///
+/// Example:
+///   printf '%s\n' "$PASSWORD" | skeelo-ops user add ana --role operator
+///   skeelo-console            # http://127.0.0.1:8088
+#[derive(Parser, Debug)]
+#[command(
+    name = "skeelo-console",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
+struct Cli {
+    /// PostgreSQL (the fleet's).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// RabbitMQ (the fleet's), for requeues.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    amqp_url: String,
+    /// Where the console listens.
+    #[arg(long, env = "SKEELO_CONSOLE_ADDR", default_value = skeelo_console::DEFAULT_ADDR)]
+    addr: SocketAddr,
+    /// How long a session lasts, in hours.
+    #[arg(long, env = "SKEELO_CONSOLE_SESSION_HOURS", default_value_t = 8)]
+    session_hours: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    skeelo_telemetry::logs::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = skeelo_console::Settings {
+        database_url: cli.database_url,
+        amqp_url: cli.amqp_url,
+        session_ttl: Duration::from_secs(cli.session_hours.clamp(1, 24 * 30) * 3600),
+    };
+    let stop = CancellationToken::new();
+    let result = runtime.block_on(async {
+        let listener = skeelo_console::bind(cli.addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "skeelo-console listening");
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            on_signal.cancel();
+        });
+        #[cfg(unix)]
+        {
+            let on_term = stop.clone();
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                tokio::spawn(async move {
+                    term.recv().await;
+                    on_term.cancel();
+                });
+            }
+        }
+        skeelo_console::serve(settings, listener, stop).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The console in a real headless Chromium (Debian's `chromium` and `chromedriver`,
+//! through WebDriver), against a real fleet, broker, database and partner fake:
+//! signing in as viewer and operator, what a viewer may not do, an operator requeueing
+//! an `unknown_product` group once the product appears, a subscriber found by CPF with
+//! personal data masked, forms without the anti-forgery token refused, and no CPF,
+//! e-mail or phone of the test subjects in any page, URL or server log line.
+//!
+//! With `CONSOLE_SCREENSHOTS=DIR`, each page's screenshot is saved there (the README's
+//! come from here).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use skeelo_domain::event::EventType::Sync;
+use skeelo_domain::outcome::Outcome;
+use skeelo_domain::sample;
+use skeelo_store::accounts::Role;
+use skeelo_tests::World;
+
+const WAIT: Duration = Duration::from_secs(30);
+const PASSWORD: &str = "correct horse battery";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A process killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_http(url: &str) {
+    let deadline = Instant::now() + WAIT;
+    while reqwest::get(url).await.is_err() {
+        assert!(Instant::now() < deadline, "{url} never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The console binary on a free port, its log in `log`.
+async fn console(w: &World, log: &PathBuf) -> (Running, String) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_skeelo-console"))
+        .env("DATABASE_URL", &w.database_url)
+        .env("AMQP_URL", &w.amqp_url)
+        .env("SKEELO_CONSOLE_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("a log file"))
+        .spawn()
+        .expect("skeelo-console starts");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/healthz")).await;
+    (Running(child), base)
+}
+
+/// ChromeDriver on a free port, and a headless Chromium session through it.
+async fn browser(lang: &str) -> (Running, Client) {
+    // The WebDriver client's TLS (unused here: the driver is on localhost) needs one
+    // crypto provider chosen for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let driver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian's chromium-driver; deploy/test.sh installs it)");
+    let driver = Running(driver);
+    wait_http(&format!("http://127.0.0.1:{port}/status")).await;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1280,860",
+                     format!("--lang={lang}")],
+            "prefs": { "intl.accept_languages": lang },
+        }),
+    );
+    let client = ClientBuilder::rustls()
+        .expect("a TLS setup")
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a Chromium session");
+    (driver, client)
+}
+
+/// Everything seen: each page's HTML and URL, checked for personal data at the end.
+#[derive(Default)]
+struct Seen(Vec<(String, String)>);
+
+impl Seen {
+    async fn page(&mut self, c: &Client, shot: &str) -> String {
+        let html = c.source().await.expect("the page");
+        let url = c.current_url().await.expect("the url").to_string();
+        self.0.push((url, html.clone()));
+        if let Some(dir) = std::env::var_os("CONSOLE_SCREENSHOTS") {
+            let png = c.screenshot().await.expect("a screenshot");
+            std::fs::create_dir_all(&dir).expect("the screenshots folder");
+            std::fs::write(PathBuf::from(dir).join(format!("{shot}.png")), png)
+                .expect("the screenshot saved");
+        }
+        html
+    }
+}
+
+async fn sign_in(c: &Client, base: &str, name: &str) {
+    c.goto(&format!("{base}/login"))
+        .await
+        .expect("the login page");
+    c.find(Locator::Css("#name"))
+        .await
+        .expect("a name field")
+        .send_keys(name)
+        .await
+        .expect("typed");
+    c.find(Locator::Css("#password"))
+        .await
+        .expect("a password field")
+        .send_keys(PASSWORD)
+        .await
+        .expect("typed");
+    c.find(Locator::Css("#sign-in"))
+        .await
+        .expect("the button")
+        .click()
+        .await
+        .expect("clicked");
+    c.wait()
+        .for_element(Locator::Css("#user"))
+        .await
+        .expect("signed in");
+}
+
+/// Waits for an element only the next page has (a click returns before it loads).
+async fn arrived(c: &Client, css: &str) {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} never appeared: {e}"));
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+}
+
+/// A signed-in HTTP session (no browser), for requests a browser would not send. The
+/// cookie is carried by hand: it is `Secure`, which a cookie jar keeps off plain HTTP.
+struct Http {
+    client: reqwest::Client,
+    base: String,
+    cookie: String,
+}
+
+impl Http {
+    async fn sign_in(base: &str, name: &str) -> Http {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a client");
+        let r = client
+            .post(format!("{base}/login"))
+            .form(&[("name", name), ("password", PASSWORD)])
+            .send()
+            .await
+            .expect("signed in");
+        let cookie = r
+            .headers()
+            .get(reqwest::header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_default()
+            .to_string();
+        assert!(cookie.starts_with("skeelo_console="), "{}", r.status());
+        for attribute in ["HttpOnly", "Secure", "SameSite=Strict"] {
+            let set = r
+                .headers()
+                .get(reqwest::header::SET_COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(set.contains(attribute), "{set}");
+        }
+        Http {
+            client,
+            base: base.to_string(),
+            cookie,
+        }
+    }
+
+    async fn get(&self, path: &str) -> String {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header(reqwest::header::COOKIE, &self.cookie)
+            .send()
+            .await
+            .expect("an answer")
+            .text()
+            .await
+            .expect("a page")
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::StatusCode {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::COOKIE, &self.cookie)
+            .form(form)
+            .send()
+            .await
+            .expect("an answer")
+            .status()
+    }
+}
+
+fn csrf_of(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The personal data of the test subjects, as the ERP sent it and as digits.
+fn personal(events: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in events {
+        let s = &e["subscriber"];
+        for field in ["document", "email", "phone"] {
+            if let Some(v) = s[field].as_str() {
+                out.push(v.to_string());
+                let digits: String = v.chars().filter(char::is_ascii_digit).collect();
+                if digits.len() >= 8 {
+                    out.push(digits);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
+    let mut w = World::new().await.expect("world");
+    w.sim.remove_product("SKEELO-MINIBOOKS");
+    let settings = w.settings();
+    w.start_fleet(settings).await.expect("fleet");
+    let store = skeelo_store::Store::connect(&w.database_url, 2).expect("store");
+    store
+        .put_account("vera", PASSWORD, Role::Viewer, None)
+        .await
+        .expect("viewer");
+    store
+        .put_account("otto", PASSWORD, Role::Operator, None)
+        .await
+        .expect("operator");
+    store
+        .put_account("paula", PASSWORD, Role::Viewer, Some("pt-BR"))
+        .await
+        .expect("viewer in Portuguese");
+
+    // Three sign-ups naming a product Skeelo does not sell yet, and one that works.
+    let parked: Vec<Value> = (1..=3)
+        .map(|i| {
+            sample::event(
+                Sync,
+                &format!("CN{i}"),
+                1,
+                &["SKEELO-EBOOKS", "SKEELO-MINIBOOKS"],
+            )
+        })
+        .collect();
+    let fine = sample::event(Sync, "CN9", 1, &["SKEELO-EBOOKS"]);
+    let all: Vec<Value> = parked.iter().chain([&fine]).cloned().collect();
+    for e in &all {
+        w.publish(e).await.expect("published");
+    }
+    w.wait_for_events(&all, WAIT).await.expect("results");
+    assert_eq!(
+        w.result_for(&parked[0]).map(|r| r.outcome),
+        Some(Outcome::DeadLettered)
+    );
+
+    let log = std::env::temp_dir().join(format!("skeelo-console-{}.log", free_port()));
+    let (_console, base) = console(&w, &log).await;
+    let mut seen = Seen::default();
+
+    // A viewer reads, and has no way to act.
+    let (_driver, c) = browser("en-US").await;
+    c.goto(&format!("{base}/")).await.expect("the console");
+    seen.page(&c, "login").await;
+    sign_in(&c, &base, "vera").await;
+    arrived(&c, "#parked-total").await;
+    let html = seen.page(&c, "overview").await;
+    assert!(html.contains("Dead letters parked now"), "{html}");
+    click(&c, "#nav-dead").await;
+    arrived(&c, "#groups").await;
+    let html = seen.page(&c, "dead-letters-viewer").await;
+    assert!(html.contains("unknown_product"), "{html}");
+    assert!(
+        !html.contains("requeue-group"),
+        "a viewer sees no requeue button"
+    );
+    assert!(html.contains("Read-only account"));
+
+    // Even a hand-made request with the viewer's own token is refused.
+    let vera = Http::sign_in(&base, "vera").await;
+    let token = csrf_of(&vera.get("/dead").await);
+    assert!(!token.is_empty());
+    let forbidden = reqwest::StatusCode::FORBIDDEN;
+    assert_eq!(
+        vera.post(
+            "/dead/requeue",
+            &[("csrf", &token), ("class", "unknown_product")]
+        )
+        .await,
+        forbidden
+    );
+    assert_eq!(
+        vera.post("/dead/1/reveal", &[("csrf", &token)]).await,
+        forbidden,
+        "a viewer cannot reveal"
+    );
+
+    // An operator's form without the anti-forgery token, or with another session's,
+    // is refused.
+    let otto = Http::sign_in(&base, "otto").await;
+    let own = csrf_of(&otto.get("/dead").await);
+    assert_ne!(own, token);
+    for form in [
+        vec![("class", "unknown_product")],
+        vec![("csrf", token.as_str()), ("class", "unknown_product")],
+    ] {
+        assert_eq!(otto.post("/dead/requeue/confirmed", &form).await, forbidden);
+    }
+    assert_eq!(
+        w.dead_letters("parked").await.expect("letters").len(),
+        3,
+        "nothing was requeued by refused forms"
+    );
+
+    // The operator requeues the group once Skeelo sells the product.
+    click(&c, "form[action='/logout'] button").await;
+    arrived(&c, "#sign-in").await;
+    sign_in(&c, &base, "otto").await;
+    w.sim.add_product("SKEELO-MINIBOOKS", "Skeelo Minibooks");
+    click(&c, "#nav-dead").await;
+    arrived(&c, "#groups").await;
+    let html = seen.page(&c, "dead-letters").await;
+    assert!(html.contains("requeue-group"), "{html}");
+    click(&c, "#letters a[href^='/dead/']").await;
+    arrived(&c, "#body").await;
+    let html = seen.page(&c, "dead-letter").await;
+    assert!(html.contains("products Skeelo does not sell"), "{html}");
+    c.back().await.expect("back");
+    arrived(&c, "#groups").await;
+    click(&c, "button.requeue-group[data-class=unknown_product]").await;
+    arrived(&c, "#confirm").await;
+    let html = seen.page(&c, "requeue-confirm").await;
+    let count = c
+        .find(Locator::Css("#count"))
+        .await
+        .expect("the count")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(count, "3", "{html}");
+    click(&c, "#confirm").await;
+    arrived(&c, "#requeued").await;
+    let html = seen.page(&c, "requeued").await;
+    assert!(html.contains("3</b> dead letter(s) sent back"), "{html}");
+    let deadline = Instant::now() + WAIT;
+    while !parked.iter().all(|e| {
+        w.results().iter().any(|r| {
+            r.event_id == e["event_id"].as_str().unwrap_or_default()
+                && r.outcome == Outcome::Applied
+        })
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the requeued events were not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(w.sim.subscription("CN1").is_some());
+
+    // A subscriber found by CPF, in any punctuation, masked; the CPF in no URL.
+    click(&c, "#nav-subscribers").await;
+    arrived(&c, "#subscribers").await;
+    seen.page(&c, "subscribers").await;
+    let cpf = fine["subscriber"]["document"]
+        .as_str()
+        .expect("a CPF")
+        .to_string();
+    let digits: String = cpf.chars().filter(char::is_ascii_digit).collect();
+    let punctuated = format!(
+        "{}.{}.{}-{}",
+        &digits[0..3],
+        &digits[3..6],
+        &digits[6..9],
+        &digits[9..11]
+    );
+    c.find(Locator::Css("#q"))
+        .await
+        .expect("the search field")
+        .send_keys(&punctuated)
+        .await
+        .expect("typed");
+    click(&c, "#search").await;
+    arrived(&c, "#searched").await;
+    let html = seen.page(&c, "subscriber-search").await;
+    assert!(html.contains("/contract/CN9"), "{html}");
+    click(&c, "a[href='/contract/CN9']").await;
+    arrived(&c, "#should-be").await;
+    let html = seen.page(&c, "contract").await;
+    assert!(html.contains("SKEELO-EBOOKS"), "{html}");
+    click(&c, "#nav-audit").await;
+    arrived(&c, "#audit").await;
+    let html = seen.page(&c, "audit").await;
+    assert!(html.contains("otto") && html.contains("requeue"), "{html}");
+    c.close().await.expect("closed");
+
+    // Portuguese for an account that chose it.
+    let (_driver_pt, c) = browser("en-US").await;
+    sign_in(&c, &base, "paula").await;
+    arrived(&c, "#parked-total").await;
+    let html = seen.page(&c, "visao-geral").await;
+    assert!(html.contains("Mensagens paradas agora"), "{html}");
+    click(&c, "#nav-dead").await;
+    arrived(&c, "#groups").await;
+    let html = seen.page(&c, "mensagens-paradas").await;
+    assert!(html.contains("Conta só de leitura"), "{html}");
+    // On a phone's screen.
+    c.set_window_size(390, 844)
+        .await
+        .expect("a phone-sized window");
+    click(&c, "#nav-subscribers").await;
+    arrived(&c, "#subscribers").await;
+    let html = seen.page(&c, "assinantes-celular").await;
+    assert!(html.contains("Assinantes"), "{html}");
+    c.close().await.expect("closed");
+
+    // No personal data of the test subjects anywhere people or logs can see it.
+    let secrets = personal(&all);
+    assert!(!secrets.is_empty());
+    for (url, html) in &seen.0 {
+        for s in &secrets {
+            assert!(!url.contains(s.as_str()), "{s} in the URL {url}");
+            assert!(!html.contains(s.as_str()), "{s} in the page {url}");
+        }
+    }
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("signed in"), "the log is read: {logged}");
+    for s in &secrets {
+        assert!(!logged.contains(s.as_str()), "{s} in the console's log");
+    }
+    let _ = std::fs::remove_file(&log);
+    w.close().await.expect("cleanup");
+}

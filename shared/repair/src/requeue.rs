@@ -1,0 +1,76 @@
+//! Sending parked dead letters back, as operators do from the command line or the
+//! console: every letter matching a filter (not a page of them), each marked requeued
+//! only once the broker confirmed its copy, and one line in the audit trail.
+
+use serde::Serialize;
+use serde_json::json;
+use skeelo_broker::{self as broker, Publisher};
+use skeelo_store::dead::Filter;
+use skeelo_store::{Store, StoreError};
+
+/// What a requeue did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Requeued {
+    /// The letters sent back (their copies confirmed by the broker).
+    pub ids: Vec<i64>,
+    /// Why it stopped before the last match, if it did (the rest stay parked).
+    pub stopped_early: Option<String>,
+}
+
+/// Letters read from the database at once.
+const PAGE: i64 = 500;
+
+/// Requeues every parked letter matching `filter` as `who`; `what` describes the
+/// selection in the audit trail; `progress` hears the count so far.
+pub async fn matching(
+    store: &Store,
+    publisher: &Publisher,
+    filter: &Filter,
+    who: &str,
+    what: &str,
+    progress: &mut (dyn FnMut(usize) + Send),
+) -> Result<Requeued, StoreError> {
+    let mut ids = Vec::new();
+    let mut stopped_early = None;
+    // Page through the matches: each requeued letter leaves the parked set.
+    'pages: loop {
+        let page = store.dead_letters(filter, PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        let mut moved = false;
+        for d in page {
+            let message_id = d
+                .event_id
+                .clone()
+                .or(d.message_id.clone())
+                .unwrap_or_default();
+            if let Err(e) =
+                broker::requeue_letter(publisher, d.id, &d.routing_key, &message_id, &d.body).await
+            {
+                stopped_early = Some(format!("dead letter {}: {e}", d.id));
+                break 'pages;
+            }
+            if store.mark_requeued(d.id, who).await? {
+                ids.push(d.id);
+                moved = true;
+            }
+            progress(ids.len());
+        }
+        if !moved {
+            // Every letter of the page was taken by someone else meanwhile.
+            break;
+        }
+    }
+    let shown: Vec<i64> = ids.iter().take(1000).copied().collect();
+    store
+        .audit(
+            who,
+            "requeue",
+            what,
+            ids.len() as i64,
+            &json!({ "ids": shown }),
+        )
+        .await?;
+    Ok(Requeued { ids, stopped_early })
+}
