@@ -17,8 +17,9 @@ use crate::i18n::{Lang, Words};
 use crate::pages::{render, Page};
 use crate::App;
 
-/// The session cookie.
-const COOKIE_NAME: &str = "skeelo_console";
+/// The session cookie. `__Host-`: the browser takes it only from this host, Secure,
+/// for the whole path, so a sibling subdomain cannot plant one.
+const COOKIE_NAME: &str = "__Host-skeelo_console";
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -162,6 +163,11 @@ pub(crate) async fn login(
     headers: HeaderMap,
     Form(c): Form<Credentials>,
 ) -> Response {
+    // Each check costs tens of milliseconds and 19 MiB by design: a few at a time, so
+    // a flood of sign-ins cannot take the console's memory or its database pool.
+    let Ok(_turn) = app.sign_ins.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    };
     match app
         .store
         .sign_in(c.name.trim(), &c.password, app.settings.session_ttl)
@@ -220,7 +226,7 @@ pub(crate) async fn logout(
     response.headers_mut().insert(
         SET_COOKIE,
         HeaderValue::from_static(
-            "skeelo_console=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+            "__Host-skeelo_console=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
         ),
     );
     response
@@ -235,7 +241,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             COOKIE,
-            HeaderValue::from_static("a=1; skeelo_console=abc; b=2"),
+            HeaderValue::from_static("a=1; __Host-skeelo_console=abc; b=2"),
         );
         assert_eq!(cookie(&h, COOKIE_NAME).as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "missing"), None);

@@ -17,6 +17,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::http::header::{self, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use skeelo_store::Store;
@@ -36,11 +41,17 @@ pub struct Settings {
 pub(crate) struct App {
     pub(crate) settings: Settings,
     pub(crate) store: Store,
+    /// Sign-ins checked at once.
+    pub(crate) sign_ins: tokio::sync::Semaphore,
 }
 
 /// The console's routes over `store`.
 pub fn router(settings: Settings, store: Store) -> Router {
-    let app = Arc::new(App { settings, store });
+    let app = Arc::new(App {
+        settings,
+        store,
+        sign_ins: tokio::sync::Semaphore::new(2),
+    });
     Router::new()
         .route("/", get(pages::overview::page))
         .route("/login", get(auth::login_page).post(auth::login))
@@ -56,7 +67,56 @@ pub fn router(settings: Settings, store: Store) -> Router {
         .route("/audit", get(pages::audit::page))
         .route("/style.css", get(pages::style))
         .route("/healthz", get(|| async { "ok" }))
+        .layer(middleware::from_fn(guard))
         .with_state(app)
+}
+
+/// What every answer carries, and what every form must come from. Pages hold
+/// personal data (masked, or revealed on request): not cached, not framed, no referrer
+/// sent to other sites (`same-origin`: with `no-referrer` a browser sends its own forms
+/// with `Origin: null`), nothing loaded from elsewhere. A POST whose `Origin` is another site's is
+/// refused before it reaches a handler (the session's token guards the rest; this also
+/// covers the sign-in form, which has no session yet).
+async fn guard(request: Request, next: Next) -> Response {
+    if request.method() == Method::POST {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok());
+        if let (Some(origin), Some(host)) = (origin, host) {
+            let same = origin
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest == host);
+            if !same {
+                tracing::warn!("a form posted from another site was refused");
+                return (
+                    StatusCode::FORBIDDEN,
+                    "forms are accepted from this console only",
+                )
+                    .into_response();
+            }
+        }
+    }
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// Serves the console on `listener` until `stop`.

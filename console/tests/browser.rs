@@ -190,7 +190,11 @@ impl Http {
             .and_then(|v| v.split(';').next())
             .unwrap_or_default()
             .to_string();
-        assert!(cookie.starts_with("skeelo_console="), "{}", r.status());
+        assert!(
+            cookie.starts_with("__Host-skeelo_console="),
+            "{}",
+            r.status()
+        );
         for attribute in ["HttpOnly", "Secure", "SameSite=Strict"] {
             let set = r
                 .headers()
@@ -218,6 +222,17 @@ impl Http {
             .expect("a page")
     }
 
+    async fn headers(&self, path: &str) -> reqwest::header::HeaderMap {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header(reqwest::header::COOKIE, &self.cookie)
+            .send()
+            .await
+            .expect("an answer")
+            .headers()
+            .clone()
+    }
+
     async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::StatusCode {
         self.client
             .post(format!("{}{path}", self.base))
@@ -243,7 +258,7 @@ fn personal(events: &[Value]) -> Vec<String> {
     let mut out = Vec::new();
     for e in events {
         let s = &e["subscriber"];
-        for field in ["document", "email", "phone"] {
+        for field in ["document", "email", "phone", "name"] {
             if let Some(v) = s[field].as_str() {
                 out.push(v.to_string());
                 let digits: String = v.chars().filter(char::is_ascii_digit).collect();
@@ -288,7 +303,9 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
         })
         .collect();
     let fine = sample::event(Sync, "CN9", 1, &["SKEELO-EBOOKS"]);
-    let all: Vec<Value> = parked.iter().chain([&fine]).cloned().collect();
+    // Names a product Skeelo will still not sell after the group's requeue.
+    let stuck = sample::event(Sync, "CN5", 1, &["SKEELO-KIDS"]);
+    let all: Vec<Value> = parked.iter().chain([&fine, &stuck]).cloned().collect();
     for e in &all {
         w.publish(e).await.expect("published");
     }
@@ -350,9 +367,40 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     ] {
         assert_eq!(otto.post("/dead/requeue/confirmed", &form).await, forbidden);
     }
+    // Nor a search or a sign-out without it, nor a form from another site.
+    assert_eq!(
+        otto.post("/subscribers/search", &[("q", "CN9")]).await,
+        forbidden
+    );
+    assert_eq!(otto.post("/logout", &[]).await, forbidden);
+    let elsewhere = reqwest::Client::new()
+        .post(format!("{base}/login"))
+        .header(reqwest::header::ORIGIN, "https://evil.example")
+        .form(&[("name", "otto"), ("password", PASSWORD)])
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(elsewhere.status(), forbidden);
+    // Pages are not cached, framed or allowed to load from elsewhere.
+    let headers = otto.headers("/dead").await;
+    for (name, value) in [
+        ("cache-control", "no-store"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "same-origin"),
+    ] {
+        assert_eq!(
+            headers.get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name}"
+        );
+    }
+    assert!(headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("frame-ancestors 'none'")));
     assert_eq!(
         w.dead_letters("parked").await.expect("letters").len(),
-        3,
+        4,
         "nothing was requeued by refused forms"
     );
 
@@ -381,11 +429,11 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
         .text()
         .await
         .expect("text");
-    assert_eq!(count, "3", "{html}");
+    assert_eq!(count, "4", "{html}");
     click(&c, "#confirm").await;
     arrived(&c, "#requeued").await;
     let html = seen.page(&c, "requeued").await;
-    assert!(html.contains("3</b> dead letter(s) sent back"), "{html}");
+    assert!(html.contains("4</b> dead letter(s) sent back"), "{html}");
     let deadline = Instant::now() + WAIT;
     while !parked.iter().all(|e| {
         w.results().iter().any(|r| {
@@ -400,6 +448,80 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(w.sim.subscription("CN1").is_some());
+
+    // The one whose product is still not sold is parked again — and the requeue ended
+    // rather than taking it again and again. The operator reveals it (audited) and
+    // sends that one letter back, which parks it once more.
+    let db = w.db().await.expect("db");
+    let parked_again = async || -> i64 {
+        db.query_one(
+            "SELECT count(*) FROM dead_letters WHERE contract_id = 'CN5' AND state = 'parked'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0)
+    };
+    let deadline = Instant::now() + WAIT;
+    while parked_again().await != 1 {
+        assert!(Instant::now() < deadline, "CN5 was not parked again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    click(&c, "#nav-dead").await;
+    arrived(&c, "#groups").await;
+    click(&c, "#letters a[href^='/dead/']").await;
+    arrived(&c, "#reveal").await;
+    click(&c, "#reveal").await;
+    arrived(&c, "#requeue-one").await;
+    let revealed = c.source().await.expect("the page");
+    let email = stuck["subscriber"]["email"].as_str().expect("an e-mail");
+    assert!(
+        revealed.contains(email),
+        "an operator sees what the reveal shows"
+    );
+    click(&c, "#requeue-one").await;
+    arrived(&c, "#confirm").await;
+    let one = c
+        .find(Locator::Css("#count"))
+        .await
+        .expect("the count")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(one, "1");
+    click(&c, "#confirm").await;
+    arrived(&c, "#requeued").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state = 'requeued'),
+                        count(*) FILTER (WHERE state = 'parked')
+                 FROM dead_letters WHERE contract_id = 'CN5'",
+                &[],
+            )
+            .await
+            .expect("counts");
+        let (requeued, parked): (i64, i64) = (row.get(0), row.get(1));
+        assert!(requeued <= 2, "a requeue took a letter twice: {requeued}");
+        if requeued == 2 && parked == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CN5: {requeued} requeued, {parked} parked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let revealed_by: i64 = db
+        .query_one(
+            "SELECT count(*) FROM operator_actions WHERE operator = 'otto' AND action = 'reveal'",
+            &[],
+        )
+        .await
+        .expect("audit")
+        .get(0);
+    assert_eq!(revealed_by, 1, "the reveal is in the audit trail");
 
     // A subscriber found by CPF, in any punctuation, masked; the CPF in no URL.
     click(&c, "#nav-subscribers").await;

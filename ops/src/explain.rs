@@ -99,6 +99,15 @@ pub(crate) enum Finding {
     SkeeloUnreachable { error: String },
     /// Calls to Skeelo for this contract may still be on their way.
     CallsInFlight { for_seconds: u64 },
+    /// An event failed and is tried again by itself.
+    Retrying {
+        event_type: String,
+        attempt: i32,
+        at: String,
+        error: String,
+    },
+    /// The fleet is in outage mode for Skeelo: events wait in their queues.
+    Outage { since: String, error: String },
     /// A dead letter parked for people, and how to clear it.
     Parked {
         id: i64,
@@ -163,11 +172,26 @@ impl Fix {
     }
 }
 
+/// An outage note older than this is a process that stopped probing (it refreshes
+/// its note at least every 16 s while it probes).
+const OUTAGE_FRESH: Duration = Duration::from_secs(60);
+
 /// What Skeelo answered when asked now.
 #[derive(Debug, Clone)]
 pub(crate) enum Live {
     Holds(Option<Held>),
     Unreachable(String),
+}
+
+/// What the fleet is waiting for, as it noted it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Waiting {
+    /// Calls for this contract may still land for this long.
+    pub(crate) in_flight: Option<Duration>,
+    /// Its events going round again after a failure.
+    pub(crate) retries: Vec<skeelo_store::waits::Retry>,
+    /// Skeelo in outage mode (some process sees it so now).
+    pub(crate) outage: Option<skeelo_store::waits::Outage>,
 }
 
 /// Everything said about a contract, pure: the same inputs give the same findings.
@@ -177,13 +201,13 @@ pub(crate) fn findings(
     parked: &[DeadLetter],
     requeued: &[DeadLetter],
     live: &Live,
-    in_flight: Option<Duration>,
+    waiting: &Waiting,
     lang: Lang,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     let target = lifecycle::target(facts);
     // Letters sent back that no worker has handled yet (no line of their event since).
-    let waiting: Vec<(&DeadLetter, time::OffsetDateTime)> = requeued
+    let sent_back: Vec<(&DeadLetter, time::OffsetDateTime)> = requeued
         .iter()
         .filter_map(|l| l.requeued_at.map(|at| (l, at)))
         .filter(|(l, at)| {
@@ -210,7 +234,7 @@ pub(crate) fn findings(
         Target::Absent => out.push(Finding::AwaitingSync {
             recorded: history.iter().filter(|h| h.outcome == "deferred").count(),
             sync_parked: parked.iter().any(|l| l.event_type == "sync"),
-            sync_requeued: waiting.iter().any(|(l, _)| l.event_type == "sync"),
+            sync_requeued: sent_back.iter().any(|(l, _)| l.event_type == "sync"),
         }),
         Target::Withdrawn => out.push(Finding::CancelledBeforeSync),
         Target::Present(want) => match want.status {
@@ -270,7 +294,21 @@ pub(crate) fn findings(
             }
         }
     }
-    if let Some(d) = in_flight {
+    if let Some(o) = &waiting.outage {
+        out.push(Finding::Outage {
+            since: o.since.format(&Rfc3339).unwrap_or_default(),
+            error: mask::text(&o.last_error),
+        });
+    }
+    for r in &waiting.retries {
+        out.push(Finding::Retrying {
+            event_type: r.event_type.clone(),
+            attempt: r.attempt,
+            at: r.next_at.format(&Rfc3339).unwrap_or_default(),
+            error: mask::text(&r.last_error),
+        });
+    }
+    if let Some(d) = waiting.in_flight {
         out.push(Finding::CallsInFlight {
             for_seconds: d.as_secs().max(1),
         });
@@ -285,7 +323,7 @@ pub(crate) fn findings(
             fix: Fix::of(l),
         });
     }
-    for (l, at) in &waiting {
+    for (l, at) in &sent_back {
         out.push(Finding::Requeued {
             id: l.id,
             by: l.requeued_by.clone().unwrap_or_default(),
@@ -299,6 +337,8 @@ pub(crate) fn findings(
                 | Finding::Drift { .. }
                 | Finding::SkeeloUnreachable { .. }
                 | Finding::CallsInFlight { .. }
+                | Finding::Retrying { .. }
+                | Finding::Outage { .. }
                 | Finding::Parked { .. }
                 | Finding::Requeued { .. }
         )
@@ -401,10 +441,18 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             Ok(s) => Live::Holds(s.map(|s| s.held())),
             Err(e) => Live::Unreachable(mask::text(&e.to_string())),
         };
-        let in_flight = store
-            .calls_may_land(id)
-            .await
-            .with_context(|| format!("reading contract {id}'s calls in flight"))?;
+        let waiting = Waiting {
+            in_flight: store
+                .calls_may_land(id)
+                .await
+                .with_context(|| format!("reading contract {id}'s calls in flight"))?,
+            retries: store.retries_of(id).await?,
+            outage: store
+                .outages_now(OUTAGE_FRESH)
+                .await?
+                .into_iter()
+                .find(|o| o.downstream == "skeelo"),
+        };
         let story = Story {
             id,
             facts: &state.facts,
@@ -415,7 +463,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 &parked,
                 &requeued,
                 &live,
-                in_flight,
+                &waiting,
                 a.lang,
             ),
             live,

@@ -370,3 +370,82 @@ async fn a_subscriber_is_found_by_document_in_any_punctuation_and_revealed_only_
     assert!(String::from_utf8_lossy(&out.stderr).contains("en and pt-BR"));
     w.close().await.expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_waiting_for_its_next_attempt_and_an_outage_are_said() {
+    let mut w = World::new().await.expect("world");
+    let mut settings = w.settings();
+    settings.retry.delays = vec![Duration::from_secs(15)];
+    // Outage mode after the first round's three failures.
+    settings.outage.trip.consecutive = 3;
+    w.start_fleet(settings).await.expect("fleet");
+    let sync = ev(Sync, "XW1", 1);
+    w.publish(&sync).await.expect("published");
+    w.wait_for_events(std::slice::from_ref(&sync), WAIT)
+        .await
+        .expect("result");
+    // Skeelo fails every call: the suspend goes round again, and outage mode starts.
+    w.sim.set_faults(skeelo_sim::Faults {
+        error_rate: 1.0,
+        ..skeelo_sim::Faults::default()
+    });
+    w.publish(&ev(Suspend, "XW1", 2)).await.expect("published");
+    let db = w.db().await.expect("db");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let row = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM event_retries WHERE contract_id = 'XW1'),
+                        (SELECT count(*) FROM outages)",
+                &[],
+            )
+            .await
+            .expect("notes");
+        let (retries, outages): (i64, i64) = (row.get(0), row.get(1));
+        if retries > 0 && outages > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{retries} retries and {outages} outages noted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let en = explain(&w, "XW1", "en");
+    assert_has(
+        &en,
+        &[
+            "The suspend event failed",
+            "is tried again by itself at about",
+            "outage mode for Skeelo since",
+            "Nothing is lost",
+        ],
+    );
+    let pt = explain(&w, "XW1", "pt-BR");
+    println!("$ skeelo-ops explain XW1\n{en}\n$ skeelo-ops explain XW1 --lang pt-BR\n{pt}");
+    assert_has(
+        &pt,
+        &[
+            "tentado de novo sozinho",
+            "modo de indisponibilidade da Skeelo",
+        ],
+    );
+    // Once Skeelo answers, the notes go with the event's end.
+    w.sim.set_faults(skeelo_sim::Faults::default());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = db
+            .query_one(
+                "SELECT (SELECT count(*) FROM event_retries), (SELECT count(*) FROM outages)",
+                &[],
+            )
+            .await
+            .expect("notes");
+        if row.get::<_, i64>(0) == 0 && row.get::<_, i64>(1) == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the notes stayed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.close().await.expect("cleanup");
+}

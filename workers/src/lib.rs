@@ -358,6 +358,12 @@ async fn migrate_with_patience(store: &Store, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// This process, in the notes other programs read (the outage table).
+fn process() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| uuid::Uuid::new_v4().to_string())
+}
+
 #[derive(Clone, Copy)]
 enum Probe {
     Skeelo,
@@ -403,12 +409,24 @@ async fn probe(app: Arc<App>, which: Probe, stop: CancellationToken) {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(downstream = health.name, error = %e, "still down");
+                    if let Probe::Skeelo = which {
+                        // Seen by `skeelo-ops explain`; refreshed on every probe, so a
+                        // row a stopped process left behind soon reads as stale.
+                        if let Err(w) = app.store.outage_seen(health.name, process(), &e).await {
+                            tracing::debug!(error = %w, "could not note the outage");
+                        }
+                    }
                     pause = (pause * 2).min(app.settings.outage.probe_interval * 8);
                 }
             }
         }
         health.recovered();
         gauge.set(0);
+        if let Probe::Skeelo = which {
+            if let Err(w) = app.store.outage_over(health.name, process()).await {
+                tracing::debug!(error = %w, "could not note the outage's end");
+            }
+        }
     }
 }
 

@@ -28,15 +28,16 @@ pub(crate) struct Selection {
     class: String,
     #[serde(default, rename = "type")]
     event_type: String,
+    /// One letter (text: a form's flattened fields arrive as text).
     #[serde(default)]
-    id: Option<i64>,
+    id: Option<String>,
 }
 
 impl Selection {
     fn filter(&self) -> Filter {
         let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
         Filter {
-            ids: self.id.into_iter().collect(),
+            ids: self.id().into_iter().collect(),
             state: Some(LetterState::Parked),
             reason: some(&self.reason),
             error_class: some(&self.class),
@@ -45,9 +46,13 @@ impl Selection {
         }
     }
 
+    fn id(&self) -> Option<i64> {
+        self.id.as_deref().and_then(|i| i.trim().parse().ok())
+    }
+
     fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if let Some(id) = self.id {
+        if let Some(id) = self.id() {
             parts.push(format!("id {id}"));
         }
         for (k, v) in [
@@ -285,9 +290,9 @@ pub(crate) struct Requeue {
     csrf: String,
     #[serde(flatten)]
     selection: Selection,
-    /// The count the operator confirmed (the confirmation page's).
+    /// The count the operator confirmed (the confirmation page's), as text.
     #[serde(default)]
-    expect: Option<i64>,
+    expect: Option<String>,
 }
 
 #[derive(Template)]
@@ -319,7 +324,7 @@ pub(crate) async fn confirm(
         page: signed.page(),
         count,
         what: r.selection.describe(),
-        id: r.selection.id.map(|i| i.to_string()).unwrap_or_default(),
+        id: r.selection.id().map(|i| i.to_string()).unwrap_or_default(),
         reason: r.selection.reason,
         class: r.selection.class,
         event_type: r.selection.event_type,
@@ -335,7 +340,10 @@ struct Done {
     what: String,
 }
 
-/// Requeues every parked letter of the selection (as confirmed).
+/// Requeues every parked letter of the selection, if it is still the count the
+/// operator confirmed (otherwise asks again with the new count). It runs in a task of
+/// its own, so a browser that gives up waiting does not stop it half-way (its audit
+/// line is written when it ends).
 pub(crate) async fn requeue(
     State(app): State<Arc<App>>,
     signed: Signed,
@@ -344,26 +352,48 @@ pub(crate) async fn requeue(
     if let Some(resp) = signed.refused_action(&r.csrf) {
         return resp;
     }
+    let filter = r.selection.filter();
+    let now = match app.store.count_dead_letters(&filter).await {
+        Ok(n) => n,
+        Err(e) => return unavailable(e),
+    };
+    let expected: Option<i64> = r.expect.as_deref().and_then(|e| e.trim().parse().ok());
+    if expected != Some(now) {
+        return render(Confirm {
+            page: signed.page(),
+            count: now,
+            what: r.selection.describe(),
+            id: r.selection.id().map(|i| i.to_string()).unwrap_or_default(),
+            reason: r.selection.reason,
+            class: r.selection.class,
+            event_type: r.selection.event_type,
+        });
+    }
     let who = signed.session.account.name.clone();
     let what = format!("{} (console)", r.selection.describe());
-    let sent = async {
-        let connection = broker::connect(&app.settings.amqp_url, "skeelo-console requeue").await?;
-        let publisher = Publisher::open(&connection).await?;
-        let done = skeelo_repair::requeue::matching(
-            &app.store,
-            &publisher,
-            &r.selection.filter(),
-            &who,
-            &what,
-            &mut |_| {},
-        )
-        .await;
-        let _ = connection.close(200, "done".into()).await;
-        Ok::<_, anyhow::Error>(done?)
+    let task = {
+        let app = app.clone();
+        let (who, what) = (who.clone(), what.clone());
+        tokio::spawn(async move {
+            let connection =
+                broker::connect(&app.settings.amqp_url, "skeelo-console requeue").await?;
+            let publisher = Publisher::open(&connection).await?;
+            let done = skeelo_repair::requeue::matching(
+                &app.store,
+                &publisher,
+                &filter,
+                &who,
+                &what,
+                &mut |_| {},
+            )
+            .await;
+            let _ = connection.close(200, "done".into()).await;
+            Ok::<_, anyhow::Error>(done?)
+        })
     };
-    match sent.await {
-        Ok(done) => {
-            tracing::info!(user = %who, requeued = done.ids.len(), expected = r.expect.unwrap_or(-1), "requeued from the console");
+    match task.await {
+        Ok(Ok(done)) => {
+            tracing::info!(user = %who, requeued = done.ids.len(), "requeued from the console");
             render(Done {
                 page: signed.page(),
                 count: done.ids.len(),
@@ -371,6 +401,7 @@ pub(crate) async fn requeue(
                 what: r.selection.describe(),
             })
         }
+        Ok(Err(e)) => unavailable(e),
         Err(e) => unavailable(e),
     }
 }

@@ -103,6 +103,25 @@ pub(crate) async fn search(
     }
     let q = s.q.trim();
     let digits: String = q.chars().filter(char::is_ascii_digit).collect();
+    // Who looked up which subscriber is in the audit trail (the document masked).
+    let looked_for = if digits.len() == 11 || digits.len() == 14 {
+        format!("subscriber search by document {}", mask::document(&digits))
+    } else {
+        format!("subscriber search by contract {}", mask::text(q))
+    };
+    if let Err(e) = app
+        .store
+        .audit(
+            &signed.session.account.name,
+            "search",
+            &looked_for,
+            1,
+            &serde_json::json!({}),
+        )
+        .await
+    {
+        return unavailable(e);
+    }
     let found = async {
         let mut ids = Vec::new();
         if !q.is_empty() && app.store.contract(q).await?.is_some() {

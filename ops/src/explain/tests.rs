@@ -36,7 +36,15 @@ fn kinds(found: &[Finding]) -> Vec<String> {
 #[test]
 fn an_active_contract_that_skeelo_matches_has_access_and_nothing_pending() {
     let f = facts(&[(EventType::Sync, 1)]);
-    let found = findings(&f, &[], &[], &[], &held_as_target(&f), None, Lang::En);
+    let found = findings(
+        &f,
+        &[],
+        &[],
+        &[],
+        &held_as_target(&f),
+        &Waiting::default(),
+        Lang::En,
+    );
     assert_eq!(kinds(&found), ["has_access", "nothing_pending"]);
     assert_eq!(Lang::En.headline(&found), "HAS ACCESS");
     assert_eq!(Lang::PtBr.headline(&found), "TEM ACESSO");
@@ -45,7 +53,15 @@ fn an_active_contract_that_skeelo_matches_has_access_and_nothing_pending() {
 #[test]
 fn a_contract_without_its_sync_waits_for_it() {
     let f = facts(&[(EventType::Suspend, 2)]);
-    let found = findings(&f, &[], &[], &[], &Live::Holds(None), None, Lang::En);
+    let found = findings(
+        &f,
+        &[],
+        &[],
+        &[],
+        &Live::Holds(None),
+        &Waiting::default(),
+        Lang::En,
+    );
     assert_eq!(kinds(&found), ["awaiting_sync"]);
     assert!(Lang::En.headline(&found).contains("NO ACCESS YET"));
     assert!(Lang::PtBr.headline(&found).contains("SEM ACESSO AINDA"));
@@ -58,7 +74,15 @@ fn suspended_and_blocked_are_both_named() {
         (EventType::Suspend, 2),
         (EventType::Block, 3),
     ]);
-    let found = findings(&f, &[], &[], &[], &held_as_target(&f), None, Lang::En);
+    let found = findings(
+        &f,
+        &[],
+        &[],
+        &[],
+        &held_as_target(&f),
+        &Waiting::default(),
+        Lang::En,
+    );
     assert_eq!(kinds(&found), ["suspended", "blocked", "nothing_pending"]);
     assert_eq!(
         Lang::En.headline(&found),
@@ -73,7 +97,15 @@ fn an_active_contract_skeelo_cancelled_behind_the_back_is_drift() {
         panic!("a synced contract has a target");
     };
     h.status = Status::Cancelled;
-    let found = findings(&f, &[], &[], &[], &Live::Holds(Some(h)), None, Lang::En);
+    let found = findings(
+        &f,
+        &[],
+        &[],
+        &[],
+        &Live::Holds(Some(h)),
+        &Waiting::default(),
+        Lang::En,
+    );
     assert_eq!(kinds(&found), ["drift"]);
     assert!(Lang::En.finding(&found[0]).contains("should be active"));
     assert!(Lang::En.finding(&found[0]).contains("holds cancelled"));
@@ -89,7 +121,7 @@ fn skeelo_unreachable_is_said_and_nothing_is_claimed_about_access() {
         &[],
         &[],
         &Live::Unreachable("timeout".into()),
-        None,
+        &Waiting::default(),
         Lang::En,
     );
     assert_eq!(kinds(&found), ["skeelo_unreachable"]);
@@ -105,7 +137,10 @@ fn calls_in_flight_are_pending() {
         &[],
         &[],
         &held_as_target(&f),
-        Some(Duration::from_millis(2500)),
+        &Waiting {
+            in_flight: Some(Duration::from_millis(2500)),
+            ..Waiting::default()
+        },
         Lang::En,
     );
     assert_eq!(kinds(&found), ["has_access", "calls_in_flight"]);
@@ -170,6 +205,16 @@ fn every_finding_is_said_in_both_languages_differently() {
             by: "ana".into(),
             at: "2026-11-30T10:00:00Z".into(),
         },
+        Finding::Retrying {
+            event_type: "sync".into(),
+            attempt: 2,
+            at: "2026-11-30T10:00:00Z".into(),
+            error: "Skeelo failed".into(),
+        },
+        Finding::Outage {
+            since: "2026-11-30T10:00:00Z".into(),
+            error: "timeout".into(),
+        },
         Finding::NothingPending,
     ];
     for f in &all {
@@ -200,7 +245,7 @@ fn a_suspended_contract_skeelo_still_serves_has_access_against_the_facts() {
         &[],
         &[],
         &held_as_target(&active),
-        None,
+        &Waiting::default(),
         Lang::PtBr,
     );
     assert_eq!(kinds(&found), ["suspended", "drift"]);
@@ -220,9 +265,56 @@ fn products_that_differ_are_not_called_access_as_the_erp_says() {
         panic!("a synced contract has a target");
     };
     h.profile.products.clear();
-    let found = findings(&f, &[], &[], &[], &Live::Holds(Some(h)), None, Lang::En);
+    let found = findings(
+        &f,
+        &[],
+        &[],
+        &[],
+        &Live::Holds(Some(h)),
+        &Waiting::default(),
+        Lang::En,
+    );
     assert_eq!(kinds(&found), ["drift"]);
     assert!(Lang::En
         .headline(&found)
         .starts_with("HAS ACCESS at Skeelo"));
+}
+
+#[test]
+fn a_retry_and_an_outage_are_what_happens_next() {
+    let f = facts(&[(EventType::Sync, 1)]);
+    let at = time::OffsetDateTime::UNIX_EPOCH;
+    let waiting = Waiting {
+        in_flight: None,
+        retries: vec![skeelo_store::waits::Retry {
+            event_id: "e1".into(),
+            event_type: "suspend".into(),
+            attempt: 2,
+            next_at: at,
+            last_error: "Skeelo failed: 500".into(),
+        }],
+        outage: Some(skeelo_store::waits::Outage {
+            downstream: "skeelo".into(),
+            since: at,
+            last_error: "connection refused".into(),
+        }),
+    };
+    let found = findings(&f, &[], &[], &[], &held_as_target(&f), &waiting, Lang::En);
+    assert_eq!(kinds(&found), ["has_access", "outage", "retrying"]);
+    let said: Vec<String> = found.iter().map(|x| Lang::En.finding(x)).collect();
+    assert!(
+        said[1].contains("outage mode for Skeelo since 1970-01-01T00:00:00Z"),
+        "{said:?}"
+    );
+    assert!(
+        said[2].contains(
+            "tried again by itself at about 1970-01-01T00:00:00Z (2 attempt(s) used so far)"
+        ),
+        "{said:?}"
+    );
+    let pt: Vec<String> = found.iter().map(|x| Lang::PtBr.finding(x)).collect();
+    assert!(pt[2].contains("tentado de novo sozinho"), "{pt:?}");
+    assert!(Lang::En
+        .next(&found[2])
+        .is_some_and(|n| n.contains("parked as a dead letter")));
 }

@@ -299,6 +299,18 @@ impl Lang {
             (Lang::PtBr, Finding::SkeeloUnreachable { error }) => {
                 format!("A Skeelo não respondeu agora: {error}.")
             }
+            (Lang::En, Finding::Retrying { event_type, attempt, at, error }) => format!(
+                "The {event_type} event failed ({error}) and is tried again by itself at about {at} ({attempt} attempt(s) used so far)."
+            ),
+            (Lang::PtBr, Finding::Retrying { event_type, attempt, at, error }) => format!(
+                "O evento {event_type} falhou ({error}) e é tentado de novo sozinho por volta de {at} ({attempt} tentativa(s) usada(s) até agora)."
+            ),
+            (Lang::En, Finding::Outage { since, error }) => format!(
+                "The fleet is in outage mode for Skeelo since {since} ({error}): events wait in their queues."
+            ),
+            (Lang::PtBr, Finding::Outage { since, error }) => format!(
+                "A frota está em modo de indisponibilidade da Skeelo desde {since} ({error}): os eventos aguardam nas filas."
+            ),
             (Lang::En, Finding::CallsInFlight { for_seconds }) => format!(
                 "Calls to Skeelo for this contract may still land for up to {for_seconds} s."
             ),
@@ -384,6 +396,18 @@ impl Lang {
             }
             (Lang::PtBr, Finding::SkeeloUnreachable { .. }) => {
                 "Consulte de novo mais tarde; a frota repete as próprias chamadas sozinha.".into()
+            }
+            (Lang::En, Finding::Retrying { .. }) => {
+                "No one needs to act: if it keeps failing until its last attempt, it is parked as a dead letter with the command that clears it.".into()
+            }
+            (Lang::PtBr, Finding::Retrying { .. }) => {
+                "Ninguém precisa agir: se continuar falhando até a última tentativa, vira uma mensagem parada com o comando que a resolve.".into()
+            }
+            (Lang::En, Finding::Outage { .. }) => {
+                "Nothing is lost: the fleet asks Skeelo every few seconds and handles the waiting events as soon as it answers.".into()
+            }
+            (Lang::PtBr, Finding::Outage { .. }) => {
+                "Nada se perde: a frota consulta a Skeelo a cada poucos segundos e trata os eventos em espera assim que ela responder.".into()
             }
             (Lang::En, Finding::CallsInFlight { .. }) => {
                 "The next event of this contract reads Skeelo back before acting.".into()

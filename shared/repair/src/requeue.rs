@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::json;
 use skeelo_broker::{self as broker, Publisher};
-use skeelo_store::dead::Filter;
+use skeelo_store::dead::{Filter, LetterState};
 use skeelo_store::{Store, StoreError};
 
 /// What a requeue did.
@@ -18,10 +18,14 @@ pub struct Requeued {
 }
 
 /// Letters read from the database at once.
-const PAGE: i64 = 500;
+const PAGE: usize = 500;
+/// The most letters one requeue takes (a larger selection is narrowed first).
+pub const MOST: i64 = 100_000;
 
-/// Requeues every parked letter matching `filter` as `who`; `what` describes the
-/// selection in the audit trail; `progress` hears the count so far.
+/// Requeues the parked letters matching `filter` as `who` — those that match when it
+/// begins, no others: a letter the fleet parks again while this runs (its cause not
+/// cleared yet) waits for the next requeue, so a requeue always ends. `what` describes
+/// the selection in the audit trail; `progress` hears the count so far.
 pub async fn matching(
     store: &Store,
     publisher: &Publisher,
@@ -30,15 +34,20 @@ pub async fn matching(
     what: &str,
     progress: &mut (dyn FnMut(usize) + Send),
 ) -> Result<Requeued, StoreError> {
+    let selection = store.dead_letter_ids(filter, MOST).await?;
     let mut ids = Vec::new();
     let mut stopped_early = None;
-    // Page through the matches: each requeued letter leaves the parked set.
-    'pages: loop {
-        let page = store.dead_letters(filter, PAGE).await?;
-        if page.is_empty() {
-            break;
-        }
-        let mut moved = false;
+    'pages: for chunk in selection.chunks(PAGE) {
+        let page = store
+            .dead_letters(
+                &Filter {
+                    ids: chunk.to_vec(),
+                    state: Some(LetterState::Parked),
+                    ..Filter::default()
+                },
+                PAGE as i64,
+            )
+            .await?;
         for d in page {
             let message_id = d
                 .event_id
@@ -53,13 +62,8 @@ pub async fn matching(
             }
             if store.mark_requeued(d.id, who).await? {
                 ids.push(d.id);
-                moved = true;
             }
             progress(ids.len());
-        }
-        if !moved {
-            // Every letter of the page was taken by someone else meanwhile.
-            break;
         }
     }
     let shown: Vec<i64> = ids.iter().take(1000).copied().collect();

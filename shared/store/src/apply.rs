@@ -230,6 +230,7 @@ pub async fn write(
                            subscriber_id, skeelo_status)
                  WHERE c.id = n.id),
              u AS (DELETE FROM skeelo_uncertain WHERE contract_id = ANY($10::text[])),
+             w AS (DELETE FROM event_retries WHERE event_id = ANY($18::text[])),
              o AS (INSERT INTO results_outbox (event_id, routing_key, body)
                    SELECT * FROM unnest($27::text[], $28::text[], $29::jsonb[])),
              p AS (INSERT INTO processed_events

@@ -266,6 +266,24 @@ impl Store {
         Ok(rows.iter().map(letter).collect())
     }
 
+    /// The ids of every letter matching `filter`, in id order (a selection taken once,
+    /// so that letters parked again meanwhile are not taken in a second time).
+    pub async fn dead_letter_ids(
+        &self,
+        filter: &Filter,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let client = self.pool.get().await?;
+        let (cond, mut params) = filter.sql();
+        params.push(Box::new(limit.max(1)));
+        let sql = format!(
+            "SELECT id FROM dead_letters WHERE {cond} ORDER BY id LIMIT ${}",
+            params.len()
+        );
+        let rows = client.query(&sql, &refs(&params)).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// How many letters match `filter`.
     pub async fn count_dead_letters(&self, filter: &Filter) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;

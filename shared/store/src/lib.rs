@@ -25,6 +25,7 @@ pub mod repairs;
 pub mod reports;
 pub mod self_heal;
 pub mod tls;
+pub mod waits;
 
 /// What went wrong talking to PostgreSQL. Always worth another try later, except
 /// [`StoreError::Config`].

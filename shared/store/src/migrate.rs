@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "console",
         include_str!("../../../migrations/0008_console.sql"),
     ),
+    (
+        9,
+        "waits",
+        include_str!("../../../migrations/0009_waits.sql"),
+    ),
 ];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.

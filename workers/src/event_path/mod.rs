@@ -263,10 +263,11 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
                         .with_label_values(&[f.work.event.event_type.as_str()])
                         .inc();
                     let attempts = msg.envelope.attempts.saturating_add(1);
-                    delay(app, batch, msg, f.work.index, attempts, &f.error).await;
+                    let wait = delay(app, batch, msg, f.work.index, attempts, &f.error).await;
+                    note_retry(app, &f.work.event, attempts, wait, &f.error);
                 }
                 Next::Postpone => {
-                    delay(
+                    let wait = delay(
                         app,
                         batch,
                         msg,
@@ -275,6 +276,7 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
                         &f.error,
                     )
                     .await;
+                    note_retry(app, &f.work.event, msg.envelope.attempts, wait, &f.error);
                 }
                 Next::Requeue(after) => requeue_after(app, batch, f.work.index, after).await,
             }
@@ -288,7 +290,9 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
                 // again after the longest pause, never in a loop.
                 Next::Park(_) => requeue_after(app, batch, p.index, policy::MAX_PAUSE).await,
                 // Back later through a delay queue, at no cost; judged again then.
-                _ => delay(app, batch, msg, p.index, msg.envelope.attempts, &error).await,
+                _ => {
+                    delay(app, batch, msg, p.index, msg.envelope.attempts, &error).await;
+                }
             }
         }
         if !pause.is_zero() {
@@ -422,8 +426,34 @@ async fn wait_for_calls(
     again
 }
 
+/// Notes, where `skeelo-ops explain` reads it, that the event goes round again after
+/// `wait` (in the background: a note that cannot be written costs nothing but the note).
+fn note_retry(app: &App, event: &Event, attempts: u32, wait: Option<Duration>, error: &str) {
+    let Some(wait) = wait else {
+        return;
+    };
+    let store = app.store.clone();
+    let (id, contract, kind) = (
+        event.event_id.to_string(),
+        event.contract_id.to_string(),
+        event.event_type.as_str(),
+    );
+    let error = error.to_string();
+    let next_at = OffsetDateTime::now_utc() + wait;
+    let attempt = i32::try_from(attempts).unwrap_or(i32::MAX);
+    tokio::spawn(async move {
+        if let Err(e) = store
+            .note_retry(&id, Some(&contract), kind, attempt, next_at, &error)
+            .await
+        {
+            tracing::debug!(error = %e, "could not note the next attempt");
+        }
+    });
+}
+
 /// Sends a copy to the delay queue (confirmed), then acks the original; `attempts`
 /// is what the copy carries (one more than now for a round that costs an attempt).
+/// Returns the delay when the copy was sent.
 async fn delay(
     app: &App,
     batch: &Batch,
@@ -431,7 +461,7 @@ async fn delay(
     index: usize,
     attempts: u32,
     error: &str,
-) {
+) -> Option<Duration> {
     let delays = &app.settings.retry.delays;
     let step = usize::try_from(attempts.saturating_sub(1)).unwrap_or(usize::MAX);
     let step = if attempts == msg.envelope.attempts {
@@ -444,7 +474,7 @@ async fn delay(
         .copied()
     else {
         requeue_after(app, batch, index, Duration::from_secs(1)).await;
-        return;
+        return None;
     };
     let first = msg
         .envelope
@@ -474,6 +504,7 @@ async fn delay(
                 "will try again later"
             );
             batch.ack(index).await;
+            Some(wait)
         }
         Err(e) => {
             let refusals = app.broker_refusals.fetch_add(1, Ordering::Relaxed) + 1;
@@ -485,6 +516,7 @@ async fn delay(
             };
             tracing::error!(error = %e, pause_ms = after.as_millis() as u64, refusals, "could not hand the event to its delay queue; it goes back to its queue after a pause");
             requeue_after(app, batch, index, after).await;
+            None
         }
     }
 }
