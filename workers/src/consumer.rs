@@ -240,7 +240,7 @@ async fn watch_queues_until_lost(app: &App, connection: &Connection, lost: &Canc
             },
         }
     };
-    let mut queues: Vec<String> = EventType::ALL.into_iter().map(broker::queue_name).collect();
+    let mut queues = broker::operator_queues();
     queues.extend(
         app.settings
             .retry
@@ -248,41 +248,21 @@ async fn watch_queues_until_lost(app: &App, connection: &Connection, lost: &Canc
             .iter()
             .map(|d| broker::delay_queue_name(*d)),
     );
-    queues.push(broker::DEAD_QUEUE.to_string());
-    queues.push(broker::RESULTS_QUEUE.to_string());
-    let passive = lapin::options::QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
     let mut management_failing = Quiet::default();
     while !lost.is_cancelled() {
         read_unacked(app, &queues, &mut management_failing).await;
         for q in &queues {
-            match channel
-                .queue_declare(q.as_str().into(), passive, FieldTable::default())
+            let (messages, consumers) = broker::queue_depth(connection, &mut channel, q)
                 .await
-            {
-                Ok(info) => {
-                    app.metrics
-                        .queue_messages
-                        .with_label_values(&[q])
-                        .set(i64::from(info.message_count()));
-                    app.metrics
-                        .queue_consumers
-                        .with_label_values(&[q])
-                        .set(i64::from(info.consumer_count()));
-                }
-                // A passive declare of a missing queue closes the channel: say so, and
-                // go on with a new one.
-                Err(_) => {
-                    app.metrics.queue_consumers.with_label_values(&[q]).set(0);
-                    match connection.create_channel().await {
-                        Ok(c) => channel = c,
-                        // Tried again at the next round.
-                        Err(_) => break,
-                    }
-                }
-            }
+                .unwrap_or((0, 0));
+            app.metrics
+                .queue_messages
+                .with_label_values(&[q])
+                .set(i64::from(messages));
+            app.metrics
+                .queue_consumers
+                .with_label_values(&[q])
+                .set(i64::from(consumers));
         }
         tokio::select! {
             _ = lost.cancelled() => return,

@@ -13,7 +13,7 @@ use skeelo_domain::mask;
 use skeelo_store::dead::{Filter, LetterState};
 
 use super::dead::{history_rows, HistoryRow};
-use super::{refusal, render, unavailable, Page};
+use super::{refusal, render, skus, unavailable, Page};
 use crate::auth::Signed;
 use crate::App;
 
@@ -80,12 +80,7 @@ pub(crate) async fn page(
                         "v{} · {} · {}",
                         s.version.get(),
                         s.details.plan.code,
-                        s.details
-                            .products
-                            .iter()
-                            .map(|p| p.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        skus(&s.details.products)
                     )
                 })
                 .unwrap_or_else(|| "-".into()),
@@ -114,16 +109,7 @@ pub(crate) async fn page(
         .unwrap_or_default();
     let describe = |h: Option<&lifecycle::Held>| match h {
         None => "-".to_string(),
-        Some(h) => format!(
-            "{} [{}]",
-            h.status.as_str(),
-            h.profile
-                .products
-                .iter()
-                .map(|p| p.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Some(h) => format!("{} [{}]", h.status.as_str(), skus(&h.profile.products)),
     };
     let should_be = match lifecycle::target(f) {
         Target::Absent => "-".to_string(),

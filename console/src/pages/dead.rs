@@ -307,6 +307,19 @@ struct Confirm {
     id: String,
 }
 
+/// The page that says how many letters match now, and asks.
+fn ask(signed: &Signed, selection: Selection, count: i64) -> Response {
+    render(Confirm {
+        page: signed.page(),
+        count,
+        what: selection.describe(),
+        id: selection.id().map(|i| i.to_string()).unwrap_or_default(),
+        reason: selection.reason,
+        class: selection.class,
+        event_type: selection.event_type,
+    })
+}
+
 /// Says how many letters a requeue would send back, and asks.
 pub(crate) async fn confirm(
     State(app): State<Arc<App>>,
@@ -320,15 +333,7 @@ pub(crate) async fn confirm(
         Ok(n) => n,
         Err(e) => return unavailable(e),
     };
-    render(Confirm {
-        page: signed.page(),
-        count,
-        what: r.selection.describe(),
-        id: r.selection.id().map(|i| i.to_string()).unwrap_or_default(),
-        reason: r.selection.reason,
-        class: r.selection.class,
-        event_type: r.selection.event_type,
-    })
+    ask(&signed, r.selection, count)
 }
 
 #[derive(Template)]
@@ -359,15 +364,7 @@ pub(crate) async fn requeue(
     };
     let expected: Option<i64> = r.expect.as_deref().and_then(|e| e.trim().parse().ok());
     if expected != Some(now) {
-        return render(Confirm {
-            page: signed.page(),
-            count: now,
-            what: r.selection.describe(),
-            id: r.selection.id().map(|i| i.to_string()).unwrap_or_default(),
-            reason: r.selection.reason,
-            class: r.selection.class,
-            event_type: r.selection.event_type,
-        });
+        return ask(&signed, r.selection, now);
     }
     let who = signed.session.account.name.clone();
     let what = format!("{} (console)", r.selection.describe());

@@ -64,6 +64,15 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+/// SKUs as a list people read.
+pub(crate) fn skus(products: &[skeelo_domain::event::Sku]) -> String {
+    products
+        .iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A time as people read it (UTC, to the second).
 pub(crate) fn when(t: OffsetDateTime) -> String {
     t.replace_nanosecond(0)

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use skeelo_domain::mask;
 use skeelo_store::reports::SubscriberState;
 
-use super::{render, unavailable, Page};
+use super::{render, skus, unavailable, Page};
 use crate::auth::Signed;
 use crate::App;
 
@@ -185,14 +185,7 @@ fn row_of(contract: String, state: &skeelo_store::ContractState) -> Row {
         products: f
             .synced
             .as_ref()
-            .map(|s| {
-                s.details
-                    .products
-                    .iter()
-                    .map(|p| p.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
+            .map(|s| skus(&s.details.products))
             .unwrap_or_default(),
         updated: String::new(),
     }

@@ -745,6 +745,42 @@ impl Envelope {
     }
 }
 
+/// A queue's messages waiting and consumers, read with a passive declare on `channel`.
+/// `None` when the queue is missing (or the broker refused): the declare then closed
+/// the channel, and a fresh one from `connection` takes its place.
+pub async fn queue_depth(
+    connection: &Connection,
+    channel: &mut Channel,
+    queue: &str,
+) -> Option<(u32, u32)> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(info) => Some((info.message_count(), info.consumer_count())),
+        Err(_) => {
+            if let Ok(fresh) = connection.create_channel().await {
+                *channel = fresh;
+            }
+            None
+        }
+    }
+}
+
+/// Every queue of the topology an operator looks at: the work queues, the requeue
+/// queue, what RabbitMQ dead-lettered, and the results waiting for the ERP.
+pub fn operator_queues() -> Vec<String> {
+    let mut queues: Vec<String> = EventType::ALL.into_iter().map(queue_name).collect();
+    queues.push(REQUEUE_QUEUE.to_string());
+    queues.push(DEAD_QUEUE.to_string());
+    queues.push(RESULTS_QUEUE.to_string());
+    queues
+}
+
 /// Sends a parked dead letter back to the fleet through the requeue queue, with
 /// publisher confirms, naming the letter it came from (which keeps it in the partner
 /// rate's lowest lane).
