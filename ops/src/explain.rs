@@ -417,26 +417,17 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut docs = Vec::new();
     for (i, (id, state)) in known.iter().enumerate() {
         let history = store.history(id).await?;
-        let parked = store
-            .dead_letters(
-                &Filter {
-                    contract_id: Some(id.clone()),
-                    state: Some(LetterState::Parked),
-                    ..Filter::default()
-                },
-                20,
-            )
-            .await?;
-        let requeued = store
-            .dead_letters(
-                &Filter {
-                    contract_id: Some(id.clone()),
-                    state: Some(LetterState::Requeued),
-                    ..Filter::default()
-                },
-                20,
-            )
-            .await?;
+        let letters = |state| {
+            let filter = Filter {
+                contract_id: Some(id.clone()),
+                state: Some(state),
+                ..Filter::default()
+            };
+            let store = &store;
+            async move { store.dead_letters(&filter, 20).await }
+        };
+        let parked = letters(LetterState::Parked).await?;
+        let requeued = letters(LetterState::Requeued).await?;
         let live = match ask(&skeelo, id).await {
             Ok(s) => Live::Holds(s.map(|s| s.held())),
             Err(e) => Live::Unreachable(mask::text(&e.to_string())),
