@@ -117,22 +117,21 @@ impl Seen {
     }
 }
 
+async fn type_into(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+}
+
 async fn sign_in(c: &Client, base: &str, name: &str) {
     c.goto(&format!("{base}/login"))
         .await
         .expect("the login page");
-    c.find(Locator::Css("#name"))
-        .await
-        .expect("a name field")
-        .send_keys(name)
-        .await
-        .expect("typed");
-    c.find(Locator::Css("#password"))
-        .await
-        .expect("a password field")
-        .send_keys(PASSWORD)
-        .await
-        .expect("typed");
+    type_into(c, "#name", name).await;
+    type_into(c, "#password", PASSWORD).await;
     c.find(Locator::Css("#sign-in"))
         .await
         .expect("the button")
@@ -538,12 +537,7 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
         &digits[6..9],
         &digits[9..11]
     );
-    c.find(Locator::Css("#q"))
-        .await
-        .expect("the search field")
-        .send_keys(&punctuated)
-        .await
-        .expect("typed");
+    type_into(&c, "#q", &punctuated).await;
     click(&c, "#search").await;
     arrived(&c, "#searched").await;
     let html = seen.page(&c, "subscriber-search").await;

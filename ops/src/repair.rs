@@ -55,18 +55,19 @@ pub(crate) async fn run(
     }
     Ok(match report.state {
         "awaiting_approval" => ExitCode::from(STOPPED_BY_GUARD),
-        _ if report.left_for_people + report.failed > 0 => ExitCode::from(1),
+        _ if report.totals.left_for_people + report.totals.failed > 0 => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
     })
 }
 
 fn print(r: &Report) {
-    let kinds: Vec<String> = r.found.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let t = &r.totals;
+    let kinds: Vec<String> = t.found.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!(
         "repair run {}: compared {} contract(s) with Skeelo, {} differ{}",
         r.run,
-        r.compared,
-        r.differing,
+        t.compared,
+        t.differing,
         if kinds.is_empty() {
             String::new()
         } else {
@@ -113,10 +114,10 @@ fn print(r: &Report) {
     }
     println!(
         "{} repaired, {} left for people, {} failed{}",
-        r.repaired,
-        r.left_for_people,
-        r.failed,
-        if r.failed > 0 {
+        t.repaired,
+        t.left_for_people,
+        t.failed,
+        if t.failed > 0 {
             " (the next run tries the failed again)"
         } else {
             ""

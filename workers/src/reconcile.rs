@@ -47,8 +47,8 @@ pub(crate) async fn run(app: Arc<App>, stop: CancellationToken) {
                         if report.state == "awaiting_approval" {
                             tracing::error!(
                                 run = report.run,
-                                to_change = report.to_change,
-                                allowed = report.allowed,
+                                to_change = report.totals.to_change,
+                                allowed = report.totals.allowed,
                                 "the drift repair's guard stopped the run: nothing changed; review with `skeelo-ops check --drift-only` and approve with `skeelo-ops check --repair --approve {}`",
                                 report.run
                             );

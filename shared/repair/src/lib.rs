@@ -14,7 +14,7 @@ mod guard;
 pub mod requeue;
 pub mod words;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,22 +109,9 @@ pub struct Report {
     pub run: i64,
     /// `done`, `awaiting_approval` or `failed`.
     pub state: &'static str,
-    /// Contracts compared, differences by kind, and what was changed.
-    pub compared: i64,
-    /// Of those, the ones that differ.
-    pub differing: i64,
-    /// Differences found, by kind.
-    pub found: BTreeMap<String, i64>,
-    /// Contracts calls would change.
-    pub to_change: i64,
-    /// The most the guard allowed.
-    pub allowed: i64,
-    /// Contracts brought back in line.
-    pub repaired: i64,
-    /// Differences left for people.
-    pub left_for_people: i64,
-    /// Repairs that failed (tried again by the next run).
-    pub failed: i64,
+    /// What it compared, found and changed (as kept in `repair_runs`).
+    #[serde(flatten)]
+    pub totals: RunTotals,
     /// Every contract that differs.
     pub differences: Vec<Difference>,
     /// Why it stopped, in words.
@@ -223,14 +210,7 @@ pub async fn run(
             Ok(Some(Report {
                 run,
                 state,
-                compared: totals.compared,
-                differing: totals.differing,
-                found: totals.found,
-                to_change: totals.to_change,
-                allowed: totals.allowed,
-                repaired: totals.repaired,
-                left_for_people: totals.left_for_people,
-                failed: totals.failed,
+                totals,
                 differences,
                 note,
             }))

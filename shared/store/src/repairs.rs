@@ -56,7 +56,7 @@ pub struct RepairRun {
 }
 
 /// What a run found and did, written when it ends.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RunTotals {
     /// Contracts compared with Skeelo.
     pub compared: i64,
