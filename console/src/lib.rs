@@ -11,7 +11,9 @@
 
 mod auth;
 mod i18n;
+mod jobs;
 mod pages;
+mod pulse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use skeelo_partner::api::SkeeloClient;
 use skeelo_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -36,22 +39,27 @@ pub struct Settings {
     pub amqp_url: String,
     /// How long a session lasts.
     pub session_ttl: Duration,
+    /// How long purged (archived) dead letters stay restorable, in days.
+    pub retention_days: u32,
+    /// Skeelo, asked live on a contract's page.
+    pub partner: skeelo_explain::PartnerArgs,
 }
 
 pub(crate) struct App {
     pub(crate) settings: Settings,
     pub(crate) store: Store,
+    /// Skeelo, paced with the fleet, in the lane of calls made for no event.
+    pub(crate) skeelo: SkeeloClient,
     /// Sign-ins checked at once.
     pub(crate) sign_ins: tokio::sync::Semaphore,
+    /// Requeues running or recently ended, for their progress pages.
+    pub(crate) jobs: jobs::Jobs,
+    /// The partner-rate ledger, sampled.
+    pub(crate) rate: Arc<pulse::Samples>,
 }
 
-/// The console's routes over `store`.
-pub fn router(settings: Settings, store: Store) -> Router {
-    let app = Arc::new(App {
-        settings,
-        store,
-        sign_ins: tokio::sync::Semaphore::new(2),
-    });
+/// The console's routes.
+fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(pages::overview::page))
         .route("/login", get(auth::login_page).post(auth::login))
@@ -59,8 +67,9 @@ pub fn router(settings: Settings, store: Store) -> Router {
         .route("/dead", get(pages::dead::groups))
         .route("/dead/{id}", get(pages::dead::one))
         .route("/dead/{id}/reveal", post(pages::dead::reveal))
-        .route("/dead/requeue", post(pages::dead::confirm))
-        .route("/dead/requeue/confirmed", post(pages::dead::requeue))
+        .route("/dead/confirm", post(pages::dead::confirm))
+        .route("/dead/act", post(pages::dead::act))
+        .route("/dead/jobs/{id}", get(pages::dead::job))
         .route("/subscribers", get(pages::subscribers::list))
         .route("/subscribers/search", post(pages::subscribers::search))
         .route("/contract/{id}", get(pages::contract::page))
@@ -127,7 +136,18 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let store = Store::connect(&settings.database_url, 8)?;
     store.migrate().await?;
-    let app = router(settings, store);
+    // A page answers in seconds: a call waits 5 s at most.
+    let skeelo = settings.partner.client(&store, Duration::from_secs(5))?;
+    let rate = Arc::new(pulse::Samples::default());
+    tokio::spawn(pulse::sample(store.clone(), rate.clone(), stop.clone()));
+    let app = router(Arc::new(App {
+        settings,
+        store,
+        skeelo,
+        sign_ins: tokio::sync::Semaphore::new(2),
+        jobs: jobs::Jobs::default(),
+        rate,
+    }));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;

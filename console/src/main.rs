@@ -37,6 +37,13 @@ struct Cli {
     /// How long a session lasts, in hours.
     #[arg(long, env = "SKEELO_CONSOLE_SESSION_HOURS", default_value_t = 8)]
     session_hours: u64,
+    /// How long purged (archived) dead letters stay restorable, in days (as
+    /// `skeelo-ops dead purge`).
+    #[arg(long, env = "SKEELO_DEAD_RETENTION_DAYS", default_value_t = 30)]
+    retention_days: u32,
+    /// Skeelo, asked live on a contract's page (paced with the fleet).
+    #[command(flatten)]
+    partner: skeelo_explain::PartnerArgs,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +63,8 @@ fn main() -> ExitCode {
         database_url: cli.database_url,
         amqp_url: cli.amqp_url,
         session_ttl: Duration::from_secs(cli.session_hours.clamp(1, 24 * 30) * 3600),
+        retention_days: cli.retention_days,
+        partner: cli.partner,
     };
     let stop = CancellationToken::new();
     let result = runtime.block_on(async {

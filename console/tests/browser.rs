@@ -55,6 +55,10 @@ async fn console(w: &World, log: &PathBuf) -> (Running, String) {
         .env("DATABASE_URL", &w.database_url)
         .env("AMQP_URL", &w.amqp_url)
         .env("SKEELO_CONSOLE_ADDR", format!("127.0.0.1:{port}"))
+        .env("SKEELO_BASE_URL", w.sim.base_url())
+        .env("SKEELO_CLIENT_ID", "demo-client")
+        .env("SKEELO_CLIENT_SECRET", "demo-secret")
+        .env("SKEELO_RATE_PER_SECOND", "50")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("a log file"))
@@ -142,6 +146,16 @@ async fn sign_in(c: &Client, base: &str, name: &str) {
         .for_element(Locator::Css("#user"))
         .await
         .expect("signed in");
+}
+
+/// The text of the element `css`.
+async fn text_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
 }
 
 /// Waits for an element only the next page has (a click returns before it loads).
@@ -342,8 +356,12 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     let forbidden = reqwest::StatusCode::FORBIDDEN;
     assert_eq!(
         vera.post(
-            "/dead/requeue",
-            &[("csrf", &token), ("class", "unknown_product")]
+            "/dead/confirm",
+            &[
+                ("csrf", &token),
+                ("action", "requeue"),
+                ("class", "unknown_product")
+            ]
         )
         .await,
         forbidden
@@ -360,11 +378,29 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     let own = csrf_of(&otto.get("/dead").await);
     assert_ne!(own, token);
     for form in [
-        vec![("class", "unknown_product")],
-        vec![("csrf", token.as_str()), ("class", "unknown_product")],
+        vec![("action", "requeue"), ("class", "unknown_product")],
+        vec![
+            ("csrf", token.as_str()),
+            ("action", "purge"),
+            ("class", "unknown_product"),
+        ],
     ] {
-        assert_eq!(otto.post("/dead/requeue/confirmed", &form).await, forbidden);
+        assert_eq!(otto.post("/dead/act", &form).await, forbidden);
     }
+    // A form of ticked rows with none ticked means nothing, not every letter.
+    assert_eq!(
+        otto.post(
+            "/dead/act",
+            &[
+                ("csrf", own.as_str()),
+                ("ticked", "1"),
+                ("action", "purge"),
+                ("expect", "4")
+            ]
+        )
+        .await,
+        reqwest::StatusCode::BAD_REQUEST
+    );
     // Nor a search or a sign-out without it, nor a form from another site.
     assert_eq!(
         otto.post("/subscribers/search", &[("q", "CN9")]).await,
@@ -420,13 +456,7 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     click(&c, "button.requeue-group[data-class=unknown_product]").await;
     arrived(&c, "#confirm").await;
     let html = seen.page(&c, "requeue-confirm").await;
-    let count = c
-        .find(Locator::Css("#count"))
-        .await
-        .expect("the count")
-        .text()
-        .await
-        .expect("text");
+    let count = text_of(&c, "#count").await;
     assert_eq!(count, "4", "{html}");
     click(&c, "#confirm").await;
     arrived(&c, "#requeued").await;
@@ -479,13 +509,7 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     );
     click(&c, "#requeue-one").await;
     arrived(&c, "#confirm").await;
-    let one = c
-        .find(Locator::Css("#count"))
-        .await
-        .expect("the count")
-        .text()
-        .await
-        .expect("text");
+    let one = text_of(&c, "#count").await;
     assert_eq!(one, "1");
     click(&c, "#confirm").await;
     arrived(&c, "#requeued").await;
@@ -511,6 +535,45 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The operator purges that letter, ticked in the list: it is archived, restorable
+    // for the retention the page states; then restores it from the Archived tab.
+    click(&c, "#nav-dead").await;
+    arrived(&c, "#groups").await;
+    click(&c, "#letters input[type=checkbox]").await;
+    click(&c, "#purge-ticked").await;
+    arrived(&c, "#confirm").await;
+    let html = seen.page(&c, "purge-confirm").await;
+    assert!(html.contains("restorable for 30 days"), "{html}");
+    assert_eq!(text_of(&c, "#count").await, "1");
+    click(&c, "#confirm").await;
+    arrived(&c, "#acted").await;
+    assert_eq!(text_of(&c, "#acted-count").await, "1");
+    let state_of_cn5 = async || -> Vec<String> {
+        db.query(
+            "SELECT state FROM dead_letters WHERE contract_id = 'CN5' ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("states")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    assert_eq!(state_of_cn5().await, ["requeued", "requeued", "archived"]);
+    c.goto(&format!("{base}/dead?state=archived"))
+        .await
+        .expect("the archived letters");
+    arrived(&c, "#restore-ticked").await;
+    let html = seen.page(&c, "dead-letters-archived").await;
+    assert!(html.contains("Restorable until"), "{html}");
+    click(&c, "#letters input[type=checkbox]").await;
+    click(&c, "#restore-ticked").await;
+    arrived(&c, "#confirm").await;
+    assert_eq!(text_of(&c, "#count").await, "1");
+    click(&c, "#confirm").await;
+    arrived(&c, "#acted").await;
+    assert_eq!(state_of_cn5().await, ["requeued", "requeued", "parked"]);
+
     let revealed_by: i64 = db
         .query_one(
             "SELECT count(*) FROM operator_actions WHERE operator = 'otto' AND action = 'reveal'",
@@ -546,6 +609,13 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     arrived(&c, "#should-be").await;
     let html = seen.page(&c, "contract").await;
     assert!(html.contains("SKEELO-EBOOKS"), "{html}");
+    // explain's answer: the headline, Skeelo asked live, and what is going on.
+    assert_eq!(text_of(&c, "#headline").await, "HAS ACCESS");
+    assert!(
+        text_of(&c, "#holds-now").await.contains("asked just now"),
+        "{html}"
+    );
+    assert!(html.contains("finding has_access"), "{html}");
     click(&c, "#nav-audit").await;
     arrived(&c, "#audit").await;
     let html = seen.page(&c, "audit").await;
@@ -571,6 +641,25 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     let html = seen.page(&c, "assinantes-celular").await;
     assert!(html.contains("Assinantes"), "{html}");
     c.close().await.expect("closed");
+
+    // The overview's partner rate in use, once the ledger was sampled over 10 s, is
+    // a figure; the work queues say when their type was last handled.
+    let deadline = Instant::now() + WAIT;
+    let rate = loop {
+        let html = otto.get("/").await;
+        let figure = html
+            .split("id=\"rate-10s\">")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .and_then(|r| r.parse::<f64>().ok());
+        if let Some(r) = figure {
+            assert!(html.contains("Last handled"), "{html}");
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no rate in use: {html}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!((0.0..=50.0).contains(&rate), "{rate}");
 
     // No personal data of the test subjects anywhere people or logs can see it.
     let secrets = personal(&all);

@@ -1,14 +1,15 @@
 //! `skeelo-ops check`: what Skeelo really holds, next to what it should hold.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 use skeelo_domain::event::Sku;
 use skeelo_domain::lifecycle::{self, Target};
 
-use crate::partner::{ask, PartnerArgs};
 use crate::table;
+use skeelo_explain::{ask, PartnerArgs, Patience};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
@@ -75,10 +76,10 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             guard,
             approve: a.approve,
         };
-        let skeelo = a.partner.client(&store)?;
+        let skeelo = a.partner.client(&store, Duration::from_secs(10))?;
         return crate::repair::run(&store, &skeelo, &request, a.json).await;
     }
-    let skeelo = a.partner.client(&store)?;
+    let skeelo = a.partner.client(&store, Duration::from_secs(10))?;
     let ids = store.recent_contracts(a.limit).await?;
     let mut rows = Vec::new();
     for id in ids {
@@ -86,7 +87,7 @@ pub(crate) async fn run(a: Args) -> anyhow::Result<ExitCode> {
             continue;
         };
         let target = lifecycle::target(&state.facts);
-        let at_skeelo = ask(&skeelo, &id)
+        let at_skeelo = ask(&skeelo, &id, Patience::Patient)
             .await
             .with_context(|| format!("asking Skeelo for contract {id}"))?
             .map(|s| s.held());

@@ -62,8 +62,8 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Target::Present(h) => h.status.as_str().to_string(),
     };
-    let subscriber = crate::explain::subscriber(f, reveal);
-    let fmt_time = crate::explain::fmt_time;
+    let subscriber = skeelo_explain::subscriber(f, reveal);
+    let fmt_time = skeelo_explain::fmt_time;
     if json {
         let doc = json!({
             "contract_id": id,
@@ -130,7 +130,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
             vec![
                 fmt_time(Some(h.received_at)),
                 h.event_type.clone(),
-                crate::explain::version_cell(h.version),
+                skeelo_explain::version_cell(h.version),
                 h.outcome.clone(),
                 h.skeelo_status.clone().unwrap_or_else(|| "-".into()),
                 h.skeelo_calls.to_string(),

@@ -8,7 +8,6 @@ mod check;
 mod contract;
 mod dead;
 mod explain;
-mod partner;
 mod publish;
 mod repair;
 mod sample;

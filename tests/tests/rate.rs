@@ -108,6 +108,16 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
         .await
         .expect("the first lease answers")
         .expect("first lease");
+    // Before any pause (its column is '-infinity'), the ledger reads: 4 leased, some
+    // of them still ahead of now.
+    let read = store
+        .rate_ledger("skeelo")
+        .await
+        .expect("the ledger reads")
+        .expect("the row exists");
+    assert_eq!(read.leased, 4);
+    assert!(read.paused_for.is_zero());
+    assert!(read.ahead <= interval * 4, "{:?}", read.ahead);
     let second = lease(2).await.expect("second lease");
     let gap = second.duration_since(first).expect("in order");
     assert!(
@@ -119,6 +129,17 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
         .pause_partner("skeelo", Duration::from_secs(2))
         .await
         .expect("pause");
+    let read = store
+        .rate_ledger("skeelo")
+        .await
+        .expect("the ledger reads")
+        .expect("the row exists");
+    assert_eq!(read.leased, 6, "every slot leased is counted");
+    assert!(
+        read.paused_for > Duration::from_millis(1500),
+        "{:?}",
+        read.paused_for
+    );
     let after = lease(1).await.expect("lease after the pause");
     let past = after.duration_since(paused_at).unwrap_or_default();
     assert!(

@@ -1,6 +1,7 @@
-//! One contract: its facts and why, what Skeelo held at the last call, its dead
-//! letters and its whole story. (The live answer from Skeelo and "what happens next"
-//! are `skeelo-ops explain`'s; see the console's docs.)
+//! One contract: `skeelo-ops explain`'s answer (the same findings, from the same
+//! library, in the reader's language) — the facts and why, what Skeelo holds when the
+//! page is asked for (a brief live read, paced with the fleet), what is stuck and what
+//! happens next — then its dead letters and its whole story.
 
 use std::sync::Arc;
 
@@ -8,9 +9,9 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use skeelo_domain::lifecycle::{self, Target};
+use skeelo_domain::lifecycle;
 use skeelo_domain::mask;
-use skeelo_store::dead::{Filter, LetterState};
+use skeelo_explain::{Finding, Patience};
 
 use super::dead::{history_rows, HistoryRow};
 use super::{refusal, render, skus, unavailable, Page};
@@ -24,15 +25,29 @@ struct Letter {
     class: String,
 }
 
+/// A finding as the page shows it: what, what next, and the letter it is about.
+struct Found {
+    kind: String,
+    text: String,
+    next: Option<String>,
+    letter: Option<i64>,
+}
+
 #[derive(Template)]
 #[template(path = "contract.html")]
 struct Contract {
     page: Page,
     id: String,
+    headline: String,
     subscriber: String,
     facts: Vec<(String, String)>,
+    should_label: String,
     should_be: String,
-    holds: String,
+    now_label: String,
+    holds_now: String,
+    skeelo_unreachable: bool,
+    held_last: String,
+    found: Vec<Found>,
     letters: Vec<Letter>,
     history: Vec<HistoryRow>,
 }
@@ -42,30 +57,16 @@ pub(crate) async fn page(
     signed: Signed,
     Path(id): Path<String>,
 ) -> Response {
-    let read = async {
-        let state = app.store.contract(&id).await?;
-        let history = app.store.history(&id).await?;
-        let letters = app
-            .store
-            .dead_letters(
-                &Filter {
-                    contract_id: Some(id.clone()),
-                    state: Some(LetterState::Parked),
-                    ..Filter::default()
-                },
-                50,
-            )
-            .await?;
-        Ok::<_, skeelo_store::StoreError>((state, history, letters))
-    };
-    let (state, history, letters) = match read.await {
-        Ok(r) => r,
-        Err(e) => return unavailable(e),
-    };
-    let Some(state) = state else {
+    let explained =
+        match skeelo_explain::explain(&app.store, &app.skeelo, &id, Patience::Brief).await {
+            Ok(e) => e,
+            Err(e) => return unavailable(e),
+        };
+    let Some(e) = explained else {
         return refusal(StatusCode::NOT_FOUND, signed.page(), signed.t().not_found);
     };
-    let f = &state.facts;
+    let lang = signed.lang.explain();
+    let f = &e.state.facts;
     let toggle = |t: Option<lifecycle::Toggle>| {
         t.map(|t| format!("{} (v{})", if t.on { "yes" } else { "no" }, t.version.get()))
             .unwrap_or_else(|| "-".into())
@@ -107,31 +108,45 @@ pub(crate) async fn page(
             )
         })
         .unwrap_or_default();
-    let describe = |h: Option<&lifecycle::Held>| match h {
-        None => "-".to_string(),
-        Some(h) => format!("{} [{}]", h.status.as_str(), skus(&h.profile.products)),
-    };
-    let should_be = match lifecycle::target(f) {
-        Target::Absent => "-".to_string(),
-        Target::Withdrawn => "cancelled".to_string(),
-        Target::Present(h) => describe(Some(&h)),
-    };
+    let findings = e.findings(lang);
+    let found = findings
+        .iter()
+        .map(|finding| Found {
+            kind: serde_json::to_value(finding)
+                .ok()
+                .and_then(|v| v["kind"].as_str().map(str::to_string))
+                .unwrap_or_default(),
+            text: lang.finding(finding),
+            next: lang.next(finding),
+            letter: match finding {
+                Finding::Parked { id, .. } | Finding::Requeued { id, .. } => Some(*id),
+                _ => None,
+            },
+        })
+        .collect();
     render(Contract {
         page: signed.page(),
+        headline: lang.headline(&findings),
         subscriber,
         facts,
-        should_be,
-        holds: describe(state.held.as_ref()),
-        letters: letters
-            .into_iter()
+        should_label: lang.label("should_hold"),
+        should_be: e.should_hold(lang),
+        now_label: lang.label("holds_now"),
+        holds_now: e.holds_now(lang),
+        skeelo_unreachable: matches!(e.live, skeelo_explain::Live::Unreachable(_)),
+        held_last: skeelo_explain::describe_held(e.state.held.as_ref(), lang),
+        found,
+        letters: e
+            .parked
+            .iter()
             .map(|d| Letter {
                 id: d.id,
-                event_type: d.event_type,
-                reason: d.reason,
-                class: d.error_class,
+                event_type: d.event_type.clone(),
+                reason: d.reason.clone(),
+                class: d.error_class.clone(),
             })
             .collect(),
-        history: history_rows(history),
+        history: history_rows(e.history, lang),
         id,
     })
 }

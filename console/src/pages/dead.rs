@@ -1,13 +1,15 @@
-//! Dead letters: the groups, a filtered list, one letter, and requeueing — one, a
-//! group or a filter, always every letter that matches (not the page on screen), after
-//! a confirmation that says how many.
+//! Dead letters: the groups, a filtered list (parked or archived), one letter, and
+//! the operators' actions — requeue, purge (archive, restorable for the retention) and
+//! restore — on one letter, the ticked rows, a group or a filter: always every letter
+//! that matches (not the page on screen), after a confirmation that says how many.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawForm, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
 use skeelo_broker::{self as broker, Publisher};
@@ -16,29 +18,59 @@ use skeelo_store::dead::{Filter, LetterState};
 
 use super::{refusal, render, unavailable, when, Page};
 use crate::auth::Signed;
+use crate::jobs::Job;
 use crate::App;
 
-/// A selection of parked letters, as the forms and links carry it. No personal data:
-/// reasons, classes, types and ids only.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Which letters an operator means, as the forms and links carry them. No personal
+/// data: reasons, classes, types, a state and ids only. Every action acts on all the
+/// letters that match, not on the page on screen.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Selection {
-    #[serde(default)]
     reason: String,
-    #[serde(default)]
     class: String,
-    #[serde(default, rename = "type")]
     event_type: String,
-    /// One letter (text: a form's flattened fields arrive as text).
-    #[serde(default)]
-    id: Option<String>,
+    /// These letters only (one, or the ticked rows of the list).
+    ids: Vec<i64>,
+    /// Archived letters rather than parked ones.
+    archived: bool,
 }
 
 impl Selection {
+    /// From a query string or a form body, which may name `id` several times (the
+    /// ticked rows). Unknown fields are ignored; an id that is not a number matches
+    /// nothing rather than everything.
+    pub(crate) fn from_pairs<'a>(
+        pairs: impl Iterator<Item = (Cow<'a, str>, Cow<'a, str>)>,
+    ) -> (Selection, Fields) {
+        let mut sel = Selection::default();
+        let mut fields = Fields::default();
+        for (k, v) in pairs {
+            let v = v.trim().to_string();
+            match k.as_ref() {
+                "reason" => sel.reason = v,
+                "class" => sel.class = v,
+                "type" => sel.event_type = v,
+                "state" => sel.archived = v == "archived",
+                "id" if !v.is_empty() => sel.ids.push(v.parse().unwrap_or(-1)),
+                "csrf" => fields.csrf = v,
+                "action" => fields.action = Action::from_name(&v),
+                "expect" => fields.expect = v.parse().ok(),
+                "ticked" => fields.ticked = true,
+                _ => {}
+            }
+        }
+        (sel, fields)
+    }
+
     fn filter(&self) -> Filter {
-        let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Filter {
-            ids: self.id().into_iter().collect(),
-            state: Some(LetterState::Parked),
+            ids: self.ids.clone(),
+            state: Some(if self.archived {
+                LetterState::Archived
+            } else {
+                LetterState::Parked
+            }),
             reason: some(&self.reason),
             error_class: some(&self.class),
             event_type: some(&self.event_type),
@@ -46,28 +78,73 @@ impl Selection {
         }
     }
 
-    fn id(&self) -> Option<i64> {
-        self.id.as_deref().and_then(|i| i.trim().parse().ok())
+    /// The same letters, in the state `action` acts on.
+    fn for_action(mut self, action: Action) -> Selection {
+        self.archived = action == Action::Restore;
+        self
     }
 
     fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if let Some(id) = self.id() {
-            parts.push(format!("id {id}"));
+        if !self.ids.is_empty() {
+            let ids: Vec<String> = self.ids.iter().map(i64::to_string).collect();
+            parts.push(format!("id {}", ids.join(",")));
         }
         for (k, v) in [
             ("reason", &self.reason),
             ("class", &self.class),
             ("type", &self.event_type),
         ] {
-            if !v.trim().is_empty() {
-                parts.push(format!("{k} {}", v.trim()));
+            if !v.is_empty() {
+                parts.push(format!("{k} {v}"));
             }
         }
+        let state = if self.archived { "archived" } else { "parked" };
         if parts.is_empty() {
-            "every parked letter".into()
+            format!("every {state} letter")
         } else {
-            parts.join(", ")
+            format!("{state}: {}", parts.join(", "))
+        }
+    }
+}
+
+/// The fields of an action's form besides the selection.
+#[derive(Debug, Default)]
+pub(crate) struct Fields {
+    csrf: String,
+    action: Option<Action>,
+    /// The count the operator confirmed.
+    expect: Option<i64>,
+    /// The form of ticked rows: with none ticked it means nothing, not everything.
+    ticked: bool,
+}
+
+/// What an operator may do to letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Send parked letters back to the fleet.
+    Requeue,
+    /// Archive parked letters (restorable for the retention).
+    Purge,
+    /// Bring archived letters back to parked.
+    Restore,
+}
+
+impl Action {
+    fn from_name(s: &str) -> Option<Action> {
+        match s {
+            "requeue" => Some(Action::Requeue),
+            "purge" => Some(Action::Purge),
+            "restore" => Some(Action::Restore),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Requeue => "requeue",
+            Action::Purge => "purge",
+            Action::Restore => "restore",
         }
     }
 }
@@ -90,6 +167,8 @@ struct LetterRow {
     attempts: i32,
     last: String,
     error: String,
+    /// Archived letters: restorable until then (empty once it passed).
+    restore_until: String,
 }
 
 #[derive(Template)]
@@ -102,13 +181,19 @@ struct Groups {
     reason: String,
     class: String,
     event_type: String,
+    archived: bool,
+    archived_count: i64,
+    retention_days: u32,
 }
 
 pub(crate) async fn groups(
     State(app): State<Arc<App>>,
     signed: Signed,
-    Query(sel): Query<Selection>,
+    RawQuery(query): RawQuery,
 ) -> Response {
+    let (sel, _) = Selection::from_pairs(form_urlencoded::parse(
+        query.as_deref().unwrap_or_default().as_bytes(),
+    ));
     let filter = sel.filter();
     let read = async {
         let groups = app
@@ -120,12 +205,20 @@ pub(crate) async fn groups(
             .await?;
         let letters = app.store.dead_letters(&filter, 100).await?;
         let matched = app.store.count_dead_letters(&filter).await?;
-        Ok::<_, skeelo_store::StoreError>((groups, letters, matched))
+        let archived = app
+            .store
+            .count_dead_letters(&Filter {
+                state: Some(LetterState::Archived),
+                ..Filter::default()
+            })
+            .await?;
+        Ok::<_, skeelo_store::StoreError>((groups, letters, matched, archived))
     };
-    let (groups, letters, matched) = match read.await {
+    let (groups, letters, matched, archived_count) = match read.await {
         Ok(r) => r,
         Err(e) => return unavailable(e),
     };
+    let now = time::OffsetDateTime::now_utc();
     render(Groups {
         page: signed.page(),
         groups: groups
@@ -150,12 +243,20 @@ pub(crate) async fn groups(
                 attempts: d.attempts,
                 last: when(d.last_failed_at),
                 error: mask::text(&d.last_error),
+                restore_until: d
+                    .restore_until
+                    .filter(|t| *t > now)
+                    .map(when)
+                    .unwrap_or_default(),
             })
             .collect(),
         matched,
         reason: sel.reason,
         class: sel.class,
         event_type: sel.event_type,
+        archived: sel.archived,
+        archived_count,
+        retention_days: app.settings.retention_days,
     })
 }
 
@@ -169,7 +270,10 @@ pub(crate) struct HistoryRow {
     pub(crate) detail: String,
 }
 
-pub(crate) fn history_rows(history: Vec<skeelo_store::HistoryEntry>) -> Vec<HistoryRow> {
+pub(crate) fn history_rows(
+    history: Vec<skeelo_store::HistoryEntry>,
+    lang: skeelo_explain::Lang,
+) -> Vec<HistoryRow> {
     history
         .into_iter()
         .map(|h| HistoryRow {
@@ -179,7 +283,7 @@ pub(crate) fn history_rows(history: Vec<skeelo_store::HistoryEntry>) -> Vec<Hist
                 .version
                 .map(|v| format!("v{v}"))
                 .unwrap_or_else(|| "-".into()),
-            outcome: h.outcome.replace('_', " "),
+            outcome: lang.outcome(&h.outcome),
             actor: h.actor.unwrap_or_default(),
             detail: mask::text(&h.detail),
         })
@@ -203,6 +307,8 @@ struct One {
     body: String,
     revealed: bool,
     parked: bool,
+    archived: bool,
+    restore_until: String,
     history: Vec<HistoryRow>,
 }
 
@@ -225,6 +331,12 @@ async fn letter(app: &App, signed: &Signed, id: i64, reveal: bool) -> Response {
         id: d.id,
         state: d.state.as_str().to_string(),
         parked: d.state == LetterState::Parked,
+        archived: d.state == LetterState::Archived,
+        restore_until: d
+            .restore_until
+            .filter(|t| *t > time::OffsetDateTime::now_utc())
+            .map(when)
+            .unwrap_or_default(),
         event_type: d.event_type,
         contract: d.contract_id.unwrap_or_default(),
         reason: d.reason,
@@ -239,7 +351,7 @@ async fn letter(app: &App, signed: &Signed, id: i64, reveal: bool) -> Response {
         },
         body,
         revealed: reveal,
-        history: history_rows(history),
+        history: history_rows(history, signed.lang.explain()),
     })
 }
 
@@ -284,121 +396,266 @@ pub(crate) async fn reveal(
     letter(&app, &signed, id, true).await
 }
 
-#[derive(Deserialize)]
-pub(crate) struct Requeue {
-    #[serde(default)]
-    csrf: String,
-    #[serde(flatten)]
-    selection: Selection,
-    /// The count the operator confirmed (the confirmation page's), as text.
-    #[serde(default)]
-    expect: Option<String>,
-}
-
 #[derive(Template)]
 #[template(path = "confirm.html")]
 struct Confirm {
     page: Page,
+    action: &'static str,
+    title: &'static str,
+    explain: String,
     count: i64,
     what: String,
     reason: String,
     class: String,
     event_type: String,
-    id: String,
+    ids: Vec<i64>,
 }
 
-/// The page that says how many letters match now, and asks.
-fn ask(signed: &Signed, selection: Selection, count: i64) -> Response {
+/// The page that says how many letters match now, what the action does to them, and
+/// asks.
+fn ask(app: &App, signed: &Signed, action: Action, selection: Selection, count: i64) -> Response {
+    let t = signed.t();
+    let (title, explain) = match action {
+        Action::Requeue => (t.confirm_requeue, t.will_requeue.to_string()),
+        Action::Purge => {
+            let days = app.settings.retention_days;
+            let until = time::OffsetDateTime::now_utc()
+                + std::time::Duration::from_secs(u64::from(days) * 86_400);
+            (
+                t.confirm_purge,
+                t.will_purge
+                    .replace("{days}", &days.to_string())
+                    .replace("{until}", &when(until)),
+            )
+        }
+        Action::Restore => (t.confirm_restore, t.will_restore.to_string()),
+    };
     render(Confirm {
         page: signed.page(),
+        action: action.as_str(),
+        title,
+        explain,
         count,
         what: selection.describe(),
-        id: selection.id().map(|i| i.to_string()).unwrap_or_default(),
+        ids: selection.ids,
         reason: selection.reason,
         class: selection.class,
         event_type: selection.event_type,
     })
 }
 
-/// Says how many letters a requeue would send back, and asks.
+/// An action's form: its selection (in the state the action takes letters from) and
+/// the rest, once the anti-forgery token and the role are checked.
+fn action_form(
+    signed: &Signed,
+    body: &[u8],
+) -> Result<(Action, Selection, Option<i64>), Box<Response>> {
+    let (sel, fields) = Selection::from_pairs(form_urlencoded::parse(body));
+    if let Some(r) = signed.refused_action(&fields.csrf) {
+        return Err(Box::new(r));
+    }
+    let Some(action) = fields.action else {
+        return Err(Box::new(refusal(
+            StatusCode::BAD_REQUEST,
+            signed.page(),
+            signed.t().unknown_action,
+        )));
+    };
+    if fields.ticked && sel.ids.is_empty() {
+        return Err(Box::new(refusal(
+            StatusCode::BAD_REQUEST,
+            signed.page(),
+            signed.t().nothing_ticked,
+        )));
+    }
+    Ok((action, sel.for_action(action), fields.expect))
+}
+
+/// Says how many letters an action would take, and asks.
 pub(crate) async fn confirm(
     State(app): State<Arc<App>>,
     signed: Signed,
-    Form(r): Form<Requeue>,
+    RawForm(body): RawForm,
 ) -> Response {
-    if let Some(resp) = signed.refused_action(&r.csrf) {
-        return resp;
-    }
-    let count = match app.store.count_dead_letters(&r.selection.filter()).await {
+    let (action, sel, _) = match action_form(&signed, &body) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let count = match app.store.count_dead_letters(&sel.filter()).await {
         Ok(n) => n,
         Err(e) => return unavailable(e),
     };
-    ask(&signed, r.selection, count)
+    ask(&app, &signed, action, sel, count)
 }
 
 #[derive(Template)]
-#[template(path = "requeued.html")]
-struct Done {
+#[template(path = "acted.html")]
+struct Acted {
     page: Page,
-    count: usize,
-    stopped_early: Option<String>,
+    action: &'static str,
+    count: u64,
     what: String,
+    done: &'static str,
 }
 
-/// Requeues every parked letter of the selection, if it is still the count the
-/// operator confirmed (otherwise asks again with the new count). It runs in a task of
-/// its own, so a browser that gives up waiting does not stop it half-way (its audit
-/// line is written when it ends).
-pub(crate) async fn requeue(
+/// Acts on every letter of the selection, if it is still the count the operator
+/// confirmed (otherwise asks again with the new count). A requeue runs as a job of its
+/// own, whose page shows its progress (a browser that gives up waiting does not stop
+/// it; its audit line is written when it ends); archiving and restoring are one
+/// statement each.
+pub(crate) async fn act(
     State(app): State<Arc<App>>,
     signed: Signed,
-    Form(r): Form<Requeue>,
+    RawForm(body): RawForm,
 ) -> Response {
-    if let Some(resp) = signed.refused_action(&r.csrf) {
-        return resp;
-    }
-    let filter = r.selection.filter();
+    let (action, sel, expected) = match action_form(&signed, &body) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let filter = sel.filter();
     let now = match app.store.count_dead_letters(&filter).await {
         Ok(n) => n,
         Err(e) => return unavailable(e),
     };
-    let expected: Option<i64> = r.expect.as_deref().and_then(|e| e.trim().parse().ok());
     if expected != Some(now) {
-        return ask(&signed, r.selection, now);
+        return ask(&app, &signed, action, sel, now);
     }
     let who = signed.session.account.name.clone();
-    let what = format!("{} (console)", r.selection.describe());
-    let task = {
-        let app = app.clone();
-        let (who, what) = (who.clone(), what.clone());
-        tokio::spawn(async move {
-            let connection =
-                broker::connect(&app.settings.amqp_url, "skeelo-console requeue").await?;
-            let publisher = Publisher::open(&connection).await?;
-            let done = skeelo_repair::requeue::matching(
-                &app.store,
-                &publisher,
-                &filter,
-                &who,
-                &what,
-                &mut |_| {},
-            )
-            .await;
-            let _ = connection.close(200, "done".into()).await;
-            Ok::<_, anyhow::Error>(done?)
-        })
-    };
-    match task.await {
-        Ok(Ok(done)) => {
-            tracing::info!(user = %who, requeued = done.ids.len(), "requeued from the console");
-            render(Done {
-                page: signed.page(),
-                count: done.ids.len(),
-                stopped_early: done.stopped_early,
-                what: r.selection.describe(),
-            })
+    let what = format!("{} (console)", sel.describe());
+    let t = signed.t();
+    let count = match action {
+        Action::Requeue => {
+            let job = app.jobs.start(&who, &sel.describe(), now);
+            let id = job.id;
+            tokio::spawn(requeue(app.clone(), job, filter, who, what));
+            return Redirect::to(&format!("/dead/jobs/{id}")).into_response();
         }
-        Ok(Err(e)) => unavailable(e),
-        Err(e) => unavailable(e),
+        Action::Purge => {
+            let days = app.settings.retention_days;
+            let retention = std::time::Duration::from_secs(u64::from(days) * 86_400);
+            let archived = match app.store.archive(&filter, &who, retention).await {
+                Ok(n) => n,
+                Err(e) => return unavailable(e),
+            };
+            let detail = serde_json::json!({ "retention_days": days });
+            if let Err(e) = app
+                .store
+                .audit(
+                    &who,
+                    "purge",
+                    &what,
+                    i64::try_from(archived).unwrap_or(i64::MAX),
+                    &detail,
+                )
+                .await
+            {
+                return unavailable(e);
+            }
+            archived
+        }
+        Action::Restore => {
+            let restored = async {
+                let ids = app.store.dead_letter_ids(&filter, 100_000).await?;
+                let n = app.store.restore(&ids).await?;
+                app.store
+                    .audit(
+                        &who,
+                        "restore",
+                        &what,
+                        i64::try_from(n).unwrap_or(i64::MAX),
+                        &serde_json::json!({ "ids": ids }),
+                    )
+                    .await?;
+                Ok::<_, skeelo_store::StoreError>(n)
+            };
+            match restored.await {
+                Ok(n) => n,
+                Err(e) => return unavailable(e),
+            }
+        }
+    };
+    tracing::info!(user = %who, action = action.as_str(), letters = count, "dead letters changed from the console");
+    render(Acted {
+        page: signed.page(),
+        action: action.as_str(),
+        count,
+        what: sel.describe(),
+        done: match action {
+            Action::Purge => t.purged_done,
+            _ => t.restored_done,
+        },
+    })
+}
+
+/// A requeue job: sends the letters back, noting its progress for its page.
+async fn requeue(app: Arc<App>, job: Arc<Job>, filter: Filter, who: String, what: String) {
+    let run = async {
+        let connection = broker::connect(&app.settings.amqp_url, "skeelo-console requeue").await?;
+        let publisher = Publisher::open(&connection).await?;
+        let progress = job.clone();
+        let done = skeelo_repair::requeue::matching(
+            &app.store,
+            &publisher,
+            &filter,
+            &who,
+            &what,
+            &mut move |n| progress.advance(n),
+        )
+        .await;
+        let _ = connection.close(200, "done".into()).await;
+        Ok::<_, anyhow::Error>(done?)
+    };
+    match run.await {
+        Ok(done) => {
+            tracing::info!(user = %who, requeued = done.ids.len(), "requeued from the console");
+            job.finish(Ok((done.ids.len(), done.stopped_early)));
+        }
+        Err(e) => {
+            tracing::warn!(user = %who, error = %format!("{e:#}"), "a requeue from the console failed");
+            job.finish(Err(mask::text(&format!("{e:#}"))));
+        }
     }
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobPage {
+    page: Page,
+    id: u64,
+    who: String,
+    what: String,
+    of: i64,
+    done: usize,
+    running: bool,
+    stopped_early: Option<String>,
+    failed: Option<String>,
+}
+
+/// A requeue's progress; the page reloads itself while it runs (no script needed).
+pub(crate) async fn job(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    Path(id): Path<u64>,
+) -> Response {
+    let Some(job) = app.jobs.get(id) else {
+        return refusal(StatusCode::NOT_FOUND, signed.page(), signed.t().not_found);
+    };
+    let state = job.state();
+    render(JobPage {
+        page: signed.page(),
+        id,
+        who: job.who.clone(),
+        what: job.what.clone(),
+        of: job.of,
+        done: state.done,
+        running: state.ended.is_none(),
+        stopped_early: match &state.ended {
+            Some(Ok((_, why))) => why.clone(),
+            _ => None,
+        },
+        failed: match &state.ended {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        },
+    })
 }

@@ -326,8 +326,8 @@ impl Queues {
     }
 }
 
-/// The name of the fleet's row in `partner_rate`.
-const ROW: &str = "skeelo";
+/// The name of the fleet's row in `partner_rate` (readers of the ledger use it too).
+pub const LEDGER_ROW: &str = "skeelo";
 
 impl Pacer {
     /// No limit at all (a partner without a rate, or a benchmark of our own cost).
@@ -459,7 +459,7 @@ impl Pacer {
         // ask for a longer wait than the first.
         if let Some(ledger) = inner.ledger.clone() {
             tokio::spawn(async move {
-                let paused = tokio::time::timeout(LEDGER_TIMEOUT, ledger.pause(ROW, wait))
+                let paused = tokio::time::timeout(LEDGER_TIMEOUT, ledger.pause(LEDGER_ROW, wait))
                     .await
                     .unwrap_or_else(|_| Err("the database did not answer in time".into()));
                 if let Err(e) = paused {
@@ -682,7 +682,7 @@ async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, LedgerError> {
         Some(ledger) => {
             // Bounded: a connection that stopped answering (half open) must not hold
             // every call of the process; the dispatcher tries again.
-            let first = tokio::time::timeout(LEDGER_TIMEOUT, ledger.lease(ROW, n, interval))
+            let first = tokio::time::timeout(LEDGER_TIMEOUT, ledger.lease(LEDGER_ROW, n, interval))
                 .await
                 .map_err(|_| -> LedgerError {
                     format!("no lease within {LEDGER_TIMEOUT:?}").into()

@@ -21,6 +21,7 @@ pub mod apply;
 pub mod dead;
 mod migrate;
 pub mod outbox;
+pub mod pulse;
 pub mod repairs;
 pub mod reports;
 pub mod self_heal;
@@ -331,12 +332,14 @@ impl Store {
     ) -> Result<std::time::SystemTime, StoreError> {
         let client = self.rate.get().await?;
         let span = interval.as_secs_f64() * n as f64;
+        let slots = i64::try_from(n).unwrap_or(i64::MAX);
         let lease = client
             .prepare_cached(
                 "UPDATE partner_rate
                  SET tat = GREATEST(tat, clock_timestamp() + interval '5 milliseconds',
                                     paused_until)
-                           + make_interval(secs => $2)
+                           + make_interval(secs => $2),
+                     leased = leased + $3
                  WHERE name = $1
                  RETURNING EXTRACT(EPOCH FROM tat)::float8 - $2",
             )
@@ -344,7 +347,7 @@ impl Store {
         // The row is created by the first lease; on the same connection, since the
         // rate's pool has only this one.
         let first: f64 = loop {
-            if let Some(r) = client.query_opt(&lease, &[&name, &span]).await? {
+            if let Some(r) = client.query_opt(&lease, &[&name, &span, &slots]).await? {
                 break r.get(0);
             }
             client

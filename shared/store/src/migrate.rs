@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "waits",
         include_str!("../../../migrations/0009_waits.sql"),
     ),
+    (
+        10,
+        "rate_in_use",
+        include_str!("../../../migrations/0010_rate_in_use.sql"),
+    ),
 ];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.

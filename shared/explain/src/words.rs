@@ -4,18 +4,20 @@
 
 use skeelo_domain::lifecycle::Status;
 
-use super::{EventRef, Finding, Fix};
+use crate::{EventRef, Finding, Fix};
 
 /// The reader's language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lang {
+pub enum Lang {
+    /// English.
     En,
+    /// Português (Brasil), for the ISP's support staff.
     PtBr,
 }
 
 impl Lang {
     /// `en` or `pt-BR` (any case, `_` for `-`; `pt` alone is pt-BR).
-    pub(crate) fn parse(raw: &str) -> Result<Lang, String> {
+    pub fn parse(raw: &str) -> Result<Lang, String> {
         match raw.trim().to_ascii_lowercase().replace('_', "-").as_str() {
             "en" | "en-us" | "en-gb" => Ok(Lang::En),
             "pt-br" | "pt" => Ok(Lang::PtBr),
@@ -30,14 +32,16 @@ impl Lang {
         }
     }
 
-    pub(crate) fn no_contract(self, id: &str) -> String {
+    /// The fleet never heard of contract `id`.
+    pub fn no_contract(self, id: &str) -> String {
         match self {
             Lang::En => format!("no contract {id}: the fleet has received no event for it"),
             Lang::PtBr => format!("contrato {id} desconhecido: nenhum evento dele chegou"),
         }
     }
 
-    pub(crate) fn document_as_contract(self, masked: &str) -> String {
+    /// A CPF or CNPJ was given where a contract id goes.
+    pub fn document_as_contract(self, masked: &str) -> String {
         match self {
             Lang::En => format!(
                 "no contract has the id {masked}, which is a CPF or CNPJ: use --document to find a subscriber's contracts"
@@ -48,7 +52,8 @@ impl Lang {
         }
     }
 
-    pub(crate) fn status(self, s: Status) -> &'static str {
+    /// A subscription status.
+    pub fn status(self, s: Status) -> &'static str {
         match (self, s) {
             (Lang::En, s) => s.as_str(),
             (Lang::PtBr, Status::Active) => "ativo",
@@ -57,22 +62,26 @@ impl Lang {
         }
     }
 
-    pub(crate) fn nothing(self) -> String {
+    /// No subscription.
+    pub fn nothing(self) -> String {
         self.pick("nothing", "nada")
     }
 
-    pub(crate) fn nothing_active(self) -> String {
+    /// No active subscription.
+    pub fn nothing_active(self) -> String {
         self.pick("nothing active", "nada ativo")
     }
 
-    pub(crate) fn no_subscriber(self, masked: &str) -> String {
+    /// No contract names that document.
+    pub fn no_subscriber(self, masked: &str) -> String {
         match self {
             Lang::En => format!("no synced contract names the document {masked}"),
             Lang::PtBr => format!("nenhum contrato sincronizado tem o documento {masked}"),
         }
     }
 
-    pub(crate) fn title(self, id: &str, headline: &str) -> String {
+    /// The first line of an explanation.
+    pub fn title(self, id: &str, headline: &str) -> String {
         match self {
             Lang::En => format!("Contract {id}: {headline}"),
             Lang::PtBr => format!("Contrato {id}: {headline}"),
@@ -80,7 +89,7 @@ impl Lang {
     }
 
     /// Has the subscriber access, and the main reason, in a few words.
-    pub(crate) fn headline(self, found: &[Finding]) -> String {
+    pub fn headline(self, found: &[Finding]) -> String {
         let has = |p: fn(&Finding) -> bool| found.iter().any(p);
         if has(|f| matches!(f, Finding::HasAccess { .. })) {
             return self.pick("HAS ACCESS", "TEM ACESSO");
@@ -172,7 +181,8 @@ impl Lang {
         )
     }
 
-    pub(crate) fn label(self, key: &str) -> String {
+    /// A label: `subscriber`, `should_hold`, `holds_now` or `events`.
+    pub fn label(self, key: &str) -> String {
         let (en, pt) = match key {
             "subscriber" => ("Subscriber", "Assinante"),
             "should_hold" => ("Should be", "Deveria ser"),
@@ -183,14 +193,16 @@ impl Lang {
         self.pick(en, pt)
     }
 
-    pub(crate) fn asked_now(self, holds: &str) -> String {
+    /// What Skeelo answered just now.
+    pub fn asked_now(self, holds: &str) -> String {
         match self {
             Lang::En => format!("{holds} (asked just now)"),
             Lang::PtBr => format!("{holds} (consultado agora)"),
         }
     }
 
-    pub(crate) fn not_asked(self) -> String {
+    /// Skeelo could not be asked.
+    pub fn not_asked(self) -> String {
         self.pick(
             "unknown (could not be asked)",
             "desconhecido (sem resposta)",
@@ -221,7 +233,7 @@ impl Lang {
     }
 
     /// The finding as one sentence.
-    pub(crate) fn finding(self, f: &Finding) -> String {
+    pub fn finding(self, f: &Finding) -> String {
         match (self, f) {
             (Lang::En, Finding::HasAccess { products }) => format!(
                 "Skeelo holds an active subscription with {}, as the ERP's events say it should.",
@@ -359,7 +371,7 @@ impl Lang {
     }
 
     /// What happens next, by itself or by whom, when there is something to say.
-    pub(crate) fn next(self, f: &Finding) -> Option<String> {
+    pub fn next(self, f: &Finding) -> Option<String> {
         Some(match (self, f) {
             (Lang::En, Finding::AwaitingSync { .. }) => {
                 "When the sync is applied, the subscription is created with these events in force.".into()
@@ -455,7 +467,7 @@ impl Lang {
     }
 
     /// An event's outcome, as a support agent reads it.
-    pub(crate) fn outcome(self, code: &str) -> String {
+    pub fn outcome(self, code: &str) -> String {
         let (en, pt) = match code {
             "applied" => ("applied", "aplicado"),
             "deferred" => (
@@ -485,7 +497,8 @@ impl Lang {
         self.pick(en, pt)
     }
 
-    pub(crate) fn history_header(self) -> [&'static str; 5] {
+    /// The story table's columns.
+    pub fn history_header(self) -> [&'static str; 5] {
         match self {
             Lang::En => ["RECEIVED", "TYPE", "VERSION", "OUTCOME", "ACTOR"],
             Lang::PtBr => ["RECEBIDO", "TIPO", "VERSÃO", "RESULTADO", "QUEM"],

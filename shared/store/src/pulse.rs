@@ -1,0 +1,90 @@
+//! What the console's overview reads to say how the fleet is doing right now: the
+//! partner-rate slots it has taken (sampled twice, that is the rate in use) and, for
+//! each event type, when the fleet last handled one and how long that one had waited.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::{Store, StoreError};
+
+/// The partner-rate ledger at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLedger {
+    /// Slots leased since the ledger began.
+    pub leased: i64,
+    /// Slots already leased ahead of now (the fleet is that far into its queue of
+    /// turns), zero when idle.
+    pub ahead: Duration,
+    /// Skeelo asked us to pause (a 429's `Retry-After`) for this much longer.
+    pub paused_for: Duration,
+    /// The database's clock when read (the one the ledger keeps).
+    pub at: OffsetDateTime,
+}
+
+/// The latest handling of one event type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handled {
+    /// The event type.
+    pub event_type: String,
+    /// When the fleet last recorded one.
+    pub last: OffsetDateTime,
+    /// How long that one had waited since the ERP acted (`occurred_at`), when known.
+    pub waited: Option<Duration>,
+}
+
+/// How many of the latest story lines the overview looks at: bounded, so the page
+/// costs the same on a table of millions.
+const RECENT_LINES: i64 = 50_000;
+
+impl Store {
+    /// The partner-rate ledger `name` now; `None` before its first lease.
+    pub async fn rate_ledger(&self, name: &str) -> Result<Option<RateLedger>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT leased,
+                        EXTRACT(EPOCH FROM GREATEST(tat, clock_timestamp()) - clock_timestamp())::float8,
+                        -- never paused is '-infinity'
+                        EXTRACT(EPOCH FROM GREATEST(paused_until, clock_timestamp())
+                                           - clock_timestamp())::float8,
+                        clock_timestamp()
+                 FROM partner_rate WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        Ok(row.map(|r| RateLedger {
+            leased: r.get(0),
+            ahead: Duration::try_from_secs_f64(r.get(1)).unwrap_or_default(),
+            paused_for: Duration::try_from_secs_f64(r.get(2)).unwrap_or_default(),
+            at: r.get(3),
+        }))
+    }
+
+    /// For each event type among the latest story lines: when it was last handled and
+    /// how long that event had waited since the ERP acted.
+    pub async fn recently_handled(&self) -> Result<Vec<Handled>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT ON (type) type, received_at,
+                        EXTRACT(EPOCH FROM received_at - occurred_at)::float8
+                 FROM contract_events
+                 WHERE id > (SELECT coalesce(max(id), 0) FROM contract_events) - $1
+                 ORDER BY type, id DESC",
+                &[&RECENT_LINES],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Handled {
+                event_type: r.get(0),
+                last: r.get(1),
+                waited: r
+                    .get::<_, Option<f64>>(2)
+                    .filter(|s| *s >= 0.0)
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok()),
+            })
+            .collect())
+    }
+}
