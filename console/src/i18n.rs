@@ -58,6 +58,10 @@ impl Lang {
 /// Every word the pages show.
 #[derive(Debug)]
 pub(crate) struct Words {
+    pub(crate) too_many_sign_ins: &'static str,
+    pub(crate) language: &'static str,
+    pub(crate) browser_language: &'static str,
+    pub(crate) choose: &'static str,
     pub(crate) rate_in_use: &'static str,
     pub(crate) last_minute: &'static str,
     pub(crate) ahead: &'static str,
@@ -176,6 +180,10 @@ pub(crate) struct Words {
 }
 
 static EN: Words = Words {
+    too_many_sign_ins: "Too many failed sign-ins: try again in",
+    language: "Language",
+    browser_language: "The browser's",
+    choose: "Change",
     rate_in_use: "partner calls per second (last 10 s), of",
     last_minute: "last minute",
     ahead: "turns taken ahead",
@@ -294,6 +302,10 @@ static EN: Words = Words {
 };
 
 static PT: Words = Words {
+    too_many_sign_ins: "Muitas tentativas de entrada falharam: tente de novo em",
+    language: "Idioma",
+    browser_language: "O do navegador",
+    choose: "Trocar",
     rate_in_use: "chamadas por segundo ao parceiro (últimos 10 s), de",
     last_minute: "último minuto",
     ahead: "vez já reservada à frente",

@@ -9,6 +9,7 @@
 //! everywhere unless an operator reveals it, and every action and reveal is in the
 //! audit trail. A search by CPF is a POST, so the number never reaches a URL or a log.
 
+mod access;
 mod auth;
 mod i18n;
 mod jobs;
@@ -43,6 +44,14 @@ pub struct Settings {
     pub retention_days: u32,
     /// Skeelo, asked live on a contract's page.
     pub partner: skeelo_explain::PartnerArgs,
+    /// The reverse proxies in front of the console: their `X-Forwarded-For` is
+    /// believed (the sign-in throttle counts the client behind them), and only they
+    /// may name the person in `trusted_header`.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Trusted sign-in proxy mode (SSO), off unless set: the header in which the
+    /// proxy names the person (an account made with `--no-password`); password
+    /// sign-in is off then.
+    pub trusted_header: Option<axum::http::HeaderName>,
 }
 
 pub(crate) struct App {
@@ -56,6 +65,8 @@ pub(crate) struct App {
     pub(crate) jobs: jobs::Jobs,
     /// The partner-rate ledger, sampled.
     pub(crate) rate: Arc<pulse::Samples>,
+    /// Failed sign-ins, by name and address.
+    pub(crate) throttle: access::Throttle,
 }
 
 /// The console's routes.
@@ -75,7 +86,12 @@ fn router(app: Arc<App>) -> Router {
         .route("/contract/{id}", get(pages::contract::page))
         .route("/audit", get(pages::audit::page))
         .route("/style.css", get(pages::style))
+        .route("/account/lang", post(auth::choose_lang))
         .route("/healthz", get(|| async { "ok" }))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            access::trusted_proxy,
+        ))
         .layer(middleware::from_fn(guard))
         .with_state(app)
 }
@@ -147,10 +163,14 @@ pub async fn serve(
         sign_ins: tokio::sync::Semaphore::new(2),
         jobs: jobs::Jobs::default(),
         rate,
+        throttle: access::Throttle::default(),
     }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await?;
     Ok(())
 }
 

@@ -41,6 +41,17 @@ struct Cli {
     /// `skeelo-ops dead purge`).
     #[arg(long, env = "SKEELO_DEAD_RETENTION_DAYS", default_value_t = 30)]
     retention_days: u32,
+    /// The reverse proxies in front of the console (comma-separated addresses): their
+    /// X-Forwarded-For is believed, and only they may name the person in
+    /// --trusted-header.
+    #[arg(long, env = "SKEELO_CONSOLE_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<std::net::IpAddr>,
+    /// Trusted sign-in proxy mode (SSO), off unless set: the header in which the
+    /// proxy names the person, e.g. X-Forwarded-User. Each name needs an account
+    /// (`skeelo-ops user add NAME --role viewer --no-password`); password sign-in is
+    /// off. Needs --trusted-proxies.
+    #[arg(long, env = "SKEELO_CONSOLE_TRUSTED_HEADER")]
+    trusted_header: Option<axum::http::HeaderName>,
     /// Skeelo, asked live on a contract's page (paced with the fleet).
     #[command(flatten)]
     partner: skeelo_explain::PartnerArgs,
@@ -48,6 +59,13 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.trusted_header.is_some() && cli.trusted_proxies.is_empty() {
+        eprintln!(
+            "error: SKEELO_CONSOLE_TRUSTED_HEADER needs SKEELO_CONSOLE_TRUSTED_PROXIES: the addresses of the \
+             sign-in proxies whose word is taken (anyone else could name any account)"
+        );
+        return ExitCode::from(2);
+    }
     skeelo_telemetry::logs::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,6 +82,8 @@ fn main() -> ExitCode {
         amqp_url: cli.amqp_url,
         session_ttl: Duration::from_secs(cli.session_hours.clamp(1, 24 * 30) * 3600),
         retention_days: cli.retention_days,
+        trusted_proxies: cli.trusted_proxies,
+        trusted_header: cli.trusted_header,
         partner: cli.partner,
     };
     let stop = CancellationToken::new();

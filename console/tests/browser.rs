@@ -9,7 +9,7 @@
 //! come from here).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -20,54 +20,8 @@ use skeelo_domain::sample;
 use skeelo_store::accounts::Role;
 use skeelo_tests::World;
 
-const WAIT: Duration = Duration::from_secs(30);
-const PASSWORD: &str = "correct horse battery";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_http(url: &str) {
-    let deadline = Instant::now() + WAIT;
-    while reqwest::get(url).await.is_err() {
-        assert!(Instant::now() < deadline, "{url} never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The console binary on a free port, its log in `log`.
-async fn console(w: &World, log: &PathBuf) -> (Running, String) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_skeelo-console"))
-        .env("DATABASE_URL", &w.database_url)
-        .env("AMQP_URL", &w.amqp_url)
-        .env("SKEELO_CONSOLE_ADDR", format!("127.0.0.1:{port}"))
-        .env("SKEELO_BASE_URL", w.sim.base_url())
-        .env("SKEELO_CLIENT_ID", "demo-client")
-        .env("SKEELO_CLIENT_SECRET", "demo-secret")
-        .env("SKEELO_RATE_PER_SECOND", "50")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("a log file"))
-        .spawn()
-        .expect("skeelo-console starts");
-    let base = format!("http://127.0.0.1:{port}");
-    wait_http(&format!("{base}/healthz")).await;
-    (Running(child), base)
-}
+mod common;
+use common::*;
 
 /// ChromeDriver on a free port, and a headless Chromium session through it.
 async fn browser(lang: &str) -> (Running, Client) {
@@ -176,90 +130,6 @@ async fn click(c: &Client, css: &str) {
         .unwrap_or_else(|e| panic!("{css}: {e}"));
 }
 
-/// A signed-in HTTP session (no browser), for requests a browser would not send. The
-/// cookie is carried by hand: it is `Secure`, which a cookie jar keeps off plain HTTP.
-struct Http {
-    client: reqwest::Client,
-    base: String,
-    cookie: String,
-}
-
-impl Http {
-    async fn sign_in(base: &str, name: &str) -> Http {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("a client");
-        let r = client
-            .post(format!("{base}/login"))
-            .form(&[("name", name), ("password", PASSWORD)])
-            .send()
-            .await
-            .expect("signed in");
-        let cookie = r
-            .headers()
-            .get(reqwest::header::SET_COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .unwrap_or_default()
-            .to_string();
-        assert!(
-            cookie.starts_with("__Host-skeelo_console="),
-            "{}",
-            r.status()
-        );
-        for attribute in ["HttpOnly", "Secure", "SameSite=Strict"] {
-            let set = r
-                .headers()
-                .get(reqwest::header::SET_COOKIE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            assert!(set.contains(attribute), "{set}");
-        }
-        Http {
-            client,
-            base: base.to_string(),
-            cookie,
-        }
-    }
-
-    async fn fetch(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .header(reqwest::header::COOKIE, &self.cookie)
-            .send()
-            .await
-            .expect("an answer")
-    }
-
-    async fn get(&self, path: &str) -> String {
-        self.fetch(path).await.text().await.expect("a page")
-    }
-
-    async fn headers(&self, path: &str) -> reqwest::header::HeaderMap {
-        self.fetch(path).await.headers().clone()
-    }
-
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::StatusCode {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .header(reqwest::header::COOKIE, &self.cookie)
-            .form(form)
-            .send()
-            .await
-            .expect("an answer")
-            .status()
-    }
-}
-
-fn csrf_of(html: &str) -> String {
-    html.split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// The personal data of the test subjects, as the ERP sent it and as digits.
 fn personal(events: &[Value]) -> Vec<String> {
     let mut out = Vec::new();
@@ -286,15 +156,15 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     w.start_fleet(settings).await.expect("fleet");
     let store = skeelo_store::Store::connect(&w.database_url, 2).expect("store");
     store
-        .put_account("vera", PASSWORD, Role::Viewer, None)
+        .put_account("vera", Some(PASSWORD), Role::Viewer, None)
         .await
         .expect("viewer");
     store
-        .put_account("otto", PASSWORD, Role::Operator, None)
+        .put_account("otto", Some(PASSWORD), Role::Operator, None)
         .await
         .expect("operator");
     store
-        .put_account("paula", PASSWORD, Role::Viewer, Some("pt-BR"))
+        .put_account("paula", Some(PASSWORD), Role::Viewer, Some("pt-BR"))
         .await
         .expect("viewer in Portuguese");
 

@@ -14,6 +14,8 @@ pub(crate) enum Command {
     /// Add an account, or change its password, role or language (its sessions end).
     /// The password is read from standard input, e.g.
     ///   printf '%s\n' "$PASSWORD" | skeelo-ops user add ana --role operator
+    /// For a console behind a trusted sign-in proxy (SSO), add the names the proxy
+    /// sends with --no-password: they have a role, and no password to sign in with.
     Add {
         /// The account's name, as the audit trail will show it.
         name: String,
@@ -25,6 +27,11 @@ pub(crate) enum Command {
         /// browser's).
         #[arg(long, value_parser = ["en", "pt-BR"])]
         lang: Option<String>,
+        /// No password (nothing is read from standard input): the account signs in
+        /// only through the console's trusted sign-in proxy
+        /// (SKEELO_CONSOLE_TRUSTED_HEADER).
+        #[arg(long)]
+        no_password: bool,
         #[command(flatten)]
         db: Db,
     },
@@ -58,6 +65,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
             name,
             role,
             lang,
+            no_password,
             db,
         } => {
             let name = name.trim();
@@ -66,22 +74,36 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             let role = Role::from_name(&role).context("role: viewer or operator")?;
             let mut password = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut password)
-                .context("reading the password from standard input")?;
-            let password = password.trim_end_matches(['\r', '\n']);
-            if password.chars().count() < SHORTEST {
-                anyhow::bail!(
-                    "the password (read from standard input) must have at least {SHORTEST} characters"
-                );
+            if !no_password {
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut password)
+                    .context("reading the password from standard input")?;
+                let typed = password.trim_end_matches(['\r', '\n']).to_string();
+                if typed.chars().count() < SHORTEST {
+                    anyhow::bail!(
+                        "the password (read from standard input) must have at least {SHORTEST} characters; \
+                         for an account that signs in only through a sign-in proxy, use --no-password"
+                    );
+                }
+                password = typed;
             }
             let store = crate::database(&db.database_url).await?;
             store.migrate().await?;
             store
-                .put_account(name, password, role, lang.as_deref())
+                .put_account(
+                    name,
+                    (!no_password).then_some(password.as_str()),
+                    role,
+                    lang.as_deref(),
+                )
                 .await?;
-            println!("account {name} saved ({})", role.as_str());
+            let how = if no_password {
+                ", signs in through the sign-in proxy only"
+            } else {
+                ""
+            };
+            println!("account {name} saved ({}{how})", role.as_str());
             Ok(ExitCode::SUCCESS)
         }
         Command::Remove { name, db } => {

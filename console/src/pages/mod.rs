@@ -23,6 +23,8 @@ pub(crate) struct Page {
     pub(crate) user: String,
     pub(crate) operator: bool,
     pub(crate) csrf: String,
+    /// The account's chosen language (`en`, `pt-BR`), empty for the browser's.
+    pub(crate) lang_choice: String,
 }
 
 /// A template as an HTML response.

@@ -97,16 +97,25 @@ fn account_of(name: String, role: &str, lang: Option<String>) -> Option<Account>
     Role::from_name(role).map(|role| Account { name, role, lang })
 }
 
+/// What an account without a password keeps instead of a hash: no password matches
+/// it (it is not a hash at all), so it signs in only through a trusted sign-in proxy.
+const NO_PASSWORD: &str = "!no-password";
+
 impl Store {
-    /// Adds an account, or replaces its password, role and language.
+    /// Adds an account, or replaces its password, role and language. With no
+    /// password the account signs in only through the console's trusted sign-in
+    /// proxy (SSO).
     pub async fn put_account(
         &self,
         name: &str,
-        password: &str,
+        password: Option<&str>,
         role: Role,
         lang: Option<&str>,
     ) -> Result<(), StoreError> {
-        let hash = hash_password(password)?;
+        let hash = match password {
+            Some(p) => hash_password(p)?,
+            None => NO_PASSWORD.to_string(),
+        };
         let client = self.pool.get().await?;
         client
             .execute(
@@ -185,6 +194,54 @@ impl Store {
         let Some(account) = account.filter(|_| matches) else {
             return Ok(None);
         };
+        Ok(Some(self.start_session(account, ttl).await?))
+    }
+
+    /// Opens a session for `name`, vouched for by the console's trusted sign-in proxy
+    /// (no password checked here); `None` when there is no such account.
+    pub async fn open_session(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<(String, Session)>, StoreError> {
+        let row = {
+            let client = self.pool.get().await?;
+            client
+                .query_opt(
+                    "SELECT name, role, lang FROM console_users WHERE name = $1",
+                    &[&name],
+                )
+                .await?
+        };
+        let Some(account) = row.and_then(|r| account_of(r.get(0), r.get::<_, &str>(1), r.get(2)))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(self.start_session(account, ttl).await?))
+    }
+
+    /// Sets the language an account's pages are in (`None`: the browser's); `false`
+    /// when there is no such account. Its sessions go on, in the new language.
+    pub async fn set_account_lang(
+        &self,
+        name: &str,
+        lang: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "UPDATE console_users SET lang = $2 WHERE name = $1",
+                &[&name, &lang],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn start_session(
+        &self,
+        account: Account,
+        ttl: std::time::Duration,
+    ) -> Result<(String, Session), StoreError> {
         let client = self.pool.get().await?;
         let token = token(32);
         let csrf = token_csrf();
@@ -196,7 +253,7 @@ impl Store {
                 &[&sha256(&token), &account.name, &csrf, &expires],
             )
             .await?;
-        Ok(Some((token, Session { account, csrf })))
+        Ok((token, Session { account, csrf }))
     }
 
     /// The session a cookie's token opens, if it has not expired.
