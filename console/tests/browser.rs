@@ -66,6 +66,10 @@ impl Seen {
         let url = c.current_url().await.expect("the url").to_string();
         self.0.push((url, html.clone()));
         if let Some(dir) = std::env::var_os("CONSOLE_SCREENSHOTS") {
+            // A relative folder is the workspace's (tests run in the crate's folder).
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(dir);
             let png = c.screenshot().await.expect("a screenshot");
             std::fs::create_dir_all(&dir).expect("the screenshots folder");
             std::fs::write(PathBuf::from(dir).join(format!("{shot}.png")), png)

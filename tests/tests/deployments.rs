@@ -86,6 +86,30 @@ fn kubernetes_runs_every_consumer_group_with_probes_secrets_and_scaling() {
         assert_eq!(queues, own, "{name} scales on its own queues");
     }
     assert_eq!(covered, every_type(), "every event type has a consumer");
+    // The console: one Deployment reading the fleet's settings, probed, behind a
+    // ClusterIP Service (TLS comes from the ingress in front of it).
+    let console = documents(include_str!("../../deploy/k8s/console.yaml"));
+    let deployment = console
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a console Deployment");
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["command"][0], "skeelo-console");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+    let from: Vec<&str> = c["envFrom"]
+        .as_array()
+        .expect("envFrom")
+        .iter()
+        .filter_map(|e| {
+            e["configMapRef"]["name"]
+                .as_str()
+                .or(e["secretRef"]["name"].as_str())
+        })
+        .collect();
+    assert_eq!(from, ["skeelo-bridge", "skeelo-bridge"]);
+    assert!(console
+        .iter()
+        .any(|d| d["kind"] == "Service" && d["spec"]["type"] == "ClusterIP"));
     let secret = documents(include_str!("../../deploy/k8s/secret.example.yaml"));
     let keys: BTreeSet<&str> = secret[0]["stringData"]
         .as_object()
@@ -111,6 +135,7 @@ fn compose_has_every_service_healthy_and_every_type_consumed() {
         "rabbitmq",
         "postgres",
         "skeelo-sim",
+        "console",
         "prometheus",
         "grafana",
     ] {
