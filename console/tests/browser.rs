@@ -72,8 +72,7 @@ impl Seen {
                 .join(dir);
             let png = c.screenshot().await.expect("a screenshot");
             std::fs::create_dir_all(&dir).expect("the screenshots folder");
-            std::fs::write(PathBuf::from(dir).join(format!("{shot}.png")), png)
-                .expect("the screenshot saved");
+            std::fs::write(dir.join(format!("{shot}.png")), png).expect("the screenshot saved");
         }
         html
     }
