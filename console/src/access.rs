@@ -20,6 +20,72 @@ use skeelo_store::accounts::Session;
 use crate::auth::{session_cookie, COOKIE_NAME};
 use crate::App;
 
+/// An address or a range of them (`10.0.0.0/8`, `fd00::/8`, `127.0.0.1`), for the
+/// proxies in front of the console: pods move, so their range is what is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Net {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Net, String> {
+        let raw = raw.trim();
+        let (addr, prefix) = raw.split_once('/').unwrap_or((raw, ""));
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{raw}` is not an address or a range like 10.0.0.0/8"))?;
+        let addr = canonical(addr);
+        let most = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            most
+        } else {
+            prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= most)
+                .ok_or_else(|| format!("`{raw}`: the prefix is 0 to {most}"))?
+        };
+        Ok(Net { addr, prefix })
+    }
+}
+
+impl Net {
+    /// Whether `ip` is in this range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An IPv4 address seen through IPv6 (`::ffff:a.b.c.d`) is that IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whether `ip` is in any of `nets`.
+pub(crate) fn among(nets: &[Net], ip: IpAddr) -> bool {
+    nets.iter().any(|n| n.contains(ip))
+}
+
 /// The peer's address, as the server saw the connection.
 pub(crate) fn peer(request_extensions: &axum::http::Extensions) -> Option<IpAddr> {
     request_extensions
@@ -32,10 +98,10 @@ pub(crate) fn peer(request_extensions: &axum::http::Extensions) -> Option<IpAddr
 pub(crate) fn client_ip(
     peer: Option<IpAddr>,
     headers: &HeaderMap,
-    trusted: &[IpAddr],
+    trusted: &[Net],
 ) -> Option<IpAddr> {
-    let peer = peer?;
-    if !trusted.contains(&peer) {
+    let peer = canonical(peer?);
+    if !among(trusted, peer) {
         return Some(peer);
     }
     let forwarded: Vec<IpAddr> = headers
@@ -44,12 +110,13 @@ pub(crate) fn client_ip(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|a| a.trim().parse().ok())
+        .map(canonical)
         .collect();
     Some(
         forwarded
             .into_iter()
             .rev()
-            .find(|a| !trusted.contains(a))
+            .find(|a| !among(trusted, *a))
             .unwrap_or(peer),
     )
 }
@@ -80,23 +147,30 @@ pub(crate) async fn trusted_proxy(
         return next.run(request).await;
     }
     let peer = peer(request.extensions());
-    if !peer.is_some_and(|p| app.settings.trusted_proxies.contains(&p)) {
+    if !peer.is_some_and(|p| among(&app.settings.sign_in_proxies, p)) {
         tracing::warn!(peer = ?peer, "a request that did not come through the sign-in proxy was refused");
         return refuse(
             StatusCode::FORBIDDEN,
             "this console is reached through its sign-in proxy only",
         );
     }
-    let Some(name) = request
-        .headers()
-        .get(header)
-        .and_then(|v| v.to_str().ok())
+    // One value, one name: a proxy that appends its header to the client's own would
+    // otherwise let the client's come first.
+    let mut values = request.headers().get_all(header).iter();
+    let only = match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().ok(),
+        _ => None,
+    };
+    let Some(name) = only
         .map(str::trim)
-        .filter(|n| !n.is_empty())
+        .filter(|n| !n.is_empty() && !n.contains(',') && n.len() <= 64)
         .map(str::to_string)
     else {
-        tracing::warn!("the sign-in proxy named nobody");
-        return refuse(StatusCode::FORBIDDEN, "the sign-in proxy named nobody");
+        tracing::warn!("the sign-in proxy named nobody, or more than one name");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the sign-in proxy must name one person in its header",
+        );
     };
     let current = match crate::auth::cookie(request.headers(), COOKIE_NAME) {
         Some(token) => match app.store.session(&token).await {
@@ -137,8 +211,11 @@ pub(crate) async fn trusted_proxy(
     response
 }
 
-/// Failures a name may have before it must wait.
-const NAME_FAILURES: u32 = 5;
+/// Failures one name may have from one address before it must wait.
+const NAME_AT_ADDRESS_FAILURES: u32 = 5;
+/// Failures one name may have from anywhere (guesses spread over many addresses);
+/// higher, so that a stranger cannot easily hold someone else's name.
+const NAME_FAILURES: u32 = 50;
 /// Failures an address may have (many people may share one) before it must wait.
 const ADDRESS_FAILURES: u32 = 20;
 /// The first wait; each further failure doubles it, up to [`LONGEST`].
@@ -146,7 +223,8 @@ const FIRST_WAIT: Duration = Duration::from_secs(30);
 const LONGEST: Duration = Duration::from_secs(15 * 60);
 /// Failures older than this are forgotten.
 const FORGET: Duration = Duration::from_secs(15 * 60);
-/// The most keys kept (a flood of made-up names cannot take the console's memory).
+/// The most keys kept (a flood of made-up names cannot take the console's memory);
+/// when full, the keys that failed longest ago make room.
 const MOST_KEYS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy)]
@@ -156,18 +234,31 @@ struct Failures {
     until: Option<Instant>,
 }
 
-/// Failed sign-ins by name and by address, in this console's memory.
+/// Failed sign-ins by name, by name at an address and by address, in this console's
+/// memory.
 #[derive(Debug, Default)]
 pub(crate) struct Throttle(Mutex<HashMap<String, Failures>>);
 
+/// An address as the throttle counts it: IPv6 by its /64 (one subscriber's block).
+fn address_key(ip: Option<IpAddr>) -> String {
+    match ip.map(canonical) {
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(v4) => v4.to_string(),
+        None => "?".into(),
+    }
+}
+
 impl Throttle {
-    fn keys(name: &str, ip: Option<IpAddr>) -> [(String, u32); 2] {
+    fn keys(name: &str, ip: Option<IpAddr>) -> [(String, u32); 3] {
+        let name = name.to_lowercase();
+        let at = address_key(ip);
         [
-            (format!("name:{}", name.to_lowercase()), NAME_FAILURES),
-            (
-                format!("ip:{}", ip.map_or_else(|| "?".into(), |i| i.to_string())),
-                ADDRESS_FAILURES,
-            ),
+            (format!("name@ip:{name}@{at}"), NAME_AT_ADDRESS_FAILURES),
+            (format!("name:{name}"), NAME_FAILURES),
+            (format!("ip:{at}"), ADDRESS_FAILURES),
         ]
     }
 
@@ -185,12 +276,18 @@ impl Throttle {
     /// A failed sign-in.
     pub(crate) fn failed(&self, name: &str, ip: Option<IpAddr>, now: Instant) {
         let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if all.len() >= MOST_KEYS {
-            all.retain(|_, f| now.duration_since(f.last) < FORGET);
-        }
         for (key, allowed) in Self::keys(name, ip) {
             if all.len() >= MOST_KEYS && !all.contains_key(&key) {
-                continue;
+                all.retain(|_, f| now.duration_since(f.last) < FORGET);
+                if all.len() >= MOST_KEYS {
+                    // A tenth at a time, the longest-quiet first: room for many more.
+                    let mut by_age: Vec<(Instant, String)> =
+                        all.iter().map(|(k, f)| (f.last, k.clone())).collect();
+                    by_age.sort_unstable();
+                    for (_, k) in by_age.into_iter().take(MOST_KEYS / 10) {
+                        all.remove(&k);
+                    }
+                }
             }
             let f = all.entry(key).or_insert(Failures {
                 count: 0,
@@ -209,12 +306,19 @@ impl Throttle {
         }
     }
 
-    /// A successful sign-in clears its name (not its address: others may share it).
-    pub(crate) fn succeeded(&self, name: &str) {
+    /// A successful sign-in clears its name's failures at that address (not the
+    /// address's, which others may share, nor the name's from elsewhere).
+    pub(crate) fn succeeded(&self, name: &str, ip: Option<IpAddr>) {
+        let [(at, _), _, _] = Self::keys(name, ip);
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&format!("name:{}", name.to_lowercase()));
+            .remove(&at);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().map(|a| a.len()).unwrap_or(0)
     }
 }
 
@@ -223,12 +327,13 @@ mod tests {
     use super::*;
 
     const IP: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7)));
+    const OTHER: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 8)));
 
     #[test]
-    fn a_name_that_keeps_failing_waits_longer_and_longer() {
+    fn a_name_that_keeps_failing_at_one_address_waits_longer_and_longer() {
         let t = Throttle::default();
         let now = Instant::now();
-        for _ in 0..NAME_FAILURES - 1 {
+        for _ in 0..NAME_AT_ADDRESS_FAILURES - 1 {
             t.failed("Ana", IP, now);
         }
         assert_eq!(
@@ -237,15 +342,27 @@ mod tests {
             "four failures cost nothing yet"
         );
         t.failed("ana", IP, now);
-        assert_eq!(t.wait("ANA", None, now), Some(FIRST_WAIT));
+        assert_eq!(t.wait("ANA", IP, now), Some(FIRST_WAIT));
         t.failed("ana", IP, now);
-        assert_eq!(t.wait("ana", None, now), Some(FIRST_WAIT * 2));
-        for _ in 0..20 {
+        assert_eq!(t.wait("ana", IP, now), Some(FIRST_WAIT * 2));
+        for _ in 0..6 {
             t.failed("ana", IP, now);
         }
-        assert_eq!(t.wait("ana", None, now), Some(LONGEST));
-        assert_eq!(t.wait("bruno", None, now), None, "other names are not held");
-        assert_eq!(t.wait("ana", None, now + LONGEST), None, "the wait ends");
+        assert_eq!(t.wait("ana", IP, now), Some(LONGEST));
+        assert_eq!(t.wait("ana", OTHER, now), None, "Ana elsewhere is not held");
+        assert_eq!(t.wait("bruno", IP, now), None, "other names are not held");
+        assert_eq!(t.wait("ana", IP, now + LONGEST), None, "the wait ends");
+    }
+
+    #[test]
+    fn guesses_at_one_name_from_many_addresses_hold_that_name() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        for i in 0..NAME_FAILURES {
+            let ip = IpAddr::from([192, 0, 2, u8::try_from(i % 250).unwrap_or(0)]);
+            t.failed("ana", Some(ip), now);
+        }
+        assert_eq!(t.wait("ana", OTHER, now), Some(FIRST_WAIT));
     }
 
     #[test]
@@ -256,28 +373,76 @@ mod tests {
             t.failed(&format!("guess{i}"), IP, now);
         }
         assert_eq!(t.wait("someone", IP, now), Some(FIRST_WAIT));
-        assert_eq!(t.wait("someone", None, now), None);
+        assert_eq!(t.wait("someone", OTHER, now), None);
     }
 
     #[test]
-    fn a_success_clears_the_name_and_old_failures_are_forgotten() {
+    fn ipv6_addresses_count_by_their_64_block() {
         let t = Throttle::default();
         let now = Instant::now();
-        for _ in 0..NAME_FAILURES - 1 {
-            t.failed("ana", None, now);
+        for i in 0..ADDRESS_FAILURES {
+            let ip = IpAddr::from([0x2001, 0xdb8, 1, 2, 0, 0, 0, u16::try_from(i).unwrap_or(0)]);
+            t.failed(&format!("guess{i}"), Some(ip), now);
         }
-        t.succeeded("ana");
-        t.failed("ana", None, now);
-        assert_eq!(t.wait("ana", None, now), None);
+        let same_block = IpAddr::from([0x2001, 0xdb8, 1, 2, 9, 9, 9, 9]);
+        assert_eq!(t.wait("someone", Some(same_block), now), Some(FIRST_WAIT));
+    }
+
+    #[test]
+    fn a_success_clears_the_name_at_its_address_and_old_failures_are_forgotten() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        for _ in 0..NAME_AT_ADDRESS_FAILURES - 1 {
+            t.failed("ana", IP, now);
+        }
+        t.succeeded("ana", IP);
+        t.failed("ana", IP, now);
+        assert_eq!(t.wait("ana", IP, now), None);
         let later = now + FORGET;
-        for _ in 0..NAME_FAILURES - 1 {
-            t.failed("ana", None, later);
+        for _ in 0..NAME_AT_ADDRESS_FAILURES - 1 {
+            t.failed("ana", IP, later);
         }
         assert_eq!(
-            t.wait("ana", None, later),
+            t.wait("ana", IP, later),
             None,
             "older failures count no more"
         );
+    }
+
+    #[test]
+    fn a_full_table_makes_room_and_still_counts_a_real_name() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        for i in 0..MOST_KEYS {
+            t.failed(&format!("made-up-{i}"), None, now);
+        }
+        assert!(t.len() <= MOST_KEYS);
+        let later = now + Duration::from_secs(1);
+        for _ in 0..NAME_AT_ADDRESS_FAILURES {
+            t.failed("ana", IP, later);
+        }
+        assert_eq!(t.wait("ana", IP, later), Some(FIRST_WAIT));
+        assert!(t.len() <= MOST_KEYS);
+    }
+
+    #[test]
+    fn ranges_of_proxies_hold_their_addresses_and_mapped_ipv4_is_ipv4() {
+        let net: Net = "10.0.0.0/8".parse().unwrap_or(Net {
+            addr: IpAddr::from([0, 0, 0, 0]),
+            prefix: 32,
+        });
+        assert!(net.contains(IpAddr::from([10, 200, 3, 4])));
+        assert!(!net.contains(IpAddr::from([11, 0, 0, 1])));
+        let mapped: IpAddr = "::ffff:10.1.2.3"
+            .parse()
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        assert!(net.contains(mapped));
+        let one: Result<Net, _> = "127.0.0.1".parse();
+        assert!(one.is_ok_and(|n| n.contains(IpAddr::from([127, 0, 0, 1]))));
+        assert!("10.0.0.0/33".parse::<Net>().is_err());
+        assert!("proxy.local".parse::<Net>().is_err());
+        let all6: Result<Net, _> = "::/0".parse();
+        assert!(all6.is_ok_and(|n| n.contains(IpAddr::from([0x2001, 0, 0, 0, 0, 0, 0, 1]))));
     }
 
     #[test]
@@ -288,8 +453,12 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_static("1.1.1.1, 203.0.113.9, 10.0.0.1"),
         );
+        let proxies: Vec<Net> = ["10.0.0.0/24"]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
         assert_eq!(
-            client_ip(Some(proxy), &h, &[proxy]),
+            client_ip(Some(proxy), &h, &proxies),
             Some(IpAddr::from([203, 0, 113, 9])),
             "a forged first hop is not believed"
         );

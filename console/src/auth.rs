@@ -55,6 +55,8 @@ pub(crate) struct Signed {
     pub(crate) session: Session,
     pub(crate) lang: Lang,
     token: String,
+    /// Signed in by the trusted sign-in proxy: signing out is the proxy's.
+    through_proxy: bool,
 }
 
 impl Signed {
@@ -66,6 +68,7 @@ impl Signed {
             operator: self.session.account.role == Role::Operator,
             csrf: self.session.csrf.clone(),
             lang_choice: self.session.account.lang.clone().unwrap_or_default(),
+            through_proxy: self.through_proxy,
         }
     }
 
@@ -128,6 +131,7 @@ impl FromRequestParts<Arc<App>> for Signed {
                 lang: Lang::pick(v.session.account.lang.as_deref(), browser.as_deref()),
                 session: v.session.clone(),
                 token: v.token.clone(),
+                through_proxy: true,
             });
         }
         let to_login = || Redirect::to("/login").into_response();
@@ -141,6 +145,7 @@ impl FromRequestParts<Arc<App>> for Signed {
                     session,
                     lang,
                     token,
+                    through_proxy: false,
                 })
             }
             Ok(None) => Err(to_login()),
@@ -177,6 +182,9 @@ pub(crate) async fn login_page(State(app): State<Arc<App>>, headers: HeaderMap) 
     })
 }
 
+/// How long a sign-in waits for its turn to be checked.
+const SIGN_IN_QUEUE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Deserialize)]
 pub(crate) struct Credentials {
     name: String,
@@ -198,8 +206,16 @@ pub(crate) async fn login(
     }
     let ip = client_ip(Some(peer.ip()), &headers, &app.settings.trusted_proxies);
     let name = c.name.trim();
-    // Checked before the password, which costs the server far more than the refusal.
-    if let Some(wait) = app.throttle.wait(name, ip, Instant::now()) {
+    if name.chars().count() > 64 || c.password.len() > 1024 {
+        app.throttle
+            .failed(name.get(..64).unwrap_or("?"), ip, Instant::now());
+        return (
+            StatusCode::BAD_REQUEST,
+            "the name or the password is too long",
+        )
+            .into_response();
+    }
+    let held = |wait: std::time::Duration| {
         tracing::warn!(client = ?ip, "a sign-in was refused: too many failures");
         let mut r = render(LoginPage {
             t: browser_lang(&headers).words(),
@@ -210,20 +226,35 @@ pub(crate) async fn login(
         if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
             r.headers_mut().insert(RETRY_AFTER, v);
         }
-        return r;
+        r
+    };
+    // Checked before the password, which costs the server far more than the refusal.
+    if let Some(wait) = app.throttle.wait(name, ip, Instant::now()) {
+        return held(wait);
     }
     // Each check costs tens of milliseconds and 19 MiB by design: a few at a time, so
-    // a flood of sign-ins cannot take the console's memory or its database pool.
-    let Ok(_turn) = app.sign_ins.acquire().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    // a flood of sign-ins cannot take the console's memory or its database pool; a
+    // sign-in that cannot get its turn soon is told to come back.
+    let turn = tokio::time::timeout(SIGN_IN_QUEUE, app.sign_ins.acquire()).await;
+    let Ok(Ok(_turn)) = turn else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many sign-ins at once; try again in a moment",
+        )
+            .into_response();
     };
+    // Checked again with the turn in hand: sign-ins sent all at once all passed the
+    // first check before any of them failed.
+    if let Some(wait) = app.throttle.wait(name, ip, Instant::now()) {
+        return held(wait);
+    }
     match app
         .store
         .sign_in(name, &c.password, app.settings.session_ttl)
         .await
     {
         Ok(Some((token, session))) => {
-            app.throttle.succeeded(name);
+            app.throttle.succeeded(name, ip);
             tracing::info!(user = %session.account.name, role = session.account.role.as_str(), "signed in");
             let cookie = session_cookie(&token, app.settings.session_ttl);
             let mut response = Redirect::to("/").into_response();
@@ -315,15 +346,36 @@ pub(crate) async fn choose_lang(
     {
         return crate::pages::unavailable(e);
     }
-    // Back to the page the choice was made on (this console's own pages only).
-    let back = headers
-        .get(REFERER)
-        .and_then(|v| v.to_str().ok())
+    Redirect::to(&back_to(headers.get(REFERER).and_then(|v| v.to_str().ok()))).into_response()
+}
+
+/// The page to go back to after a choice: the one it was made on, as its `Referer`
+/// names it — a path of this console only, and for a page that answered a form
+/// (reachable only by POST) the page the form came from.
+fn back_to(referer: Option<&str>) -> String {
+    let path = referer
         .and_then(|r| r.split_once("://"))
         .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
-        .filter(|p| p.starts_with('/') && !p.starts_with("//"))
-        .unwrap_or_else(|| "/".into());
-    Redirect::to(&back).into_response()
+        .filter(|p| {
+            p.starts_with('/')
+                && !p.starts_with("//")
+                && !p.contains('\\')
+                && !p.chars().any(char::is_control)
+        });
+    let Some(path) = path else {
+        return "/".into();
+    };
+    let bare = path.split(['?', '#']).next().unwrap_or("/");
+    if bare == "/dead/confirm" || bare == "/dead/act" {
+        return "/dead".into();
+    }
+    if bare == "/subscribers/search" {
+        return "/subscribers".into();
+    }
+    if let Some(letter) = bare.strip_suffix("/reveal") {
+        return letter.to_string();
+    }
+    path
 }
 
 #[cfg(test)]
@@ -339,6 +391,33 @@ mod tests {
         );
         assert_eq!(cookie(&h, COOKIE_NAME).as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "missing"), None);
+    }
+
+    #[test]
+    fn a_language_choice_goes_back_to_a_page_of_this_console() {
+        assert_eq!(
+            back_to(Some("https://c.example/dead?class=x")),
+            "/dead?class=x"
+        );
+        assert_eq!(back_to(Some("https://c.example/dead/confirm")), "/dead");
+        assert_eq!(back_to(Some("https://c.example/dead/act")), "/dead");
+        assert_eq!(
+            back_to(Some("https://c.example/dead/12/reveal")),
+            "/dead/12"
+        );
+        assert_eq!(
+            back_to(Some("https://c.example/subscribers/search")),
+            "/subscribers"
+        );
+        for elsewhere in [
+            "https://c.example//evil.example/",
+            "https://c.example/\\evil.example",
+            "https://c.example/a\tb",
+            "not a url",
+        ] {
+            assert_eq!(back_to(Some(elsewhere)), "/", "{elsewhere}");
+        }
+        assert_eq!(back_to(None), "/");
     }
 
     #[test]

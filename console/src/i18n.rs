@@ -58,6 +58,10 @@ impl Lang {
 /// Every word the pages show.
 #[derive(Debug)]
 pub(crate) struct Words {
+    pub(crate) stalled: &'static str,
+    pub(crate) stalled_for: &'static str,
+    pub(crate) too_many_jobs: &'static str,
+    pub(crate) too_many_to_restore: &'static str,
     pub(crate) too_many_sign_ins: &'static str,
     pub(crate) language: &'static str,
     pub(crate) browser_language: &'static str,
@@ -180,6 +184,10 @@ pub(crate) struct Words {
 }
 
 static EN: Words = Words {
+    stalled: "stalled: nothing handled lately",
+    stalled_for: "stalled: nothing handled for",
+    too_many_jobs: "Four requeues are running already: wait for one to end.",
+    too_many_to_restore: "More than 100 000 letters match: narrow the filter to restore them in parts.",
     too_many_sign_ins: "Too many failed sign-ins: try again in",
     language: "Language",
     browser_language: "The browser's",
@@ -188,13 +196,13 @@ static EN: Words = Words {
     last_minute: "last minute",
     ahead: "turns taken ahead",
     paused_by_skeelo: "Skeelo asked for a pause (429):",
-    backlog_age: "Backlog age (at least)",
+    backlog_age: "Backlog age (estimate)",
     last_handled: "Last handled",
     source_dead: "database: dead_letters (state parked)",
     source_rate: "database: the fleet's rate ledger (partner_rate), read every 2 s",
     source_outbox: "database: results_outbox",
     source_repairs: "database: repair_runs (skeelo-ops check --runs)",
-    source_queues: "Waiting and consumers: RabbitMQ, asked now. Backlog age: the longer of how long the event handled last had waited since the ERP acted and the time since one was handled (the broker does not tell a quorum queue's oldest message). Last handled: database, contract_events.",
+    source_queues: "Waiting and consumers: RabbitMQ, asked now. Backlog age, estimated (the broker does not tell a quorum queue's oldest message): while the fleet works the queue, how long the latest event it took for the first time had waited since the ERP acted (what waits came after it); with messages waiting and nothing handled for a minute, the queue is marked stalled. Last handled: database, contract_events.",
     purge_one: "Purge this letter",
     restore_one: "Restore this letter",
     parked: "Parked",
@@ -302,6 +310,10 @@ static EN: Words = Words {
 };
 
 static PT: Words = Words {
+    stalled: "parada: nada tratado recentemente",
+    stalled_for: "parada: nada tratado há",
+    too_many_jobs: "Já há quatro reenvios em andamento: espere um terminar.",
+    too_many_to_restore: "Mais de 100 000 mensagens correspondem: restrinja o filtro para restaurá-las em partes.",
     too_many_sign_ins: "Muitas tentativas de entrada falharam: tente de novo em",
     language: "Idioma",
     browser_language: "O do navegador",
@@ -310,13 +322,13 @@ static PT: Words = Words {
     last_minute: "último minuto",
     ahead: "vez já reservada à frente",
     paused_by_skeelo: "A Skeelo pediu uma pausa (429):",
-    backlog_age: "Idade da fila (ao menos)",
+    backlog_age: "Idade da fila (estimada)",
     last_handled: "Último tratado",
     source_dead: "banco: dead_letters (estado parked)",
     source_rate: "banco: o registro de vazão da frota (partner_rate), lido a cada 2 s",
     source_outbox: "banco: results_outbox",
     source_repairs: "banco: repair_runs (skeelo-ops check --runs)",
-    source_queues: "Aguardando e consumidores: RabbitMQ, consultado agora. Idade da fila: o maior entre quanto o último evento tratado esperou desde a ação no ERP e o tempo desde o último tratado (o broker não informa a mensagem mais antiga de uma fila quorum). Último tratado: banco, contract_events.",
+    source_queues: "Aguardando e consumidores: RabbitMQ, consultado agora. Idade da fila, estimada (o broker não informa a mensagem mais antiga de uma fila quorum): enquanto a frota trabalha a fila, quanto o último evento tratado pela primeira vez esperou desde a ação no ERP (o que aguarda chegou depois); com mensagens aguardando e nada tratado por um minuto, a fila é marcada como parada. Último tratado: banco, contract_events.",
     purge_one: "Descartar esta mensagem",
     restore_one: "Restaurar esta mensagem",
     parked: "Paradas",

@@ -61,10 +61,25 @@ impl Job {
 }
 
 /// The console's jobs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Jobs {
     next: AtomicU64,
     all: Mutex<BTreeMap<u64, Arc<Job>>>,
+}
+
+impl Default for Jobs {
+    /// Numbered from the time the console started, so that a page left open from
+    /// before a restart does not show another job under its number.
+    fn default() -> Jobs {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            * 1_000;
+        Jobs {
+            next: AtomicU64::new(start),
+            all: Mutex::new(BTreeMap::new()),
+        }
+    }
 }
 
 impl Jobs {
@@ -91,6 +106,26 @@ impl Jobs {
         job
     }
 
+    /// A running job that does `what` already.
+    pub(crate) fn running_like(&self, what: &str) -> Option<Arc<Job>> {
+        self.all
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .find(|j| j.what == what && j.state().ended.is_none())
+            .cloned()
+    }
+
+    /// How many jobs are running.
+    pub(crate) fn running(&self) -> usize {
+        self.all
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|j| j.state().ended.is_none())
+            .count()
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<Arc<Job>> {
         self.all
             .lock()
@@ -110,11 +145,16 @@ mod tests {
         let job = jobs.start("ana", "class unknown_product", 3);
         job.advance(2);
         assert_eq!(jobs.get(job.id).map(|j| j.state().done), Some(2));
+        assert_eq!(jobs.running(), 1);
+        assert!(jobs.running_like("class unknown_product").is_some());
+        assert!(jobs.running_like("class other").is_none());
         assert!(job.state().ended.is_none());
         job.finish(Ok((3, None)));
         let s = job.state();
         assert_eq!(s.done, 3);
         assert_eq!(s.ended, Some(Ok((3, None))));
+        assert!(jobs.running_like("class unknown_product").is_none());
+        assert_eq!(jobs.running(), 0);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! everywhere unless an operator reveals it, and every action and reveal is in the
 //! audit trail. A search by CPF is a POST, so the number never reaches a URL or a log.
 
-mod access;
+pub mod access;
 mod auth;
 mod i18n;
 mod jobs;
@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::{self, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -44,14 +44,17 @@ pub struct Settings {
     pub retention_days: u32,
     /// Skeelo, asked live on a contract's page.
     pub partner: skeelo_explain::PartnerArgs,
-    /// The reverse proxies in front of the console: their `X-Forwarded-For` is
-    /// believed (the sign-in throttle counts the client behind them), and only they
-    /// may name the person in `trusted_header`.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The reverse proxies in front of the console: their `X-Forwarded-For` (the
+    /// client the sign-in throttle counts) and `X-Forwarded-Host` (what the Origin
+    /// check compares with) are believed.
+    pub trusted_proxies: Vec<access::Net>,
     /// Trusted sign-in proxy mode (SSO), off unless set: the header in which the
     /// proxy names the person (an account made with `--no-password`); password
     /// sign-in is off then.
     pub trusted_header: Option<axum::http::HeaderName>,
+    /// The sign-in proxies whose `trusted_header` is believed (required with it):
+    /// nobody else may name a person, not even the other proxies.
+    pub sign_in_proxies: Vec<access::Net>,
 }
 
 pub(crate) struct App {
@@ -67,6 +70,8 @@ pub(crate) struct App {
     pub(crate) rate: Arc<pulse::Samples>,
     /// Failed sign-ins, by name and address.
     pub(crate) throttle: access::Throttle,
+    /// Work that outlives its request (requeues): waited for when the console stops.
+    pub(crate) tasks: tokio_util::task::TaskTracker,
 }
 
 /// The console's routes.
@@ -92,7 +97,9 @@ fn router(app: Arc<App>) -> Router {
             app.clone(),
             access::trusted_proxy,
         ))
-        .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        // Every form of the console is small; nothing larger is read.
+        .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(app)
 }
 
@@ -102,11 +109,17 @@ fn router(app: Arc<App>) -> Router {
 /// with `Origin: null`), nothing loaded from elsewhere. A POST whose `Origin` is another site's is
 /// refused before it reaches a handler (the session's token guards the rest; this also
 /// covers the sign-in form, which has no session yet).
-async fn guard(request: Request, next: Next) -> Response {
+async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     if request.method() == Method::POST {
-        let host = request
-            .headers()
-            .get(header::HOST)
+        // Behind a trusted proxy that rewrites Host, the host the browser used is
+        // the one it forwards.
+        let from_proxy = access::peer(request.extensions())
+            .is_some_and(|p| access::among(&app.settings.trusted_proxies, p));
+        let forwarded = from_proxy
+            .then(|| request.headers().get("x-forwarded-host"))
+            .flatten();
+        let host = forwarded
+            .or_else(|| request.headers().get(header::HOST))
             .and_then(|h| h.to_str().ok())
             .map(str::to_string);
         let origin = request
@@ -155,6 +168,7 @@ pub async fn serve(
     // A page answers in seconds: a call waits 5 s at most.
     let skeelo = settings.partner.client(&store, Duration::from_secs(5))?;
     let rate = Arc::new(pulse::Samples::default());
+    let tasks = tokio_util::task::TaskTracker::new();
     tokio::spawn(pulse::sample(store.clone(), rate.clone(), stop.clone()));
     let app = router(Arc::new(App {
         settings,
@@ -164,6 +178,7 @@ pub async fn serve(
         jobs: jobs::Jobs::default(),
         rate,
         throttle: access::Throttle::default(),
+        tasks: tasks.clone(),
     }));
     axum::serve(
         listener,
@@ -171,8 +186,21 @@ pub async fn serve(
     )
     .with_graceful_shutdown(async move { stop.cancelled().await })
     .await?;
+    // A requeue under way ends with its letters marked and its audit line written.
+    tasks.close();
+    if tokio::time::timeout(STOP_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "a requeue was still running when the console stopped: its letters published so far are requeued, the rest stay parked"
+        );
+    }
     Ok(())
 }
+
+/// How long a stopping console waits for requeues under way.
+const STOP_GRACE: Duration = Duration::from_secs(25);
 
 /// Where a console listens by default: this machine only (put TLS in front of it to
 /// serve others; its cookies are `Secure`).

@@ -39,19 +39,24 @@ struct Cli {
     session_hours: u64,
     /// How long purged (archived) dead letters stay restorable, in days (as
     /// `skeelo-ops dead purge`).
-    #[arg(long, env = "SKEELO_DEAD_RETENTION_DAYS", default_value_t = 30)]
+    #[arg(long, env = "SKEELO_DEAD_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
     retention_days: u32,
-    /// The reverse proxies in front of the console (comma-separated addresses): their
-    /// X-Forwarded-For is believed, and only they may name the person in
-    /// --trusted-header.
+    /// The reverse proxies in front of the console (comma-separated addresses or
+    /// ranges, e.g. 10.0.0.0/8): their X-Forwarded-For and X-Forwarded-Host are
+    /// believed.
     #[arg(long, env = "SKEELO_CONSOLE_TRUSTED_PROXIES", value_delimiter = ',')]
-    trusted_proxies: Vec<std::net::IpAddr>,
+    trusted_proxies: Vec<skeelo_console::access::Net>,
     /// Trusted sign-in proxy mode (SSO), off unless set: the header in which the
     /// proxy names the person, e.g. X-Forwarded-User. Each name needs an account
     /// (`skeelo-ops user add NAME --role viewer --no-password`); password sign-in is
-    /// off. Needs --trusted-proxies.
+    /// off. Needs --sign-in-proxies.
     #[arg(long, env = "SKEELO_CONSOLE_TRUSTED_HEADER")]
     trusted_header: Option<axum::http::HeaderName>,
+    /// The sign-in proxies (addresses or ranges) whose --trusted-header is believed;
+    /// every other request is refused in that mode.
+    #[arg(long, env = "SKEELO_CONSOLE_SIGN_IN_PROXIES", value_delimiter = ',')]
+    sign_in_proxies: Vec<skeelo_console::access::Net>,
     /// Skeelo, asked live on a contract's page (paced with the fleet).
     #[command(flatten)]
     partner: skeelo_explain::PartnerArgs,
@@ -59,10 +64,17 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.trusted_header.is_some() && cli.trusted_proxies.is_empty() {
+    if cli.trusted_header.is_some() && cli.sign_in_proxies.is_empty() {
         eprintln!(
-            "error: SKEELO_CONSOLE_TRUSTED_HEADER needs SKEELO_CONSOLE_TRUSTED_PROXIES: the addresses of the \
+            "error: SKEELO_CONSOLE_TRUSTED_HEADER needs SKEELO_CONSOLE_SIGN_IN_PROXIES: the addresses of the \
              sign-in proxies whose word is taken (anyone else could name any account)"
+        );
+        return ExitCode::from(2);
+    }
+    if cli.trusted_header.is_none() && !cli.sign_in_proxies.is_empty() {
+        eprintln!(
+            "error: SKEELO_CONSOLE_SIGN_IN_PROXIES is set but SKEELO_CONSOLE_TRUSTED_HEADER is not: \
+             name the header in which the proxy names people, or leave both unset"
         );
         return ExitCode::from(2);
     }
@@ -84,6 +96,7 @@ fn main() -> ExitCode {
         retention_days: cli.retention_days,
         trusted_proxies: cli.trusted_proxies,
         trusted_header: cli.trusted_header,
+        sign_in_proxies: cli.sign_in_proxies,
         partner: cli.partner,
     };
     let stop = CancellationToken::new();

@@ -68,6 +68,28 @@ async fn failing_sign_ins_are_held_back_and_each_account_chooses_its_language() 
         StatusCode::SEE_OTHER
     );
 
+    // Thirty guesses sent at once: only the first few are checked, the rest are held
+    // (they all passed the first look before any had failed).
+    let guesses = (0..30).map(|i| {
+        let base = base.clone();
+        tokio::spawn(async move {
+            sign_in_status(&base, "carla", &format!("guess number {i}"))
+                .await
+                .status()
+        })
+    });
+    let mut checked = 0;
+    let mut held = 0;
+    for g in guesses {
+        match g.await.expect("a guess") {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => held += 1,
+            other => panic!("a guess was answered {other}"),
+        }
+    }
+    assert!(checked <= 6, "{checked} guesses were checked, {held} held");
+    assert_eq!(checked + held, 30);
+
     // Vera chooses Portuguese, then the browser's language again.
     let vera = Http::sign_in(&base, "vera").await;
     let home = vera.get("/").await;
@@ -123,6 +145,16 @@ async fn as_proxy(base: &str, name: Option<&str>, cookie: Option<&str>) -> reqwe
     r.send().await.expect("an answer")
 }
 
+async fn page_of_bia_has_sign_out(base: &str) -> bool {
+    let page = as_proxy(base, Some("sso.bia"), None)
+        .await
+        .text()
+        .await
+        .expect("a page");
+    assert!(page.contains("sso.bia"), "{page}");
+    page.contains("Sair</button>")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_sign_in_proxy_names_the_person_and_nobody_else_may() {
     let w = World::new().await.expect("world");
@@ -151,7 +183,7 @@ async fn a_trusted_sign_in_proxy_names_the_person_and_nobody_else_may() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("SKEELO_CONSOLE_TRUSTED_PROXIES"), "{said}");
+    assert!(said.contains("SKEELO_CONSOLE_SIGN_IN_PROXIES"), "{said}");
 
     let log = log_file("sso");
     let (_console, base) = console_with(
@@ -159,7 +191,7 @@ async fn a_trusted_sign_in_proxy_names_the_person_and_nobody_else_may() {
         &log,
         &[
             ("SKEELO_CONSOLE_TRUSTED_HEADER", "X-Forwarded-User"),
-            ("SKEELO_CONSOLE_TRUSTED_PROXIES", "127.0.0.1,::1"),
+            ("SKEELO_CONSOLE_SIGN_IN_PROXIES", "127.0.0.0/8,::1"),
         ],
     )
     .await;
@@ -208,6 +240,23 @@ async fn a_trusted_sign_in_proxy_names_the_person_and_nobody_else_may() {
             .status(),
         StatusCode::FORBIDDEN
     );
+    // A name the client slipped in beside the proxy's, or a list of names: refused.
+    let two = no_redirects()
+        .get(format!("{base}/dead"))
+        .header("X-Forwarded-User", "sso.bia")
+        .header("X-Forwarded-User", "sso.ana")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(two.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        as_proxy(&base, Some("sso.bia, sso.ana"), None)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // Signed in by the proxy, the page offers no sign-out of its own.
+    assert!(!page_of_bia_has_sign_out(&base).await);
     let login = no_redirects()
         .get(format!("{base}/login"))
         .header("X-Forwarded-User", "sso.ana")
@@ -224,7 +273,7 @@ async fn a_trusted_sign_in_proxy_names_the_person_and_nobody_else_may() {
         &log2,
         &[
             ("SKEELO_CONSOLE_TRUSTED_HEADER", "X-Forwarded-User"),
-            ("SKEELO_CONSOLE_TRUSTED_PROXIES", "10.9.9.9"),
+            ("SKEELO_CONSOLE_SIGN_IN_PROXIES", "10.9.9.9"),
         ],
     )
     .await;

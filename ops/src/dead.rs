@@ -171,6 +171,7 @@ impl FilterArgs {
             contract_id: self.contract.clone(),
             since: self.since,
             min_attempts: self.min_attempts,
+            up_to_id: None,
         }
     }
 
@@ -658,15 +659,8 @@ async fn purge(
         return Ok(ExitCode::SUCCESS);
     }
     let retention = Duration::from_secs(u64::from(retention_days) * 86_400);
-    let n = store.archive(&filter, &who, retention).await?;
-    store
-        .audit(
-            &who,
-            "purge",
-            &select.describe(),
-            n as i64,
-            &json!({ "retention_days": retention_days }),
-        )
+    let n = store
+        .archive(&filter, &who, retention, &select.describe())
         .await?;
     println!("archived {n} dead letter(s); restorable for {retention_days} days with `skeelo-ops dead restore ID…`");
     Ok(ExitCode::SUCCESS)
@@ -674,16 +668,7 @@ async fn purge(
 
 async fn restore(ids: &[i64], who: &str, db: &Db) -> anyhow::Result<ExitCode> {
     let store = store(db).await?;
-    let n = store.restore(ids).await?;
-    store
-        .audit(
-            who,
-            "restore",
-            &format!("ids {ids:?}"),
-            n as i64,
-            &json!({ "ids": ids }),
-        )
-        .await?;
+    let n = store.restore(ids, who, &format!("ids {ids:?}")).await?;
     println!("restored {n} of {} dead letter(s) to parked", ids.len());
     if (n as usize) < ids.len() {
         eprintln!("the others are not archived, or their retention has passed, or their message is parked again");

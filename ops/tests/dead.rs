@@ -260,3 +260,74 @@ async fn a_broken_body_shows_no_personal_data() {
     assert_eq!(audited, 1, "--reveal is in the audit trail");
     w.close().await.expect("cleanup");
 }
+
+/// A message purged, parked again and purged again has two archived letters: a
+/// restore of both brings back the latest (one parked letter per message) instead of
+/// failing, and says so with its audit line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_two_archived_letters_of_one_message_brings_back_the_latest() {
+    let w = World::new().await.expect("world");
+    let store = skeelo_store::Store::connect(&w.database_url, 2).expect("store");
+    store.migrate().await.expect("schema");
+    let db = w.db().await.expect("db");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id: i64 = db
+            .query_one(
+                "INSERT INTO dead_letters (message_key, type, routing_key, body, reason,
+                                           error_class, last_error)
+                 VALUES ('evt-1', 'sync', 'contract.sync', '\\x7b7d', 'refused', 'http_422', 'no')
+                 RETURNING id",
+                &[],
+            )
+            .await
+            .expect("parked")
+            .get(0);
+        let filter = skeelo_store::dead::Filter {
+            ids: vec![id],
+            state: Some(skeelo_store::dead::LetterState::Parked),
+            ..Default::default()
+        };
+        let n = store
+            .archive(&filter, "ana.ops", Duration::from_secs(86_400), "test")
+            .await
+            .expect("archived");
+        assert_eq!(n, 1);
+        ids.push(id);
+    }
+    let n = store
+        .restore(&ids, "ana.ops", "both")
+        .await
+        .expect("a restore of both does not fail");
+    assert_eq!(n, 1);
+    let states: Vec<(i64, String)> = db
+        .query("SELECT id, state FROM dead_letters ORDER BY id", &[])
+        .await
+        .expect("states")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        states,
+        vec![(ids[0], "archived".into()), (ids[1], "parked".into())]
+    );
+    let audit: Vec<(String, i32)> = db
+        .query(
+            "SELECT action, count FROM operator_actions ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("audit")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        audit,
+        vec![
+            ("purge".into(), 1),
+            ("purge".into(), 1),
+            ("restore".into(), 1)
+        ]
+    );
+    w.close().await.expect("cleanup");
+}

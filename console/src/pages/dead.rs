@@ -33,6 +33,9 @@ pub(crate) struct Selection {
     ids: Vec<i64>,
     /// Archived letters rather than parked ones.
     archived: bool,
+    /// No letter newer than this one: the confirmation's, so that what is done is
+    /// what was counted, not also the letters parked since.
+    up_to_id: Option<i64>,
 }
 
 impl Selection {
@@ -51,7 +54,10 @@ impl Selection {
                 "class" => sel.class = v,
                 "type" => sel.event_type = v,
                 "state" => sel.archived = v == "archived",
-                "id" if !v.is_empty() => sel.ids.push(v.parse().unwrap_or(-1)),
+                // A named letter that is no number (or empty) matches nothing, never
+                // everything.
+                "id" => sel.ids.push(v.parse().unwrap_or(-1)),
+                "upto" => sel.up_to_id = v.parse().ok(),
                 "csrf" => fields.csrf = v,
                 "action" => fields.action = Action::from_name(&v),
                 "expect" => fields.expect = v.parse().ok(),
@@ -74,6 +80,7 @@ impl Selection {
             reason: some(&self.reason),
             error_class: some(&self.class),
             event_type: some(&self.event_type),
+            up_to_id: self.up_to_id,
             ..Filter::default()
         }
     }
@@ -98,6 +105,9 @@ impl Selection {
             if !v.is_empty() {
                 parts.push(format!("{k} {v}"));
             }
+        }
+        if let Some(upto) = self.up_to_id {
+            parts.push(format!("up to #{upto}"));
         }
         let state = if self.archived { "archived" } else { "parked" };
         if parts.is_empty() {
@@ -409,11 +419,19 @@ struct Confirm {
     class: String,
     event_type: String,
     ids: Vec<i64>,
+    upto: String,
 }
 
 /// The page that says how many letters match now, what the action does to them, and
 /// asks.
-fn ask(app: &App, signed: &Signed, action: Action, selection: Selection, count: i64) -> Response {
+fn ask(
+    app: &App,
+    signed: &Signed,
+    action: Action,
+    selection: Selection,
+    count: i64,
+    upto: Option<i64>,
+) -> Response {
     let t = signed.t();
     let (title, explain) = match action {
         Action::Requeue => (t.confirm_requeue, t.will_requeue.to_string()),
@@ -438,6 +456,7 @@ fn ask(app: &App, signed: &Signed, action: Action, selection: Selection, count: 
         count,
         what: selection.describe(),
         ids: selection.ids,
+        upto: upto.map(|u| u.to_string()).unwrap_or_default(),
         reason: selection.reason,
         class: selection.class,
         event_type: selection.event_type,
@@ -481,11 +500,16 @@ pub(crate) async fn confirm(
         Ok(f) => f,
         Err(r) => return *r,
     };
-    let count = match app.store.count_dead_letters(&sel.filter()).await {
-        Ok(n) => n,
-        Err(e) => return unavailable(e),
+    let counted = async {
+        let filter = sel.filter();
+        let upto = app.store.newest_dead_letter_id(&filter).await?;
+        let count = app.store.count_dead_letters(&filter).await?;
+        Ok::<_, skeelo_store::StoreError>((count, upto))
     };
-    ask(&app, &signed, action, sel, count)
+    match counted.await {
+        Ok((count, upto)) => ask(&app, &signed, action, sel, count, upto),
+        Err(e) => unavailable(e),
+    }
 }
 
 #[derive(Template)]
@@ -498,11 +522,33 @@ struct Acted {
     done: &'static str,
 }
 
-/// Acts on every letter of the selection, if it is still the count the operator
-/// confirmed (otherwise asks again with the new count). A requeue runs as a job of its
-/// own, whose page shows its progress (a browser that gives up waiting does not stop
-/// it; its audit line is written when it ends); archiving and restoring are one
-/// statement each.
+/// The most letters one restore takes (a requeue takes as many as
+/// `skeelo_repair::requeue` does).
+const MOST_RESTORED: i64 = 100_000;
+/// Requeues running at once from this console (each holds a broker connection).
+const MOST_JOBS: usize = 4;
+
+/// How many letters `sel` matches now, and the newest of them (the mark the
+/// confirmation carries).
+async fn recount(
+    app: &App,
+    sel: &Selection,
+) -> Result<(i64, Option<i64>), skeelo_store::StoreError> {
+    let filter = Filter {
+        up_to_id: None,
+        ..sel.filter()
+    };
+    let upto = app.store.newest_dead_letter_id(&filter).await?;
+    let count = app.store.count_dead_letters(&filter).await?;
+    Ok((count, upto))
+}
+
+/// Acts on the letters the operator confirmed — those of the selection up to the
+/// newest one counted, if they are still as many (otherwise asks again with the new
+/// count). A requeue runs as a job of its own, whose page shows its progress (a
+/// browser that gives up waiting does not stop it; the console waits for it when it
+/// stops); the same requeue asked twice (a double click) is one job. Archiving and
+/// restoring are one transaction each, with their audit line.
 pub(crate) async fn act(
     State(app): State<Arc<App>>,
     signed: Signed,
@@ -517,56 +563,52 @@ pub(crate) async fn act(
         Ok(n) => n,
         Err(e) => return unavailable(e),
     };
-    if expected != Some(now) {
-        return ask(&app, &signed, action, sel, now);
+    if expected != Some(now) || (sel.up_to_id.is_none() && now > 0) {
+        return match recount(&app, &sel).await {
+            Ok((count, upto)) => ask(&app, &signed, action, sel, count, upto),
+            Err(e) => unavailable(e),
+        };
     }
     let who = signed.session.account.name.clone();
     let what = format!("{} (console)", sel.describe());
     let t = signed.t();
     let count = match action {
         Action::Requeue => {
-            let job = app.jobs.start(&who, &sel.describe(), now);
+            if let Some(running) = app.jobs.running_like(&what) {
+                return Redirect::to(&format!("/dead/jobs/{}", running.id)).into_response();
+            }
+            if app.jobs.running() >= MOST_JOBS {
+                return refusal(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    signed.page(),
+                    t.too_many_jobs,
+                );
+            }
+            let job = app.jobs.start(&who, &what, now);
             let id = job.id;
-            tokio::spawn(requeue(app.clone(), job, filter, who, what));
+            app.tasks
+                .spawn(requeue(app.clone(), job, filter, who, what));
             return Redirect::to(&format!("/dead/jobs/{id}")).into_response();
         }
         Action::Purge => {
             let days = app.settings.retention_days;
             let retention = std::time::Duration::from_secs(u64::from(days) * 86_400);
-            let archived = match app.store.archive(&filter, &who, retention).await {
+            match app.store.archive(&filter, &who, retention, &what).await {
                 Ok(n) => n,
                 Err(e) => return unavailable(e),
-            };
-            let detail = serde_json::json!({ "retention_days": days });
-            if let Err(e) = app
-                .store
-                .audit(
-                    &who,
-                    "purge",
-                    &what,
-                    i64::try_from(archived).unwrap_or(i64::MAX),
-                    &detail,
-                )
-                .await
-            {
-                return unavailable(e);
             }
-            archived
         }
         Action::Restore => {
+            if now > MOST_RESTORED {
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    signed.page(),
+                    t.too_many_to_restore,
+                );
+            }
             let restored = async {
-                let ids = app.store.dead_letter_ids(&filter, 100_000).await?;
-                let n = app.store.restore(&ids).await?;
-                app.store
-                    .audit(
-                        &who,
-                        "restore",
-                        &what,
-                        i64::try_from(n).unwrap_or(i64::MAX),
-                        &serde_json::json!({ "ids": ids }),
-                    )
-                    .await?;
-                Ok::<_, skeelo_store::StoreError>(n)
+                let ids = app.store.dead_letter_ids(&filter, MOST_RESTORED).await?;
+                app.store.restore(&ids, &who, &what).await
             };
             match restored.await {
                 Ok(n) => n,

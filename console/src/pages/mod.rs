@@ -25,6 +25,8 @@ pub(crate) struct Page {
     pub(crate) csrf: String,
     /// The account's chosen language (`en`, `pt-BR`), empty for the browser's.
     pub(crate) lang_choice: String,
+    /// Signed in by the trusted sign-in proxy (no sign-out here: it is the proxy's).
+    pub(crate) through_proxy: bool,
 }
 
 /// A template as an HTML response.

@@ -25,8 +25,10 @@ struct QueueRow {
     idle: bool,
     /// For a work queue: when the fleet last handled an event of its type.
     last_handled: String,
-    /// The age its backlog has at least (see [`backlog_age`]), when it has one.
+    /// Its backlog's age as estimated (see [`backlog_age`]), when it has one.
     backlog_age: String,
+    /// Messages wait and the fleet handles none.
+    stalled: bool,
 }
 
 #[derive(Template)]
@@ -85,18 +87,29 @@ pub(crate) async fn page(State(app): State<Arc<App>>, signed: Signed) -> Respons
         Err(e) => (Vec::new(), Some(e)),
     };
     let now = time::OffsetDateTime::now_utc();
+    let t = signed.t();
     for q in &mut queues {
-        let Some(h) = EventType::ALL
+        let Some(kind) = EventType::ALL
             .into_iter()
             .find(|t| broker::queue_name(*t) == q.name)
-            .and_then(|t| handled.iter().find(|h| h.event_type == t.as_str()))
         else {
             continue;
         };
-        q.last_handled = when(h.last);
+        let h = handled.iter().find(|h| h.event_type == kind.as_str());
+        if let Some(h) = h {
+            q.last_handled = when(h.last);
+        }
         let waiting = q.messages.parse::<u64>().unwrap_or(0);
-        if let Some(age) = backlog_age(waiting, now - h.last, h.waited) {
-            q.backlog_age = seconds(age);
+        match backlog_age(waiting, now, h) {
+            BacklogAge::None => {}
+            BacklogAge::About(d) => q.backlog_age = format!("~{}", seconds(d)),
+            BacklogAge::Stalled(for_) => {
+                q.stalled = true;
+                q.backlog_age = match for_ {
+                    Some(d) => format!("{} {}", t.stalled_for, seconds(d)),
+                    None => t.stalled.to_string(),
+                };
+            }
         }
     }
     let allowed = app.settings.partner.rate().get();
@@ -162,6 +175,7 @@ async fn queues(amqp_url: &str) -> Result<Vec<QueueRow>, String> {
                 name,
                 last_handled: String::new(),
                 backlog_age: String::new(),
+                stalled: false,
             });
         }
         let _ = connection.close(200, "done".into()).await;
@@ -173,21 +187,42 @@ async fn queues(amqp_url: &str) -> Result<Vec<QueueRow>, String> {
     }
 }
 
-/// The least age a queue's backlog has. The broker does not tell the age of a quorum
-/// queue's oldest message, so it is bounded from below by what the fleet recorded:
-/// the event it handled last had waited `waited` since the ERP acted (the queue is
-/// first in, first out, so what still waits came no earlier), and nothing was handled
-/// for `since_last`. `None` when nothing waits.
+/// What the overview says of a queue's backlog age. RabbitMQ does not tell the age
+/// of a quorum queue's oldest message, so it is estimated from what the fleet
+/// recorded, and says which estimate it is.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum BacklogAge {
+    /// Nothing waits.
+    None,
+    /// The fleet is working the queue: the latest first-seen event it handled (within
+    /// the last minute) had waited this long since the ERP acted; what waits now
+    /// came after it (first in, first out).
+    About(Duration),
+    /// Messages wait and nothing was handled for this long (or ever, in the lines
+    /// read): the queue is stalled.
+    Stalled(Option<Duration>),
+}
+
+/// How recent a handled event must be for its wait to speak for the backlog.
+const RECENT: Duration = Duration::from_secs(60);
+
 pub(crate) fn backlog_age(
     waiting: u64,
-    since_last: time::Duration,
-    waited: Option<Duration>,
-) -> Option<Duration> {
+    now: time::OffsetDateTime,
+    handled: Option<&skeelo_store::pulse::Handled>,
+) -> BacklogAge {
     if waiting == 0 {
-        return None;
+        return BacklogAge::None;
     }
-    let idle = Duration::try_from(since_last).unwrap_or_default();
-    Some(idle.max(waited.unwrap_or_default()))
+    let ago = |t: time::OffsetDateTime| Duration::try_from(now - t).unwrap_or_default();
+    let Some(h) = handled else {
+        return BacklogAge::Stalled(None);
+    };
+    match h.waited {
+        Some((waited, at)) if ago(at) <= RECENT => BacklogAge::About(waited),
+        _ if ago(h.last) <= RECENT => BacklogAge::About(Duration::ZERO),
+        _ => BacklogAge::Stalled(Some(ago(h.last))),
+    }
 }
 
 /// A duration as the overview shows it.
@@ -203,31 +238,49 @@ fn seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skeelo_store::pulse::Handled;
+
+    fn handled(last_ago: i64, waited: Option<(u64, i64)>, now: time::OffsetDateTime) -> Handled {
+        Handled {
+            event_type: "sync".into(),
+            last: now - time::Duration::seconds(last_ago),
+            waited: waited
+                .map(|(w, ago)| (Duration::from_secs(w), now - time::Duration::seconds(ago))),
+        }
+    }
 
     #[test]
     fn an_empty_queue_has_no_backlog_age() {
+        let now = time::OffsetDateTime::now_utc();
+        let h = handled(3_600, Some((9, 3_600)), now);
+        assert_eq!(backlog_age(0, now, Some(&h)), BacklogAge::None);
+    }
+
+    #[test]
+    fn a_queue_being_worked_is_as_old_as_the_wait_of_its_latest_fresh_event() {
+        let now = time::OffsetDateTime::now_utc();
+        let h = handled(1, Some((40, 2)), now);
         assert_eq!(
-            backlog_age(0, time::Duration::hours(1), Some(Duration::from_secs(9))),
-            None
+            backlog_age(5, now, Some(&h)),
+            BacklogAge::About(Duration::from_secs(40))
+        );
+        // Only requeued letters handled lately: their old waits say nothing.
+        let h = handled(1, Some((259_200, 3_600)), now);
+        assert_eq!(
+            backlog_age(5, now, Some(&h)),
+            BacklogAge::About(Duration::ZERO)
         );
     }
 
     #[test]
-    fn the_age_is_the_longer_of_the_last_wait_and_the_time_since_the_last_handled() {
-        let s = Duration::from_secs;
+    fn a_queue_with_work_and_nothing_handled_for_long_is_stalled() {
+        let now = time::OffsetDateTime::now_utc();
+        let h = handled(10_800, Some((2, 10_800)), now);
         assert_eq!(
-            backlog_age(5, time::Duration::seconds(2), Some(s(40))),
-            Some(s(40))
+            backlog_age(1, now, Some(&h)),
+            BacklogAge::Stalled(Some(Duration::from_secs(10_800)))
         );
-        assert_eq!(
-            backlog_age(5, time::Duration::seconds(300), Some(s(40))),
-            Some(s(300))
-        );
-        // A clock a little ahead of the database's gives no negative age.
-        assert_eq!(
-            backlog_age(5, time::Duration::seconds(-1), None),
-            Some(s(0))
-        );
+        assert_eq!(backlog_age(1, now, None), BacklogAge::Stalled(None));
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub async fn ask(
             .await
             .unwrap_or_else(|_| {
                 Err(SkeeloError::Transient(format!(
-                    "no answer within {} s",
+                    "no answer within {} s, the wait for a turn in the fleet's partner rate included",
                     BRIEF.as_secs()
                 )))
             }),

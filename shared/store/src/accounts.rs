@@ -179,6 +179,9 @@ impl Store {
                 .await?
         };
         let (stored, account) = match &row {
+            // An account without a password is checked against the same made-up hash
+            // as a name that does not exist: the same time, and no match.
+            Some(r) if r.get::<_, &str>(1) == NO_PASSWORD => (NOBODY.to_string(), None),
             Some(r) => (
                 r.get::<_, String>(1),
                 account_of(r.get(0), r.get::<_, &str>(2), r.get(3)),
@@ -243,6 +246,13 @@ impl Store {
         ttl: std::time::Duration,
     ) -> Result<(String, Session), StoreError> {
         let client = self.pool.get().await?;
+        // Expired sessions go as new ones come (a sign-in proxy opens one per browser).
+        client
+            .execute(
+                "DELETE FROM console_sessions WHERE expires_at <= now()",
+                &[],
+            )
+            .await?;
         let token = token(32);
         let csrf = token_csrf();
         let expires = OffsetDateTime::now_utc() + ttl;

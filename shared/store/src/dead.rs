@@ -149,6 +149,9 @@ pub struct Filter {
     pub since: Option<OffsetDateTime>,
     /// With at least this many attempts.
     pub min_attempts: Option<i32>,
+    /// Parked no later than the letter with this id (ids grow): what an operator
+    /// confirmed, without the letters parked since.
+    pub up_to_id: Option<i64>,
 }
 
 impl Filter {
@@ -182,6 +185,9 @@ impl Filter {
         }
         if let Some(a) = self.min_attempts {
             add("attempts >= ?", Box::new(a));
+        }
+        if let Some(id) = self.up_to_id {
+            add("id <= ?", Box::new(id));
         }
         let sql = if clauses.is_empty() {
             "true".to_string()
@@ -284,6 +290,14 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// The newest letter matching `filter`, if any.
+    pub async fn newest_dead_letter_id(&self, filter: &Filter) -> Result<Option<i64>, StoreError> {
+        let client = self.pool.get().await?;
+        let (cond, params) = filter.sql();
+        let sql = format!("SELECT max(id) FROM dead_letters WHERE {cond}");
+        Ok(client.query_one(&sql, &refs(&params)).await?.get(0))
+    }
+
     /// How many letters match `filter`.
     pub async fn count_dead_letters(&self, filter: &Filter) -> Result<i64, StoreError> {
         let client = self.pool.get().await?;
@@ -348,14 +362,18 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Archives the parked letters matching `filter`; they stay restorable for `retention`.
+    /// Archives the parked letters matching `filter`; they stay restorable for
+    /// `retention`. The audit line (`purge`, `what`) is written in the same
+    /// transaction: no purge without its line.
     pub async fn archive(
         &self,
         filter: &Filter,
         operator: &str,
         retention: Duration,
+        what: &str,
     ) -> Result<u64, StoreError> {
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
         let (cond, mut params) = filter.sql();
         params.push(Box::new(operator.to_string()));
         let op = params.len();
@@ -366,23 +384,59 @@ impl Store {
                     restore_until = ${until}
              WHERE state = 'parked' AND {cond}"
         );
-        Ok(client.execute(&sql, &refs(&params)).await?)
+        let n = tx.execute(&sql, &refs(&params)).await?;
+        let days = retention.as_secs() / 86_400;
+        audit_in(
+            &tx,
+            operator,
+            "purge",
+            what,
+            n,
+            &serde_json::json!({ "retention_days": days }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(n)
     }
 
-    /// Brings archived letters back to parked while their retention lasts. A letter
-    /// whose message is parked again meanwhile stays archived (one parked per message).
-    pub async fn restore(&self, ids: &[i64]) -> Result<u64, StoreError> {
-        let client = self.pool.get().await?;
-        Ok(client
+    /// Brings archived letters back to parked while their retention lasts, with the
+    /// audit line (`restore`, `what`) in the same transaction. One letter per message
+    /// at most: one whose message is parked again meanwhile stays archived, and of
+    /// several archived letters of one message only the latest comes back.
+    pub async fn restore(
+        &self,
+        ids: &[i64],
+        operator: &str,
+        what: &str,
+    ) -> Result<u64, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let n = tx
             .execute(
                 "UPDATE dead_letters d SET state = 'parked', archived_at = NULL, archived_by = NULL,
                         restore_until = NULL
-                 WHERE id = ANY($1) AND state = 'archived' AND restore_until > now()
-                   AND NOT EXISTS (SELECT 1 FROM dead_letters p
-                                   WHERE p.message_key = d.message_key AND p.state = 'parked')",
+                 WHERE d.id IN (
+                     SELECT DISTINCT ON (a.message_key) a.id FROM dead_letters a
+                     WHERE a.id = ANY($1) AND a.state = 'archived' AND a.restore_until > now()
+                       AND NOT EXISTS (SELECT 1 FROM dead_letters p
+                                       WHERE p.message_key = a.message_key AND p.state = 'parked')
+                     ORDER BY a.message_key, a.id DESC)",
                 &[&ids],
             )
-            .await?)
+            .await?;
+        // The ids asked for, a thousand at most: the count says how many there were.
+        let named: Vec<i64> = ids.iter().take(1_000).copied().collect();
+        audit_in(
+            &tx,
+            operator,
+            "restore",
+            what,
+            n,
+            &serde_json::json!({ "ids": named }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Deletes archived letters whose retention has passed.
@@ -428,16 +482,28 @@ impl Store {
         detail: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
-        let count = i32::try_from(count).unwrap_or(i32::MAX);
-        client
-            .execute(
-                "INSERT INTO operator_actions (operator, action, target, count, detail)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[&operator, &action, &target, &count, detail],
-            )
-            .await?;
-        Ok(())
+        audit_in(&client, operator, action, target, count, detail).await
     }
+}
+
+/// Writes one audit line on `client` (a transaction, when the action is one).
+async fn audit_in(
+    client: &impl deadpool_postgres::GenericClient,
+    operator: &str,
+    action: &str,
+    target: &str,
+    count: impl TryInto<i32>,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let count: i32 = count.try_into().unwrap_or(i32::MAX);
+    client
+        .execute(
+            "INSERT INTO operator_actions (operator, action, target, count, detail)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&operator, &action, &target, &count, detail],
+        )
+        .await?;
+    Ok(())
 }
 
 /// One line of the audit trail.

@@ -29,13 +29,15 @@ pub struct Handled {
     pub event_type: String,
     /// When the fleet last recorded one.
     pub last: OffsetDateTime,
-    /// How long that one had waited since the ERP acted (`occurred_at`), when known.
-    pub waited: Option<Duration>,
+    /// How long the latest event of the type seen for the first time (not a requeued
+    /// letter nor a redelivery) had waited since the ERP acted (`occurred_at`), and
+    /// when it was handled.
+    pub waited: Option<(Duration, OffsetDateTime)>,
 }
 
 /// How many of the latest story lines the overview looks at: bounded, so the page
 /// costs the same on a table of millions.
-const RECENT_LINES: i64 = 50_000;
+const RECENT_LINES: i64 = 5_000;
 
 impl Store {
     /// The partner-rate ledger `name` now; `None` before its first lease.
@@ -61,29 +63,49 @@ impl Store {
         }))
     }
 
-    /// For each event type among the latest story lines: when it was last handled and
-    /// how long that event had waited since the ERP acted.
+    /// For each event type among the latest story lines: when it was last handled,
+    /// and how long the latest first-seen event of it had waited since the ERP acted.
     pub async fn recently_handled(&self) -> Result<Vec<Handled>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client
+        let last = client
             .query(
-                "SELECT DISTINCT ON (type) type, received_at,
-                        EXTRACT(EPOCH FROM received_at - occurred_at)::float8
-                 FROM contract_events
+                "SELECT type, max(received_at) FROM contract_events
                  WHERE id > (SELECT coalesce(max(id), 0) FROM contract_events) - $1
-                 ORDER BY type, id DESC",
+                 GROUP BY type",
                 &[&RECENT_LINES],
             )
             .await?;
-        Ok(rows
+        let fresh = client
+            .query(
+                "SELECT DISTINCT ON (c.type) c.type,
+                        EXTRACT(EPOCH FROM c.received_at - c.occurred_at)::float8, c.received_at
+                 FROM contract_events c
+                 WHERE c.id > (SELECT coalesce(max(id), 0) FROM contract_events) - $1
+                   AND c.occurred_at IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM contract_events p
+                                   WHERE p.contract_id = c.contract_id
+                                     AND p.event_id = c.event_id AND p.id < c.id)
+                 ORDER BY c.type, c.id DESC",
+                &[&RECENT_LINES],
+            )
+            .await?;
+        Ok(last
             .iter()
-            .map(|r| Handled {
-                event_type: r.get(0),
-                last: r.get(1),
-                waited: r
-                    .get::<_, Option<f64>>(2)
-                    .filter(|s| *s >= 0.0)
-                    .and_then(|s| Duration::try_from_secs_f64(s).ok()),
+            .map(|r| {
+                let event_type: String = r.get(0);
+                let waited = fresh
+                    .iter()
+                    .find(|f| f.get::<_, &str>(0) == event_type)
+                    .and_then(|f| {
+                        let secs: f64 = f.get(1);
+                        let d = Duration::try_from_secs_f64(secs.max(0.0)).ok()?;
+                        Some((d, f.get::<_, OffsetDateTime>(2)))
+                    });
+                Handled {
+                    event_type,
+                    last: r.get(1),
+                    waited,
+                }
             })
             .collect())
     }
