@@ -89,6 +89,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/subscribers", get(pages::subscribers::list))
         .route("/subscribers/search", post(pages::subscribers::search))
         .route("/contract/{id}", get(pages::contract::page))
+        .route("/contract/{id}/reveal", post(pages::contract::reveal))
         .route("/audit", get(pages::audit::page))
         .route("/style.css", get(pages::style))
         .route("/account/lang", post(auth::choose_lang))

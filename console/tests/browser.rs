@@ -61,6 +61,15 @@ async fn browser(lang: &str) -> (Running, Client) {
 struct Seen(Vec<(String, String)>);
 
 impl Seen {
+    /// The page now on screen, checked at the end with the others, with no
+    /// screenshot.
+    async fn look(&mut self, c: &Client) -> String {
+        let html = c.source().await.expect("the page");
+        let url = c.current_url().await.expect("the url").to_string();
+        self.0.push((url, html.clone()));
+        html
+    }
+
     async fn page(&mut self, c: &Client, shot: &str) -> String {
         let html = c.source().await.expect("the page");
         let url = c.current_url().await.expect("the url").to_string();
@@ -349,6 +358,14 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(w.sim.subscription("CN1").is_some());
+    // The operator sees it: the contract's page says it has access, applied.
+    c.goto(&format!("{base}/contract/CN1"))
+        .await
+        .expect("CN1's page");
+    arrived(&c, "#headline").await;
+    assert_eq!(text_of(&c, "#headline").await, "HAS ACCESS");
+    let html = seen.look(&c).await;
+    assert!(html.contains(">applied<"), "{html}");
 
     // The one whose product is still not sold is parked again — and the requeue ended
     // rather than taking it again and again. The operator reveals it (audited) and
@@ -372,6 +389,7 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     arrived(&c, "#groups").await;
     click(&c, "#letters a[href^='/dead/']").await;
     arrived(&c, "#reveal").await;
+    seen.look(&c).await;
     click(&c, "#reveal").await;
     arrived(&c, "#revealed").await;
     let revealed = c.source().await.expect("the page");
@@ -382,10 +400,12 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     );
     click(&c, "#requeue-one").await;
     arrived(&c, "#confirm").await;
+    seen.look(&c).await;
     let one = text_of(&c, "#count").await;
     assert_eq!(one, "1");
     click(&c, "#confirm").await;
     arrived(&c, "#requeued").await;
+    seen.look(&c).await;
     let deadline = Instant::now() + WAIT;
     loop {
         let row = db
@@ -420,6 +440,7 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     assert_eq!(text_of(&c, "#count").await, "1");
     click(&c, "#confirm").await;
     arrived(&c, "#acted").await;
+    seen.look(&c).await;
     assert_eq!(text_of(&c, "#acted-count").await, "1");
     let state_of_cn5 = async || -> Vec<String> {
         db.query(
@@ -442,9 +463,11 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     click(&c, "#letters input[type=checkbox]").await;
     click(&c, "#restore-ticked").await;
     arrived(&c, "#confirm").await;
+    seen.look(&c).await;
     assert_eq!(text_of(&c, "#count").await, "1");
     click(&c, "#confirm").await;
     arrived(&c, "#acted").await;
+    seen.look(&c).await;
     assert_eq!(state_of_cn5().await, ["requeued", "requeued", "parked"]);
 
     let revealed_by: i64 = db
@@ -489,6 +512,21 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
         "{html}"
     );
     assert!(html.contains("finding has_access"), "{html}");
+    // An operator may reveal the subscriber (audited); a viewer may not.
+    click(&c, "#reveal-subscriber").await;
+    arrived(&c, "#subscriber.revealed").await;
+    let email = fine["subscriber"]["email"].as_str().expect("an e-mail");
+    assert!(text_of(&c, "#subscriber").await.contains(email));
+    let vera_token = csrf_of(&vera.get("/contract/CN9").await);
+    assert_eq!(
+        vera.post("/contract/CN9/reveal", &[("csrf", &vera_token)])
+            .await,
+        forbidden
+    );
+    c.goto(&format!("{base}/contract/CN9"))
+        .await
+        .expect("CN9's page");
+    arrived(&c, "#should-be").await;
     click(&c, "#nav-audit").await;
     arrived(&c, "#audit").await;
     let html = seen.page(&c, "audit").await;
@@ -520,6 +558,7 @@ async fn viewers_read_operators_requeue_and_personal_data_stays_masked() {
     let deadline = Instant::now() + WAIT;
     let rate = loop {
         let html = otto.get("/").await;
+        seen.0.push((format!("{base}/"), html.clone()));
         let figure = html
             .split("id=\"rate-10s\">")
             .nth(1)

@@ -11,11 +11,7 @@ use skeelo_tests::World;
 fn ops(w: &World, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_skeelo-ops"))
         .args(args)
-        .env("AMQP_URL", &w.amqp_url)
-        .env("DATABASE_URL", &w.database_url)
-        .env("SKEELO_BASE_URL", w.sim.base_url())
-        .env("SKEELO_CLIENT_ID", "demo-client")
-        .env("SKEELO_CLIENT_SECRET", "demo-secret")
+        .envs(w.env())
         .env("SKEELO_RATE_PER_SECOND", "50")
         .output()
         .expect("skeelo-ops runs")

@@ -17,10 +17,7 @@ const BOTH: [&str; 2] = ["SKEELO-AUDIOBOOKS", "SKEELO-EBOOKS"];
 fn ops(w: &World, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_skeelo-ops"))
         .args(args)
-        .env("DATABASE_URL", &w.database_url)
-        .env("SKEELO_BASE_URL", w.sim.base_url())
-        .env("SKEELO_CLIENT_ID", "demo-client")
-        .env("SKEELO_CLIENT_SECRET", "demo-secret")
+        .envs(w.env())
         .env("SKEELO_RATE_PER_SECOND", "50")
         .env("SKEELO_OPERATOR", "ops.teste")
         .output()

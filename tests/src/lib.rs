@@ -136,6 +136,18 @@ impl World {
         })
     }
 
+    /// The environment every program of the fleet reads, pointed at this world: its
+    /// database, broker and simulator (with the simulator's credentials).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url.clone()),
+            ("AMQP_URL", self.amqp_url.clone()),
+            ("SKEELO_BASE_URL", self.sim.base_url()),
+            ("SKEELO_CLIENT_ID", "demo-client".into()),
+            ("SKEELO_CLIENT_SECRET", "demo-secret".into()),
+        ]
+    }
+
     /// Settings for a fleet process of this world (tests adjust them).
     pub fn settings(&self) -> Settings {
         Settings {

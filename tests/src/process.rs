@@ -49,11 +49,7 @@ impl WorkerProcess {
         let port = free_port()?;
         let mut command = Command::new(binary);
         command
-            .env("AMQP_URL", &world.amqp_url)
-            .env("DATABASE_URL", &world.database_url)
-            .env("SKEELO_BASE_URL", world.sim.base_url())
-            .env("SKEELO_CLIENT_ID", "demo-client")
-            .env("SKEELO_CLIENT_SECRET", "demo-secret")
+            .envs(world.env())
             .env("SKEELO_RATE_PER_SECOND", "unlimited")
             .env("SKEELO_REPAIR_INTERVAL", "off")
             .env("SKEELO_SELF_HEAL_INTERVAL", "off")

@@ -203,15 +203,7 @@ fn parse_interval(raw: &str) -> Result<Interval, String> {
 struct Rate(Option<NonZeroU32>);
 
 fn parse_rate(raw: &str) -> Result<Rate, String> {
-    if raw.trim() == "unlimited" {
-        return Ok(Rate(None));
-    }
-    raw.trim()
-        .parse::<NonZeroU32>()
-        .map(|r| Rate(Some(r)))
-        .map_err(|_| {
-            format!("`{raw}`: a whole number of requests per second above 0, or unlimited")
-        })
+    skeelo_partner::pacer::parse_rate(raw).map(Rate)
 }
 
 fn parse_margin(raw: &str) -> Result<f64, String> {

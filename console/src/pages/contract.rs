@@ -9,12 +9,12 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::Form;
 use skeelo_domain::lifecycle;
-use skeelo_domain::mask;
 use skeelo_explain::{Finding, Patience};
 
 use super::dead::{history_rows, HistoryRow};
-use super::{refusal, render, skus, unavailable, Page};
+use super::{audit_reveal, refusal, render, skus, unavailable, CsrfOnly, Page};
 use crate::auth::Signed;
 use crate::App;
 
@@ -38,6 +38,8 @@ struct Found {
 struct Contract {
     page: Page,
     id: String,
+    /// The subscriber's data is shown unmasked (an operator asked; audited).
+    revealed: bool,
     headline: String,
     subscriber: String,
     facts: Vec<(String, String)>,
@@ -57,6 +59,26 @@ pub(crate) async fn page(
     signed: Signed,
     Path(id): Path<String>,
 ) -> Response {
+    contract(&app, &signed, id, false).await
+}
+
+/// An operator reveals the subscriber's personal data; the audit trail records it
+/// first.
+pub(crate) async fn reveal(
+    State(app): State<Arc<App>>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let target = format!("contract {id} (console)");
+    let detail = serde_json::json!({ "contracts": [id] });
+    if let Some(r) = audit_reveal(&app, &signed, &f.csrf, target, detail).await {
+        return r;
+    }
+    contract(&app, &signed, id, true).await
+}
+
+async fn contract(app: &App, signed: &Signed, id: String, reveal: bool) -> Response {
     let explained =
         match skeelo_explain::explain(&app.store, &app.skeelo, &id, Patience::Brief).await {
             Ok(e) => e,
@@ -67,13 +89,14 @@ pub(crate) async fn page(
     };
     let lang = signed.lang.explain();
     let f = &e.state.facts;
+    let w = signed.t();
     let toggle = |t: Option<lifecycle::Toggle>| {
-        t.map(|t| format!("{} (v{})", if t.on { "yes" } else { "no" }, t.version.get()))
+        t.map(|t| format!("{} (v{})", if t.on { w.yes } else { w.no }, t.version.get()))
             .unwrap_or_else(|| "-".into())
     };
     let facts = vec![
         (
-            "synced".to_string(),
+            w.fact_synced.to_string(),
             f.synced
                 .as_ref()
                 .map(|s| {
@@ -86,26 +109,23 @@ pub(crate) async fn page(
                 })
                 .unwrap_or_else(|| "-".into()),
         ),
-        ("suspended".to_string(), toggle(f.suspended)),
-        ("blocked".to_string(), toggle(f.blocked)),
+        (w.fact_suspended.to_string(), toggle(f.suspended)),
+        (w.fact_blocked.to_string(), toggle(f.blocked)),
         (
-            "cancelled".to_string(),
+            w.fact_cancelled.to_string(),
             f.cancelled
                 .map(|v| format!("v{}", v.get()))
                 .unwrap_or_else(|| "-".into()),
         ),
     ];
-    let subscriber = f
-        .synced
-        .as_ref()
+    // The same masking as `skeelo-ops explain`, unless revealed (audited above).
+    let subscriber = skeelo_explain::subscriber(f, reveal)
         .map(|s| {
-            let s = &s.details.subscriber;
-            format!(
-                "{} · {} · {}",
-                mask::name(&s.name),
-                mask::document(s.document.digits()),
-                mask::email(s.email.as_str())
-            )
+            ["name", "document", "email", "phone"]
+                .iter()
+                .filter_map(|k| s[*k].as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+                .join(" · ")
         })
         .unwrap_or_default();
     let findings = e.findings(lang);
@@ -126,6 +146,7 @@ pub(crate) async fn page(
         .collect();
     render(Contract {
         page: signed.page(),
+        revealed: reveal,
         headline: lang.headline(&findings),
         subscriber,
         facts,

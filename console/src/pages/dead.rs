@@ -11,12 +11,11 @@ use axum::extract::{Path, RawForm, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use serde::Deserialize;
 use skeelo_broker::{self as broker, Publisher};
 use skeelo_domain::mask;
 use skeelo_store::dead::{Filter, LetterState};
 
-use super::{refusal, render, unavailable, when, Page};
+use super::{audit_reveal, refusal, render, unavailable, when, CsrfOnly, Page};
 use crate::auth::Signed;
 use crate::jobs::Job;
 use crate::App;
@@ -339,7 +338,12 @@ async fn letter(app: &App, signed: &Signed, id: i64, reveal: bool) -> Response {
     render(One {
         page: signed.page(),
         id: d.id,
-        state: d.state.as_str().to_string(),
+        state: match d.state {
+            LetterState::Parked => signed.t().state_parked,
+            LetterState::Requeued => signed.t().state_requeued,
+            LetterState::Archived => signed.t().state_archived,
+        }
+        .to_string(),
         parked: d.state == LetterState::Parked,
         archived: d.state == LetterState::Archived,
         restore_until: d
@@ -373,12 +377,6 @@ pub(crate) async fn one(
     letter(&app, &signed, id, false).await
 }
 
-#[derive(Deserialize)]
-pub(crate) struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 /// An operator reveals one letter's personal data; the audit trail records it.
 pub(crate) async fn reveal(
     State(app): State<Arc<App>>,
@@ -386,22 +384,10 @@ pub(crate) async fn reveal(
     Path(id): Path<i64>,
     Form(f): Form<CsrfOnly>,
 ) -> Response {
-    if let Some(r) = signed.refused_action(&f.csrf) {
+    let target = format!("dead letter {id} (console)");
+    let detail = serde_json::json!({ "ids": [id] });
+    if let Some(r) = audit_reveal(&app, &signed, &f.csrf, target, detail).await {
         return r;
-    }
-    let who = &signed.session.account.name;
-    if let Err(e) = app
-        .store
-        .audit(
-            who,
-            "reveal",
-            &format!("dead letter {id} (console)"),
-            1,
-            &serde_json::json!({ "ids": [id] }),
-        )
-        .await
-    {
-        return unavailable(e);
     }
     letter(&app, &signed, id, true).await
 }

@@ -58,6 +58,32 @@ pub(crate) fn refusal(status: StatusCode, page: Page, message: &'static str) -> 
     r
 }
 
+/// A form whose only field is its anti-forgery token.
+#[derive(serde::Deserialize)]
+pub(crate) struct CsrfOnly {
+    #[serde(default)]
+    pub(crate) csrf: String,
+}
+
+/// An operator's reveal of personal data, allowed (operator, this session's form)
+/// and written to the audit trail before anything is shown; the refusal otherwise.
+pub(crate) async fn audit_reveal(
+    app: &crate::App,
+    signed: &crate::auth::Signed,
+    csrf: &str,
+    target: String,
+    detail: serde_json::Value,
+) -> Option<Response> {
+    if let Some(r) = signed.refused_action(csrf) {
+        return Some(r);
+    }
+    app.store
+        .audit(&signed.session.account.name, "reveal", &target, 1, &detail)
+        .await
+        .err()
+        .map(unavailable)
+}
+
 /// A database that does not answer.
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "a page could not read the database");

@@ -43,13 +43,29 @@ struct Overview {
     outbox: i64,
     outbox_oldest_s: u64,
     awaiting: i64,
-    last_repair: Option<String>,
+    /// The latest repair runs (`repair_runs`), newest first.
+    repairs: Vec<RepairRow>,
     rate: RateCard,
+}
+
+/// One repair run, as `skeelo-ops check --runs` lists it.
+struct RepairRow {
+    id: i64,
+    started: String,
+    trigger: String,
+    by: String,
+    state: String,
+    compared: i64,
+    differing: i64,
+    repaired: i64,
+    left: i64,
+    failed: i64,
 }
 
 /// The partner rate in use.
 struct RateCard {
-    allowed: u32,
+    /// The allowed rate, or ∞ when the fleet runs unlimited.
+    allowed: String,
     last_10s: String,
     last_minute: String,
     percent: String,
@@ -64,7 +80,7 @@ pub(crate) async fn page(State(app): State<Arc<App>>, signed: Signed) -> Respons
         let parked = app.store.parked_by_reason().await?;
         let outbox = app.store.results_backlog().await?;
         let awaiting = app.store.repair_runs_awaiting().await?;
-        let last = app.store.repair_runs(1).await?;
+        let last = app.store.repair_runs(5).await?;
         Ok::<_, skeelo_store::StoreError>((parked, outbox, awaiting, last))
     };
     let (parked, outbox, awaiting, last) = match read.await {
@@ -112,16 +128,16 @@ pub(crate) async fn page(State(app): State<Arc<App>>, signed: Signed) -> Respons
             }
         }
     }
-    let allowed = app.settings.partner.rate().get();
+    let allowed = app.settings.partner.rate().map(|r| r.get());
     let per_s = |w| app.rate.rate_over(Duration::from_secs(w));
     let ten = per_s(10);
     let latest = app.rate.latest();
     let rate = RateCard {
-        allowed,
+        allowed: allowed.map_or_else(|| "∞".into(), |a| a.to_string()),
         last_10s: ten.map_or_else(|| "…".into(), |r| format!("{r:.1}")),
         last_minute: per_s(60).map_or_else(|| "…".into(), |r| format!("{r:.1}")),
-        percent: ten.map_or_else(String::new, |r| {
-            format!("{:.0} %", 100.0 * r / f64::from(allowed))
+        percent: ten.zip(allowed).map_or_else(String::new, |(r, a)| {
+            format!("{:.0} %", 100.0 * r / f64::from(a))
         }),
         ahead_s: latest
             .as_ref()
@@ -141,17 +157,21 @@ pub(crate) async fn page(State(app): State<Arc<App>>, signed: Signed) -> Respons
         outbox_oldest_s: outbox.oldest.as_secs(),
         awaiting,
         rate,
-        last_repair: last.first().map(|r| {
-            format!(
-                "#{} {} · {} · {} / {} / {}",
-                r.id,
-                when(r.started_at),
-                r.state.replace('_', " "),
-                r.repaired,
-                r.left_for_people,
-                r.failed
-            )
-        }),
+        repairs: last
+            .iter()
+            .map(|r| RepairRow {
+                id: r.id,
+                started: when(r.started_at),
+                trigger: r.trigger.clone(),
+                by: r.requested_by.clone(),
+                state: r.state.replace('_', " "),
+                compared: r.compared,
+                differing: r.differing,
+                repaired: r.repaired,
+                left: r.left_for_people,
+                failed: r.failed,
+            })
+            .collect(),
     })
 }
 

@@ -14,6 +14,7 @@ use skeelo_store::reports::SubscriberState;
 
 use super::{render, skus, unavailable, Page};
 use crate::auth::Signed;
+use crate::i18n::Words;
 use crate::App;
 
 pub(crate) struct Row {
@@ -76,7 +77,7 @@ pub(crate) async fn list(
                 contract: r.contract_id,
                 name: r.name.as_deref().map(mask::name).unwrap_or_default(),
                 email: r.email.as_deref().map(mask::email).unwrap_or_default(),
-                state: r.state,
+                state: state_words(signed.t(), &r.state),
                 skeelo: r.skeelo_status.unwrap_or_default(),
                 products: r.products.join(", "),
                 updated: r.updated_at,
@@ -138,7 +139,7 @@ pub(crate) async fn search(
         let mut rows = Vec::new();
         for id in ids {
             if let Some(state) = app.store.contract(&id).await? {
-                rows.push(row_of(id, &state));
+                rows.push(row_of(signed.t(), id, &state));
             }
         }
         Ok::<_, skeelo_store::StoreError>(rows)
@@ -154,7 +155,20 @@ pub(crate) async fn search(
     }
 }
 
-fn row_of(contract: String, state: &skeelo_store::ContractState) -> Row {
+/// A subscriber's state (as the store names it) in the page's language.
+fn state_words(t: &Words, state: &str) -> String {
+    match state {
+        "active" => t.active.to_string(),
+        "suspended" => t.suspended.to_string(),
+        "blocked" => t.blocked.to_string(),
+        "suspended+blocked" => format!("{} + {}", t.suspended, t.blocked),
+        "cancelled" => t.cancelled.to_string(),
+        "awaiting-sync" => t.awaiting_sync.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn row_of(t: &Words, contract: String, state: &skeelo_store::ContractState) -> Row {
     let f = &state.facts;
     let subscriber = f.synced.as_ref().map(|s| &s.details.subscriber);
     let named = if f.cancelled.is_some() {
@@ -176,7 +190,7 @@ fn row_of(contract: String, state: &skeelo_store::ContractState) -> Row {
         email: subscriber
             .map(|s| mask::email(s.email.as_str()))
             .unwrap_or_default(),
-        state: named.to_string(),
+        state: state_words(t, named),
         skeelo: state
             .held
             .as_ref()

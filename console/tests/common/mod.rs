@@ -46,11 +46,7 @@ pub async fn console(w: &World, log: &Path) -> (Running, String) {
 pub fn console_command(w: &World, extra: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_skeelo-console"));
     command
-        .env("DATABASE_URL", &w.database_url)
-        .env("AMQP_URL", &w.amqp_url)
-        .env("SKEELO_BASE_URL", w.sim.base_url())
-        .env("SKEELO_CLIENT_ID", "demo-client")
-        .env("SKEELO_CLIENT_SECRET", "demo-secret")
+        .envs(w.env())
         .env("SKEELO_RATE_PER_SECOND", "50")
         .env("RUST_LOG", "debug")
         .envs(extra.iter().copied());

@@ -14,10 +14,10 @@ use skeelo_telemetry::metrics::Metrics;
 /// The partner settings, from the fleet's own variables.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PartnerArgs {
-    /// The partner rate (requests per second), shared with the fleet through the
-    /// database: these reads take their turns with the fleet's calls.
-    #[arg(long, env = "SKEELO_RATE_PER_SECOND")]
-    rate: NonZeroU32,
+    /// The partner rate (requests per second, or `unlimited`), shared with the fleet
+    /// through the database: these reads take their turns with the fleet's calls.
+    #[arg(long, env = "SKEELO_RATE_PER_SECOND", value_parser = parse_rate)]
+    rate: Rate,
     /// The least share of the rate left unused, in percent, as the fleet's own
     /// setting (0.5 to 25).
     #[arg(long, env = "SKEELO_RATE_MARGIN_PERCENT", default_value_t = 1.0)]
@@ -33,10 +33,18 @@ pub struct PartnerArgs {
     skeelo_client_secret: String,
 }
 
+/// A partner rate, or none (`unlimited`, as the fleet accepts it).
+#[derive(Debug, Clone, Copy)]
+struct Rate(Option<NonZeroU32>);
+
+fn parse_rate(raw: &str) -> Result<Rate, String> {
+    skeelo_partner::pacer::parse_rate(raw).map(Rate)
+}
+
 impl PartnerArgs {
-    /// The partner rate the fleet is allowed, per second.
-    pub fn rate(&self) -> NonZeroU32 {
-        self.rate
+    /// The partner rate the fleet is allowed, per second; `None` when unlimited.
+    pub fn rate(&self) -> Option<NonZeroU32> {
+        self.rate.0
     }
 
     /// A client paced with the fleet through `store`, whose calls each wait `timeout`
@@ -52,12 +60,15 @@ impl PartnerArgs {
                 timeout,
             },
             Metrics::new().map_err(|e| SetupError::Metrics(e.to_string()))?,
-            Pacer::fleet(
-                store.clone(),
-                self.rate,
-                Weights::default(),
-                Margin::new(self.rate_margin_percent / 100.0),
-            ),
+            match self.rate.0 {
+                Some(rate) => Pacer::fleet(
+                    store.clone(),
+                    rate,
+                    Weights::default(),
+                    Margin::new(self.rate_margin_percent / 100.0),
+                ),
+                None => Pacer::unlimited(),
+            },
         )?)
     }
 }

@@ -326,6 +326,17 @@ impl Queues {
     }
 }
 
+/// The partner rate as the fleet's settings write it: a whole number of requests a
+/// second, or `unlimited` (`None`).
+pub fn parse_rate(raw: &str) -> Result<Option<NonZeroU32>, String> {
+    if raw.trim() == "unlimited" {
+        return Ok(None);
+    }
+    raw.trim().parse::<NonZeroU32>().map(Some).map_err(|_| {
+        format!("`{raw}`: a whole number of requests per second above 0, or unlimited")
+    })
+}
+
 /// The name of the fleet's row in `partner_rate` (readers of the ledger use it too).
 pub const LEDGER_ROW: &str = "skeelo";
 

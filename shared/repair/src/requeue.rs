@@ -37,8 +37,9 @@ pub async fn matching(
     let selection = store.dead_letter_ids(filter, MOST).await?;
     let mut ids = Vec::new();
     let mut stopped_early = None;
+    // Whatever stops it half-way, the letters sent back so far get their audit line.
     'pages: for chunk in selection.chunks(PAGE) {
-        let page = store
+        let page = match store
             .dead_letters(
                 &Filter {
                     ids: chunk.to_vec(),
@@ -47,7 +48,14 @@ pub async fn matching(
                 },
                 PAGE as i64,
             )
-            .await?;
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                stopped_early = Some(format!("reading the letters: {e}"));
+                break 'pages;
+            }
+        };
         for d in page {
             let message_id = d
                 .event_id
@@ -60,8 +68,15 @@ pub async fn matching(
                 stopped_early = Some(format!("dead letter {}: {e}", d.id));
                 break 'pages;
             }
-            if store.mark_requeued(d.id, who).await? {
-                ids.push(d.id);
+            match store.mark_requeued(d.id, who).await {
+                Ok(true) => ids.push(d.id),
+                Ok(false) => {}
+                Err(e) => {
+                    // Published, not marked: it may be sent back once more later.
+                    ids.push(d.id);
+                    stopped_early = Some(format!("marking dead letter {}: {e}", d.id));
+                    break 'pages;
+                }
             }
             progress(ids.len());
         }

@@ -169,23 +169,11 @@ impl Store {
         password: &str,
         ttl: std::time::Duration,
     ) -> Result<Option<(String, Session)>, StoreError> {
-        let row = {
-            let client = self.pool.get().await?;
-            client
-                .query_opt(
-                    "SELECT name, password_hash, role, lang FROM console_users WHERE name = $1",
-                    &[&name],
-                )
-                .await?
-        };
-        let (stored, account) = match &row {
+        let (stored, account) = match self.account(name).await? {
             // An account without a password is checked against the same made-up hash
             // as a name that does not exist: the same time, and no match.
-            Some(r) if r.get::<_, &str>(1) == NO_PASSWORD => (NOBODY.to_string(), None),
-            Some(r) => (
-                r.get::<_, String>(1),
-                account_of(r.get(0), r.get::<_, &str>(2), r.get(3)),
-            ),
+            Some((hash, _)) if hash == NO_PASSWORD => (NOBODY.to_string(), None),
+            Some((hash, account)) => (hash, Some(account)),
             None => (NOBODY.to_string(), None),
         };
         // Argon2 takes tens of milliseconds and 19 MiB by design: on a blocking thread,
@@ -207,20 +195,24 @@ impl Store {
         name: &str,
         ttl: std::time::Duration,
     ) -> Result<Option<(String, Session)>, StoreError> {
-        let row = {
-            let client = self.pool.get().await?;
-            client
-                .query_opt(
-                    "SELECT name, role, lang FROM console_users WHERE name = $1",
-                    &[&name],
-                )
-                .await?
-        };
-        let Some(account) = row.and_then(|r| account_of(r.get(0), r.get::<_, &str>(1), r.get(2)))
-        else {
+        let Some((_, account)) = self.account(name).await? else {
             return Ok(None);
         };
         Ok(Some(self.start_session(account, ttl).await?))
+    }
+
+    /// The account `name` and what it keeps instead of its password.
+    async fn account(&self, name: &str) -> Result<Option<(String, Account)>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT name, password_hash, role, lang FROM console_users WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        Ok(row.and_then(|r| {
+            account_of(r.get(0), r.get::<_, &str>(2), r.get(3)).map(|a| (r.get(1), a))
+        }))
     }
 
     /// Sets the language an account's pages are in (`None`: the browser's); `false`
