@@ -81,6 +81,15 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// An `X-Forwarded-For` entry: an address, with or without a port (`a.b.c.d:p`,
+/// `[v6]:p`).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    entry.parse::<SocketAddr>().ok().map(|s| canonical(s.ip()))
+}
+
 /// Whether `ip` is in any of `nets`.
 pub(crate) fn among(nets: &[Net], ip: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(ip))
@@ -104,21 +113,25 @@ pub(crate) fn client_ip(
     if !among(trusted, peer) {
         return Some(peer);
     }
-    let forwarded: Vec<IpAddr> = headers
+    let forwarded: Vec<Option<IpAddr>> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse().ok())
-        .map(canonical)
+        .map(|a| forwarded_address(a.trim()))
         .collect();
-    Some(
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|a| !among(trusted, *a))
-            .unwrap_or(peer),
-    )
+    // From the right: past our own proxies, the first address is the client. An entry
+    // that cannot be read ends the walk at the last hop we trust (the peer): reading
+    // past it would believe whatever the client wrote further left.
+    let mut client = peer;
+    for hop in forwarded.into_iter().rev() {
+        match hop {
+            Some(a) if among(trusted, a) => client = a,
+            Some(a) => return Some(a),
+            None => return Some(peer),
+        }
+    }
+    Some(client)
 }
 
 /// A session the trusted proxy vouched for, for the handlers to use.
@@ -251,6 +264,43 @@ fn address_key(ip: Option<IpAddr>) -> String {
     }
 }
 
+/// One more failure under `key`, and the wait it earns.
+fn count(all: &mut HashMap<String, Failures>, key: String, allowed: u32, now: Instant) {
+    let f = all.entry(key).or_insert(Failures {
+        count: 0,
+        last: now,
+        until: None,
+    });
+    if now.duration_since(f.last) >= FORGET {
+        f.count = 0;
+    }
+    f.count += 1;
+    f.last = now;
+    if f.count >= allowed {
+        let doublings = (f.count - allowed).min(10);
+        f.until = Some(now + (FIRST_WAIT * 2u32.pow(doublings)).min(LONGEST));
+    }
+}
+
+/// Room in a full table: forgotten failures go, then — a tenth at a time, the
+/// longest-quiet first — keys that hold nobody back now. A key that holds someone
+/// is never dropped: flooding the table cannot free a held name.
+fn make_room(all: &mut HashMap<String, Failures>, now: Instant) {
+    all.retain(|_, f| now.duration_since(f.last) < FORGET || f.until.is_some_and(|u| u > now));
+    if all.len() < MOST_KEYS {
+        return;
+    }
+    let mut quiet: Vec<(Instant, String)> = all
+        .iter()
+        .filter(|(_, f)| f.until.is_none_or(|u| u <= now))
+        .map(|(k, f)| (f.last, k.clone()))
+        .collect();
+    quiet.sort_unstable();
+    for (_, k) in quiet.into_iter().take(MOST_KEYS / 10) {
+        all.remove(&k);
+    }
+}
+
 impl Throttle {
     fn keys(name: &str, ip: Option<IpAddr>) -> [(String, u32); 3] {
         let name = name.to_lowercase();
@@ -278,31 +328,27 @@ impl Throttle {
         let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         for (key, allowed) in Self::keys(name, ip) {
             if all.len() >= MOST_KEYS && !all.contains_key(&key) {
-                all.retain(|_, f| now.duration_since(f.last) < FORGET);
+                make_room(&mut all, now);
                 if all.len() >= MOST_KEYS {
-                    // A tenth at a time, the longest-quiet first: room for many more.
-                    let mut by_age: Vec<(Instant, String)> =
-                        all.iter().map(|(k, f)| (f.last, k.clone())).collect();
-                    by_age.sort_unstable();
-                    for (_, k) in by_age.into_iter().take(MOST_KEYS / 10) {
-                        all.remove(&k);
-                    }
+                    // Full of keys that hold someone back: those keep holding; this
+                    // failure goes uncounted under a new key.
+                    continue;
                 }
             }
-            let f = all.entry(key).or_insert(Failures {
-                count: 0,
-                last: now,
-                until: None,
-            });
-            if now.duration_since(f.last) >= FORGET {
-                f.count = 0;
-            }
-            f.count += 1;
-            f.last = now;
-            if f.count >= allowed {
-                let doublings = (f.count - allowed).min(10);
-                f.until = Some(now + (FIRST_WAIT * 2u32.pow(doublings)).min(LONGEST));
-            }
+            count(&mut all, key, allowed, now);
+        }
+    }
+
+    /// A failure to count against its address only (a form too large to be a
+    /// sign-in: its name is not a name to hold).
+    pub(crate) fn failed_address(&self, ip: Option<IpAddr>, now: Instant) {
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = format!("ip:{}", address_key(ip));
+        if all.len() >= MOST_KEYS && !all.contains_key(&key) {
+            make_room(&mut all, now);
+        }
+        if all.len() < MOST_KEYS || all.contains_key(&key) {
+            count(&mut all, key, ADDRESS_FAILURES, now);
         }
     }
 
@@ -426,6 +472,22 @@ mod tests {
     }
 
     #[test]
+    fn flooding_the_table_does_not_free_a_held_name() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        for _ in 0..NAME_AT_ADDRESS_FAILURES {
+            t.failed("ana", IP, now);
+        }
+        let later = now + Duration::from_secs(1);
+        for i in 0..(2 * MOST_KEYS) {
+            t.failed(&format!("flood-{i}"), OTHER, later);
+            t.failed_address(OTHER, later);
+        }
+        assert!(t.len() <= MOST_KEYS);
+        assert!(t.wait("ana", IP, later).is_some(), "Ana is still held");
+    }
+
+    #[test]
     fn ranges_of_proxies_hold_their_addresses_and_mapped_ipv4_is_ipv4() {
         let net: Net = "10.0.0.0/8".parse().unwrap_or(Net {
             addr: IpAddr::from([0, 0, 0, 0]),
@@ -467,5 +529,20 @@ mod tests {
             Some(proxy),
             "no proxy trusted: the peer"
         );
+        // Ports are read; an entry that cannot be read stops the walk at the peer.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.9:5555"),
+        );
+        assert_eq!(
+            client_ip(Some(proxy), &h, &proxies),
+            Some(IpAddr::from([203, 0, 113, 9]))
+        );
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, unknown"),
+        );
+        assert_eq!(client_ip(Some(proxy), &h, &proxies), Some(proxy));
     }
 }

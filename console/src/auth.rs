@@ -206,15 +206,6 @@ pub(crate) async fn login(
     }
     let ip = client_ip(Some(peer.ip()), &headers, &app.settings.trusted_proxies);
     let name = c.name.trim();
-    if name.chars().count() > 64 || c.password.len() > 1024 {
-        app.throttle
-            .failed(name.get(..64).unwrap_or("?"), ip, Instant::now());
-        return (
-            StatusCode::BAD_REQUEST,
-            "the name or the password is too long",
-        )
-            .into_response();
-    }
     let held = |wait: std::time::Duration| {
         tracing::warn!(client = ?ip, "a sign-in was refused: too many failures");
         let mut r = render(LoginPage {
@@ -228,6 +219,19 @@ pub(crate) async fn login(
         }
         r
     };
+    if name.chars().count() > 64 || c.password.len() > 1024 {
+        // Not a sign-in: counted against the address only (a name is not made up of
+        // whatever was sent), and held like any other failure.
+        if let Some(wait) = app.throttle.wait("", ip, Instant::now()) {
+            return held(wait);
+        }
+        app.throttle.failed_address(ip, Instant::now());
+        return (
+            StatusCode::BAD_REQUEST,
+            "the name or the password is too long",
+        )
+            .into_response();
+    }
     // Checked before the password, which costs the server far more than the refusal.
     if let Some(wait) = app.throttle.wait(name, ip, Instant::now()) {
         return held(wait);

@@ -58,6 +58,7 @@ impl Lang {
 /// Every word the pages show.
 #[derive(Debug)]
 pub(crate) struct Words {
+    pub(crate) too_many_to_requeue: &'static str,
     pub(crate) source_outage: &'static str,
     pub(crate) trigger: &'static str,
     pub(crate) compared: &'static str,
@@ -201,6 +202,7 @@ pub(crate) struct Words {
 }
 
 static EN: Words = Words {
+    too_many_to_requeue: "More than 100 000 letters match: narrow the filter to requeue them in parts.",
     source_outage: "database: outages, as each process of the fleet notes it",
     trigger: "Started by",
     compared: "Compared",
@@ -344,6 +346,7 @@ static EN: Words = Words {
 };
 
 static PT: Words = Words {
+    too_many_to_requeue: "Mais de 100 000 mensagens correspondem: restrinja o filtro para reenviá-las em partes.",
     source_outage: "banco: outages, como cada processo da frota o registra",
     trigger: "Iniciado por",
     compared: "Comparados",

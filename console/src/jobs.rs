@@ -60,6 +60,16 @@ impl Job {
     }
 }
 
+/// What [`Jobs::start_unless_running`] did.
+pub(crate) enum Started {
+    /// Started this one.
+    New(Arc<Job>),
+    /// The same job runs already.
+    Already(Arc<Job>),
+    /// Too many run.
+    TooMany,
+}
+
 /// The console's jobs.
 #[derive(Debug)]
 pub(crate) struct Jobs {
@@ -83,8 +93,21 @@ impl Default for Jobs {
 }
 
 impl Jobs {
+    /// A new job (tests start them directly).
+    #[cfg(test)]
+    fn start(&self, who: &str, what: &str, of: i64) -> Arc<Job> {
+        let mut all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+        self.insert(&mut all, who, what, of)
+    }
+
     /// A new job, kept for its page; the oldest finished ones are forgotten.
-    pub(crate) fn start(&self, who: &str, what: &str, of: i64) -> Arc<Job> {
+    fn insert(
+        &self,
+        all: &mut BTreeMap<u64, Arc<Job>>,
+        who: &str,
+        what: &str,
+        of: i64,
+    ) -> Arc<Job> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let job = Arc::new(Job {
             id,
@@ -93,7 +116,6 @@ impl Jobs {
             of,
             state: Mutex::new(State::default()),
         });
-        let mut all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
         all.insert(id, job.clone());
         let finished: Vec<u64> = all
             .iter()
@@ -106,24 +128,24 @@ impl Jobs {
         job
     }
 
-    /// A running job that does `what` already.
-    pub(crate) fn running_like(&self, what: &str) -> Option<Arc<Job>> {
-        self.all
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .find(|j| j.what == what && j.state().ended.is_none())
-            .cloned()
-    }
-
-    /// How many jobs are running.
-    pub(crate) fn running(&self) -> usize {
-        self.all
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .filter(|j| j.state().ended.is_none())
-            .count()
+    /// Starts a job unless one doing `what` runs already (a double click) or `most`
+    /// run: one look under one lock, so two requests at once cannot both start.
+    pub(crate) fn start_unless_running(
+        &self,
+        who: &str,
+        what: &str,
+        of: i64,
+        most: usize,
+    ) -> Started {
+        let mut all = self.all.lock().unwrap_or_else(PoisonError::into_inner);
+        let running: Vec<&Arc<Job>> = all.values().filter(|j| j.state().ended.is_none()).collect();
+        if let Some(same) = running.iter().find(|j| j.what == what) {
+            return Started::Already(Arc::clone(same));
+        }
+        if running.len() >= most {
+            return Started::TooMany;
+        }
+        Started::New(self.insert(&mut all, who, what, of))
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<Arc<Job>> {
@@ -145,32 +167,42 @@ mod tests {
         let job = jobs.start("ana", "class unknown_product", 3);
         job.advance(2);
         assert_eq!(jobs.get(job.id).map(|j| j.state().done), Some(2));
-        assert_eq!(jobs.running(), 1);
-        assert!(jobs.running_like("class unknown_product").is_some());
-        assert!(jobs.running_like("class other").is_none());
+        assert!(matches!(
+            jobs.start_unless_running("bia", "class unknown_product", 3, 4),
+            Started::Already(j) if j.id == job.id
+        ));
+        assert!(matches!(
+            jobs.start_unless_running("bia", "class other", 3, 1),
+            Started::TooMany
+        ));
         assert!(job.state().ended.is_none());
         job.finish(Ok((3, None)));
         let s = job.state();
         assert_eq!(s.done, 3);
         assert_eq!(s.ended, Some(Ok((3, None))));
-        assert!(jobs.running_like("class unknown_product").is_none());
-        assert_eq!(jobs.running(), 0);
+        assert!(matches!(
+            jobs.start_unless_running("bia", "class unknown_product", 3, 1),
+            Started::New(j) if j.id != job.id
+        ));
     }
 
     #[test]
     fn only_the_latest_finished_jobs_are_kept_and_running_ones_never_dropped() {
         let jobs = Jobs::default();
         let running = jobs.start("ana", "long", 1_000);
+        let mut first = None;
         let mut last = None;
         for _ in 0..(KEPT + 10) {
             let j = jobs.start("ana", "short", 1);
             j.finish(Ok((1, None)));
+            first = first.or(Some(j.id));
             last = Some(j.id);
         }
         jobs.start("ana", "one more", 1);
         assert!(jobs.get(running.id).is_some(), "a running job stays");
+        let first = first.expect("a first short job");
         assert!(
-            jobs.get(2).is_none(),
+            jobs.get(first).is_none(),
             "the oldest finished job is forgotten"
         );
         assert!(last.and_then(|id| jobs.get(id)).is_some());

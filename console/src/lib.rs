@@ -72,6 +72,8 @@ pub(crate) struct App {
     pub(crate) throttle: access::Throttle,
     /// Work that outlives its request (requeues): waited for when the console stops.
     pub(crate) tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when the console stops: a requeue ends at its next letter.
+    pub(crate) stop: CancellationToken,
 }
 
 /// The console's routes.
@@ -114,15 +116,24 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
     if request.method() == Method::POST {
         // Behind a trusted proxy that rewrites Host, the host the browser used is
         // the one it forwards.
-        let from_proxy = access::peer(request.extensions())
-            .is_some_and(|p| access::among(&app.settings.trusted_proxies, p));
+        let from_proxy = access::peer(request.extensions()).is_some_and(|p| {
+            access::among(&app.settings.trusted_proxies, p)
+                || access::among(&app.settings.sign_in_proxies, p)
+        });
+        // A chain of proxies appends: the first is the host the browser used.
         let forwarded = from_proxy
             .then(|| request.headers().get("x-forwarded-host"))
-            .flatten();
-        let host = forwarded
-            .or_else(|| request.headers().get(header::HOST))
+            .flatten()
             .and_then(|h| h.to_str().ok())
-            .map(str::to_string);
+            .and_then(|h| h.split(',').next())
+            .map(|h| h.trim().to_string());
+        let host = forwarded.or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
         let origin = request
             .headers()
             .get(header::ORIGIN)
@@ -180,6 +191,7 @@ pub async fn serve(
         rate,
         throttle: access::Throttle::default(),
         tasks: tasks.clone(),
+        stop: stop.clone(),
     }));
     axum::serve(
         listener,
@@ -187,7 +199,8 @@ pub async fn serve(
     )
     .with_graceful_shutdown(async move { stop.cancelled().await })
     .await?;
-    // A requeue under way ends with its letters marked and its audit line written.
+    // A requeue under way stops at its next letter (the stop token) and writes its
+    // audit line for what it sent.
     tasks.close();
     if tokio::time::timeout(STOP_GRACE, tasks.wait())
         .await

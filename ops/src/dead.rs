@@ -81,8 +81,9 @@ pub(crate) enum Command {
     Purge {
         #[command(flatten)]
         select: Select,
-        /// How long archived letters stay restorable.
-        #[arg(long, env = "SKEELO_DEAD_RETENTION_DAYS", default_value_t = 30)]
+        /// How long archived letters stay restorable (1 to 3650).
+        #[arg(long, env = "SKEELO_DEAD_RETENTION_DAYS", default_value_t = 30,
+              value_parser = clap::value_parser!(u32).range(1..=3650))]
         retention_days: u32,
         /// Delete the archived letters whose retention has passed (nothing else).
         #[arg(long, conflicts_with_all = ["ids", "all"])]
@@ -553,7 +554,10 @@ async fn requeue(
         &filter,
         &who,
         &select.describe(),
-        &mut |n| progress.show(n, count),
+        &mut |n| {
+            progress.show(n, count);
+            true
+        },
     )
     .await?;
     let (done, failure) = (requeued.ids, requeued.stopped_early);

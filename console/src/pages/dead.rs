@@ -17,7 +17,7 @@ use skeelo_store::dead::{Filter, LetterState};
 
 use super::{audit_reveal, refusal, render, unavailable, when, CsrfOnly, Page};
 use crate::auth::Signed;
-use crate::jobs::Job;
+use crate::jobs::{Job, Started};
 use crate::App;
 
 /// Which letters an operator means, as the forms and links carry them. No personal
@@ -549,7 +549,9 @@ pub(crate) async fn act(
         Ok(n) => n,
         Err(e) => return unavailable(e),
     };
-    if expected != Some(now) || (sel.up_to_id.is_none() && now > 0) {
+    // Without the confirmation's mark (a hand-made form, or nothing matched then) it
+    // asks: nothing is done on a count alone.
+    if expected != Some(now) || sel.up_to_id.is_none() {
         return match recount(&app, &sel).await {
             Ok((count, upto)) => ask(&app, &signed, action, sel, count, upto),
             Err(e) => unavailable(e),
@@ -560,17 +562,26 @@ pub(crate) async fn act(
     let t = signed.t();
     let count = match action {
         Action::Requeue => {
-            if let Some(running) = app.jobs.running_like(&what) {
-                return Redirect::to(&format!("/dead/jobs/{}", running.id)).into_response();
-            }
-            if app.jobs.running() >= MOST_JOBS {
+            if now > skeelo_repair::requeue::MOST {
                 return refusal(
-                    StatusCode::TOO_MANY_REQUESTS,
+                    StatusCode::BAD_REQUEST,
                     signed.page(),
-                    t.too_many_jobs,
+                    t.too_many_to_requeue,
                 );
             }
-            let job = app.jobs.start(&who, &what, now);
+            let job = match app.jobs.start_unless_running(&who, &what, now, MOST_JOBS) {
+                Started::New(job) => job,
+                Started::Already(running) => {
+                    return Redirect::to(&format!("/dead/jobs/{}", running.id)).into_response();
+                }
+                Started::TooMany => {
+                    return refusal(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        signed.page(),
+                        t.too_many_jobs,
+                    );
+                }
+            };
             let id = job.id;
             app.tasks
                 .spawn(requeue(app.clone(), job, filter, who, what));
@@ -621,13 +632,17 @@ async fn requeue(app: Arc<App>, job: Arc<Job>, filter: Filter, who: String, what
         let connection = broker::connect(&app.settings.amqp_url, "skeelo-console requeue").await?;
         let publisher = Publisher::open(&connection).await?;
         let progress = job.clone();
+        let stop = app.stop.clone();
         let done = skeelo_repair::requeue::matching(
             &app.store,
             &publisher,
             &filter,
             &who,
             &what,
-            &mut move |n| progress.advance(n),
+            &mut move |n| {
+                progress.advance(n);
+                !stop.is_cancelled()
+            },
         )
         .await;
         let _ = connection.close(200, "done".into()).await;

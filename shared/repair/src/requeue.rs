@@ -25,18 +25,23 @@ pub const MOST: i64 = 100_000;
 /// Requeues the parked letters matching `filter` as `who` — those that match when it
 /// begins, no others: a letter the fleet parks again while this runs (its cause not
 /// cleared yet) waits for the next requeue, so a requeue always ends. `what` describes
-/// the selection in the audit trail; `progress` hears the count so far.
+/// the selection in the audit trail; `progress` hears the count so far and answers
+/// whether to go on (a stopping program says no: the requeue ends there, with its
+/// audit line for what it did).
 pub async fn matching(
     store: &Store,
     publisher: &Publisher,
     filter: &Filter,
     who: &str,
     what: &str,
-    progress: &mut (dyn FnMut(usize) + Send),
+    progress: &mut (dyn FnMut(usize) -> bool + Send),
 ) -> Result<Requeued, StoreError> {
-    let selection = store.dead_letter_ids(filter, MOST).await?;
+    // One more than it takes: a selection larger than that is cut short, and says so.
+    let mut selection = store.dead_letter_ids(filter, MOST + 1).await?;
+    let cut = selection.len() > MOST as usize;
+    selection.truncate(MOST as usize);
     let mut ids = Vec::new();
-    let mut stopped_early = None;
+    let mut stopped_early: Option<String> = None;
     // Whatever stops it half-way, the letters sent back so far get their audit line.
     'pages: for chunk in selection.chunks(PAGE) {
         let page = match store
@@ -78,8 +83,16 @@ pub async fn matching(
                     break 'pages;
                 }
             }
-            progress(ids.len());
+            if !progress(ids.len()) {
+                stopped_early = Some("stopped: the program is shutting down".into());
+                break 'pages;
+            }
         }
+    }
+    if cut && stopped_early.is_none() {
+        stopped_early = Some(format!(
+            "more than {MOST} letters matched: the first {MOST} were taken; run it again for the rest"
+        ));
     }
     let shown: Vec<i64> = ids.iter().take(1000).copied().collect();
     store

@@ -377,7 +377,13 @@ impl Store {
         let (cond, mut params) = filter.sql();
         params.push(Box::new(operator.to_string()));
         let op = params.len();
-        params.push(Box::new(OffsetDateTime::now_utc() + retention));
+        let until = time::Duration::try_from(retention)
+            .ok()
+            .and_then(|r| OffsetDateTime::now_utc().checked_add(r))
+            .ok_or_else(|| {
+                StoreError::Config(format!("a retention of {retention:?} is too long"))
+            })?;
+        params.push(Box::new(until));
         let until = params.len();
         let sql = format!(
             "UPDATE dead_letters SET state = 'archived', archived_at = now(), archived_by = ${op},
