@@ -486,14 +486,8 @@ pub(crate) async fn confirm(
         Ok(f) => f,
         Err(r) => return *r,
     };
-    let counted = async {
-        let filter = sel.filter();
-        let upto = app.store.newest_dead_letter_id(&filter).await?;
-        let count = app.store.count_dead_letters(&filter).await?;
-        Ok::<_, skeelo_store::StoreError>((count, upto))
-    };
-    match counted.await {
-        Ok((count, upto)) => ask(&app, &signed, action, sel, count, upto),
+    match recount(&app, sel).await {
+        Ok((sel, count, upto)) => ask(&app, &signed, action, sel, count, upto),
         Err(e) => unavailable(e),
     }
 }
@@ -514,19 +508,20 @@ const MOST_RESTORED: i64 = 100_000;
 /// Requeues running at once from this console (each holds a broker connection).
 const MOST_JOBS: usize = 4;
 
-/// How many letters `sel` matches now, and the newest of them (the mark the
-/// confirmation carries).
+/// The letters `sel` names, counted afresh: how many match now and the newest of them
+/// (the mark the confirmation carries), whatever mark it came with.
 async fn recount(
     app: &App,
-    sel: &Selection,
-) -> Result<(i64, Option<i64>), skeelo_store::StoreError> {
-    let filter = Filter {
+    sel: Selection,
+) -> Result<(Selection, i64, Option<i64>), skeelo_store::StoreError> {
+    let sel = Selection {
         up_to_id: None,
-        ..sel.filter()
+        ..sel
     };
+    let filter = sel.filter();
     let upto = app.store.newest_dead_letter_id(&filter).await?;
     let count = app.store.count_dead_letters(&filter).await?;
-    Ok((count, upto))
+    Ok((sel, count, upto))
 }
 
 /// Acts on the letters the operator confirmed — those of the selection up to the
@@ -552,8 +547,8 @@ pub(crate) async fn act(
     // Without the confirmation's mark (a hand-made form, or nothing matched then) it
     // asks: nothing is done on a count alone.
     if expected != Some(now) || sel.up_to_id.is_none() {
-        return match recount(&app, &sel).await {
-            Ok((count, upto)) => ask(&app, &signed, action, sel, count, upto),
+        return match recount(&app, sel).await {
+            Ok((sel, count, upto)) => ask(&app, &signed, action, sel, count, upto),
             Err(e) => unavailable(e),
         };
     }
