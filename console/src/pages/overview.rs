@@ -87,7 +87,7 @@ pub(crate) async fn page(State(app): State<Arc<App>>, signed: Signed) -> Respons
         Ok(r) => r,
         Err(e) => return unavailable(e),
     };
-    let outage = match app.store.outages_now(Duration::from_secs(60)).await {
+    let outage = match app.store.outages_now(skeelo_explain::OUTAGE_FRESH).await {
         Ok(o) => o
             .into_iter()
             .find(|o| o.downstream == "skeelo")

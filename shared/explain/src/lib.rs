@@ -146,7 +146,7 @@ impl Fix {
 
 /// An outage note older than this is a process that stopped probing (it refreshes
 /// its note at least every 16 s while it probes).
-const OUTAGE_FRESH: Duration = Duration::from_secs(60);
+pub const OUTAGE_FRESH: Duration = Duration::from_secs(60);
 
 /// What Skeelo answered when asked now.
 #[derive(Debug, Clone)]
