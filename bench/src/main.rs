@@ -374,6 +374,40 @@ fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
                 .collect();
             eprintln!("gap of {ms:.0} ms after call #{i}: calls around it {around:?}");
         }
+        // Each 429: the calls accepted in the second before it, and how they were
+        // spaced at both ends of that second (arrival jitter shows as a spacing far
+        // from the interval).
+        for refused in w.sim.refused_times() {
+            let inside: Vec<Instant> = times
+                .iter()
+                .copied()
+                .filter(|t| *t <= refused && refused.duration_since(*t) < Duration::from_secs(1))
+                .collect();
+            let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1000.0;
+            let spacing = |ts: &[Instant]| -> Vec<String> {
+                ts.windows(2)
+                    .map(|p| format!("{:.1}", ms(p[0], p[1])))
+                    .collect()
+            };
+            let before_first: Vec<Instant> = times
+                .iter()
+                .copied()
+                .filter(|t| inside.first().is_some_and(|f| t <= f))
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            eprintln!(
+                "429 at +{:.3} s: {} accepted in the second before it, the first {:.1} ms before; spacing around the first {:?}, at the end {:?}",
+                refused.duration_since(started).as_secs_f64(),
+                inside.len(),
+                inside.first().map_or(0.0, |f| ms(*f, refused)),
+                spacing(&[before_first.as_slice(), inside.get(1..4).unwrap_or_default()].concat()),
+                spacing(&inside[inside.len().saturating_sub(6)..]),
+            );
+        }
     }
     let n = times.len();
     RateFigures {
@@ -696,7 +730,7 @@ async fn main() -> anyhow::Result<()> {
     if o.runs("margin") {
         // What the margin buys: the same run with less of it, down to the least.
         let n = if o.quick { 300 } else { 3000 };
-        for margin in ["0.5", "1", "2"] {
+        for margin in ["1", "1.5", "2"] {
             let f = rate_use(
                 3,
                 50,

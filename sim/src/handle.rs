@@ -126,6 +126,11 @@ impl SimHandle {
         self.sim.lock().accepted_times()
     }
 
+    /// When calls were refused for the rate (429), oldest first.
+    pub fn refused_times(&self) -> Vec<std::time::Instant> {
+        self.sim.lock().refused_times()
+    }
+
     /// Whether some call about this contract was failed on purpose (the `error_rate`
     /// fault), so that a benchmark can tell healthy events from those it hit.
     pub fn failed_on_purpose(&self, external_id: &str) -> bool {

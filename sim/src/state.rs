@@ -80,6 +80,9 @@ pub(crate) struct State {
     /// When each recent accepted call arrived and what it was, oldest first (at most
     /// [`CALLS_KEPT`]).
     accepted_times: VecDeque<(Instant, &'static str)>,
+    /// When calls were refused for the rate (at most [`CALLS_KEPT`]): a benchmark
+    /// shows the calls of the second before each.
+    refused_times: Vec<Instant>,
     /// The contracts (external ids) a call for which was failed on purpose: a
     /// benchmark tells the events hit by an injected fault from the healthy ones.
     failed_subjects: BTreeSet<String>,
@@ -103,6 +106,7 @@ impl State {
             max_sliding: 0,
             accepted_span: None,
             accepted_times: VecDeque::new(),
+            refused_times: Vec::new(),
             failed_subjects: BTreeSet::new(),
         }
     }
@@ -185,6 +189,9 @@ impl State {
         }
         if let Some(limit) = self.faults.rate_per_second {
             if self.recent.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+                if self.refused_times.len() < CALLS_KEPT {
+                    self.refused_times.push(now);
+                }
                 return Err(ApiError::rate_limited(self.faults.retry_after.clone()));
             }
         }
@@ -228,6 +235,7 @@ impl State {
         self.max_sliding = 0;
         self.accepted_span = None;
         self.accepted_times.clear();
+        self.refused_times.clear();
         self.failed_subjects.clear();
     }
 
@@ -239,6 +247,11 @@ impl State {
     /// When the recent accepted calls arrived and their operations, oldest first.
     pub(crate) fn accepted_times(&self) -> Vec<(Instant, &'static str)> {
         self.accepted_times.iter().copied().collect()
+    }
+
+    /// When calls were refused for the rate, oldest first.
+    pub(crate) fn refused_times(&self) -> Vec<Instant> {
+        self.refused_times.clone()
     }
 
     /// Whether a call about `external_id` was failed on purpose.
