@@ -33,6 +33,11 @@ pub(crate) struct Catalogue {
     /// The SKUs, and how many refreshes from Skeelo produced them (0: the stored copy).
     skus: RwLock<(BTreeSet<String>, u64)>,
     refreshing: Mutex<()>,
+    /// The generation of the list last written to the database. The copy is written
+    /// apart from the refresh, so that the rounds waiting for the list do not wait for
+    /// the copy too (their first calls would leave the partner's slots unused), and an
+    /// older list never overwrites a newer one.
+    stored: std::sync::Arc<Mutex<u64>>,
     /// When a read from Skeelo last failed.
     failed_at: std::sync::Mutex<Option<Instant>>,
 }
@@ -44,6 +49,7 @@ impl Catalogue {
         Ok(Catalogue {
             skus: RwLock::new((stored, 0)),
             refreshing: Mutex::new(()),
+            stored: std::sync::Arc::new(Mutex::new(0)),
             failed_at: std::sync::Mutex::new(None),
         })
     }
@@ -65,11 +71,19 @@ impl Catalogue {
 
     async fn refresh(&self, store: &Store, skeelo: &SkeeloClient) -> Result<(), SkeeloError> {
         let products = skeelo.products().await?;
-        if let Err(e) = store.replace_catalogue(&products).await {
-            tracing::warn!(error = %e, "could not store the catalogue");
-        }
         tracing::info!(products = products.len(), "catalogue loaded from Skeelo");
-        self.replace(products.into_iter().map(|p| p.sku).collect());
+        let generation = self.replace(products.iter().map(|p| p.sku.clone()).collect());
+        let (store, stored) = (store.clone(), self.stored.clone());
+        tokio::spawn(async move {
+            let mut written = stored.lock().await;
+            if *written >= generation {
+                return;
+            }
+            match store.replace_catalogue(&products).await {
+                Ok(()) => *written = generation,
+                Err(e) => tracing::warn!(error = %e, "could not store the catalogue"),
+            }
+        });
         Ok(())
     }
 
@@ -85,10 +99,15 @@ impl Catalogue {
         Ok(self.skus.read().map(|s| s.0.clone()).unwrap_or_default())
     }
 
-    fn replace(&self, skus: BTreeSet<String>) {
-        if let Ok(mut s) = self.skus.write() {
-            s.1 += 1;
-            s.0 = skus;
+    /// Takes `skus` as the list; returns its generation.
+    fn replace(&self, skus: BTreeSet<String>) -> u64 {
+        match self.skus.write() {
+            Ok(mut s) => {
+                s.1 += 1;
+                s.0 = skus;
+                s.1
+            }
+            Err(_) => 0,
         }
     }
 
