@@ -96,18 +96,31 @@ async fn a_new_customer_does_not_wait_behind_a_wave_of_suspensions() {
 
 /// The ledger on a database that never leased before: the first lease creates the
 /// row (on the rate's single connection, so it must not ask for a second one), leases
-/// never overlap, and a pause moves the next lease past its end.
+/// never overlap, a short gap is made up at twice the rate, and a pause moves the next
+/// lease past its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
     let w = World::new().await.expect("world");
     let store = skeelo_store::Store::connect(&w.database_url, 2).expect("store");
     store.migrate().await.expect("schema");
     let interval = Duration::from_millis(50);
-    let lease = |n| store.lease_partner_slots("skeelo", n, interval);
+    let rate = std::num::NonZeroU32::new(20).expect("non-zero");
+    let lease = |n| store.lease_partner_slots("skeelo", n, interval, rate);
     let first = tokio::time::timeout(Duration::from_secs(5), lease(4))
         .await
         .expect("the first lease answers")
         .expect("first lease");
+    assert_eq!(first.len(), 4);
+    let spaced = |slots: &[std::time::SystemTime]| -> Vec<Duration> {
+        slots
+            .windows(2)
+            .map(|p| p[1].duration_since(p[0]).expect("in order"))
+            .collect()
+    };
+    for gap in spaced(&first) {
+        assert!(gap.abs_diff(interval) < Duration::from_millis(1), "{gap:?}");
+    }
+    let first = first[0];
     // Before any pause (its column is '-infinity'), the ledger reads: 4 leased, some
     // of them still ahead of now (a lease begins 5 ms ahead, so at most 4 intervals
     // and those 5 ms).
@@ -124,11 +137,25 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
         read.ahead
     );
     let second = lease(2).await.expect("second lease");
-    let gap = second.duration_since(first).expect("in order");
+    let gap = second[0].duration_since(first).expect("in order");
+    // (The row keeps times to the microsecond.)
     assert!(
-        gap >= interval * 4,
+        gap + Duration::from_micros(2) >= interval * 4,
         "the second lease began {gap:?} after the first, inside its 4 slots"
     );
+    // Nobody takes a slot for three intervals after the last one: the next lease makes
+    // the gap up, its slots half an interval apart, never closer.
+    let idle_until = second[1] + interval * 3;
+    if let Ok(wait) = idle_until.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    let third = lease(3).await.expect("third lease");
+    for gap in spaced(&third) {
+        assert!(
+            gap.abs_diff(interval / 2) < Duration::from_millis(1),
+            "a gap is made up at twice the rate: {gap:?}"
+        );
+    }
     let paused_at = std::time::SystemTime::now();
     store
         .pause_partner("skeelo", Duration::from_secs(2))
@@ -139,14 +166,14 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
         .await
         .expect("the ledger reads")
         .expect("the row exists");
-    assert_eq!(read.leased, 6, "every slot leased is counted");
+    assert_eq!(read.leased, 9, "every slot leased is counted");
     assert!(
         read.paused_for > Duration::from_millis(1500),
         "{:?}",
         read.paused_for
     );
     let after = lease(1).await.expect("lease after the pause");
-    let past = after.duration_since(paused_at).unwrap_or_default();
+    let past = after[0].duration_since(paused_at).unwrap_or_default();
     assert!(
         past >= Duration::from_millis(1500),
         "a lease after a 2 s pause began only {past:?} after the pause"

@@ -8,3 +8,4 @@ pub mod backoff;
 pub mod converge;
 mod lenient;
 pub mod pacer;
+pub mod schedule;

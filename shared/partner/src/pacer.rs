@@ -1,11 +1,12 @@
 //! The partner rate, for the whole fleet: every call to Skeelo waits for a *slot*.
 //!
 //! Slots are handed out by PostgreSQL, which every process already has: one row keeps
-//! the fleet's "theoretical arrival time" (GCRA). A process leases a few slots at a time
-//! (`tat` moves forward by n × interval in one `UPDATE`), so any number of processes
-//! together get disjoint slots spaced by the interval, and never more than the partner
-//! rate in any one-second window. Inside a process, a guard keeps any two calls about
-//! the partner's spacing apart whatever the ledger says, and a dispatcher gives each slot to a waiting call by
+//! the fleet's schedule (the even schedule's next slot and the last slots leased, see
+//! [`crate::schedule`]). A process leases a few slots at a time under the row's lock,
+//! so any number of processes together get disjoint slots, never more than the partner
+//! rate in any one-second window, and a gap nobody was ready to fill is made up within
+//! the second. Inside a process, a guard keeps calls within the partner's count
+//! whatever the ledger says, and a dispatcher gives each slot to a waiting call by
 //! weighted round robin over *lanes* (event types): access-granting events go ahead of
 //! a wave of access-removing ones, and a lane with nothing waiting leaves its share to
 //! the others, so the whole rate is used.
@@ -25,6 +26,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
 use skeelo_domain::event::EventType;
+
+use crate::schedule::{self, Schedule};
 
 /// How long a lease or a pause may take at the ledger before it counts as failed.
 const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,15 +119,15 @@ impl Default for Margin {
     }
 }
 
+/// A timer's own lateness: it fires up to a millisecond after its time.
+const TICK: Duration = Duration::from_millis(1);
+
 /// How late a slot may still be used: half the room the margin leaves in a second
 /// (the other half is for the network), never less than the timer's own tick (a
 /// timer fires up to a millisecond after its time) and never more than half an
 /// interval. A slot reached later is dropped rather than sent late: the call a second
-/// after it, in another process, may be on time. (Within a process the local limiter
-/// keeps any two calls 1/rate apart whatever the lateness.)
-/// A timer's own lateness: it fires up to a millisecond after its time.
-const TICK: Duration = Duration::from_millis(1);
-
+/// after it, in another process, may be on time. (Within a process the local guard
+/// keeps calls within the rate whatever the lateness.)
 fn late_allowed(interval: Duration, rate: NonZeroU32) -> Duration {
     let tick = TICK.as_secs_f64();
     let room = (interval.as_secs_f64() * f64::from(rate.get()) - 1.0).max(0.0);
@@ -239,14 +242,16 @@ pub type LedgerFuture<'a, T> =
 /// (`skeelo_store::Store`), a fake in tests. Every process of the fleet leases its
 /// slots from the same ledger, so the fleet together stays within the rate.
 pub trait SlotLedger: Send + Sync + 'static {
-    /// Leases `n` slots `interval` apart from the row `name`: returns when the first one
-    /// begins, on the wall clock. Slots of different leases never overlap.
+    /// Leases `n` slots from the row `name` for a partner allowing `rate` calls a
+    /// second, `interval` apart on average ([`Schedule::lease`] places them): returns
+    /// when each begins, on the wall clock. Slots of different leases never overlap.
     fn lease(
         &self,
         name: &str,
         n: usize,
         interval: Duration,
-    ) -> LedgerFuture<'_, std::time::SystemTime>;
+        rate: NonZeroU32,
+    ) -> LedgerFuture<'_, Vec<std::time::SystemTime>>;
 
     /// No slot of the row `name` begins before `wait` from now (a 429's Retry-After).
     fn pause(&self, name: &str, wait: Duration) -> LedgerFuture<'_, ()>;
@@ -282,11 +287,12 @@ impl Turn {
 }
 
 struct Inner {
-    ledger: Option<Arc<dyn SlotLedger>>,
+    ledger: Arc<dyn SlotLedger>,
     rate: NonZeroU32,
     margin: Mutex<Margin>,
-    /// When this process last gave out a slot (see [`Inner::local_guard`]).
-    last_grant: Mutex<Option<Instant>>,
+    /// When this process last gave out its latest slots, a rate's worth at most,
+    /// oldest first (see [`Inner::local_guard`]).
+    grants: Mutex<VecDeque<Instant>>,
     queues: Mutex<Queues>,
     wake: Notify,
     paused_until: Arc<Mutex<Option<Instant>>>,
@@ -351,7 +357,12 @@ impl Pacer {
 
     /// This process alone (tests, tools that run apart from a fleet).
     pub fn local(rate: NonZeroU32) -> Pacer {
-        Pacer::build(None, rate, Weights::default(), Margin::default())
+        Pacer::build(
+            Arc::new(Local::default()),
+            rate,
+            Weights::default(),
+            Margin::default(),
+        )
     }
 
     /// The whole fleet's rate, coordinated through `ledger`.
@@ -361,11 +372,11 @@ impl Pacer {
         weights: Weights,
         margin: Margin,
     ) -> Pacer {
-        Pacer::build(Some(Arc::new(ledger)), rate, weights, margin)
+        Pacer::build(Arc::new(ledger), rate, weights, margin)
     }
 
     fn build(
-        ledger: Option<Arc<dyn SlotLedger>>,
+        ledger: Arc<dyn SlotLedger>,
         rate: NonZeroU32,
         weights: Weights,
         margin: Margin,
@@ -375,7 +386,7 @@ impl Pacer {
             ledger,
             rate,
             margin: Mutex::new(margin),
-            last_grant: Mutex::new(None),
+            grants: Mutex::new(VecDeque::new()),
             queues: Mutex::new(Queues::default()),
             wake: Notify::new(),
             paused_until: paused_until.clone(),
@@ -468,16 +479,15 @@ impl Pacer {
         }
         // Every 429 reaches the fleet (the row keeps the latest end): a later one may
         // ask for a longer wait than the first.
-        if let Some(ledger) = inner.ledger.clone() {
-            tokio::spawn(async move {
-                let paused = tokio::time::timeout(LEDGER_TIMEOUT, ledger.pause(LEDGER_ROW, wait))
-                    .await
-                    .unwrap_or_else(|_| Err("the database did not answer in time".into()));
-                if let Err(e) = paused {
-                    tracing::warn!(error = %e, "could not share the 429 pause with the fleet");
-                }
-            });
-        }
+        let ledger = inner.ledger.clone();
+        tokio::spawn(async move {
+            let paused = tokio::time::timeout(LEDGER_TIMEOUT, ledger.pause(LEDGER_ROW, wait))
+                .await
+                .unwrap_or_else(|_| Err("the database did not answer in time".into()));
+            if let Err(e) = paused {
+                tracing::warn!(error = %e, "could not share the 429 pause with the fleet");
+            }
+        });
     }
 }
 
@@ -607,8 +617,11 @@ async fn grant(inner: &Inner, slots: &mut VecDeque<Instant>) {
     });
     match granted.map(|tx| tx.send(slot)) {
         Some(Ok(())) => {
-            if let Ok(mut last) = inner.last_grant.lock() {
-                *last = Some(Instant::now());
+            if let Ok(mut grants) = inner.grants.lock() {
+                grants.push_back(Instant::now());
+                while grants.len() > inner.rate.get() as usize {
+                    grants.pop_front();
+                }
             }
             inner.fates.granted.fetch_add(1, Relaxed)
         }
@@ -637,19 +650,25 @@ impl Inner {
         );
     }
 
-    /// A second guard, inside the process: two slots are never given out closer than
-    /// the partner's own spacing less a timer's tick, measured from the last slot given
-    /// out, whatever the ledger handed out. The tick keeps a timer's lateness from
-    /// adding up from slot to slot (at the full spacing it did, and slots were dropped
-    /// as late until 82 % of the rate was used). It waits at most one spacing, and a
-    /// slot it holds past its lateness is dropped without moving the guard: governor,
-    /// the guard before this one, counted such a slot as sent, so that every later slot
-    /// was held as long and dropped in turn, and a process stalled for up to 45 s
-    /// (docs/performance.md, "The stalls").
+    /// A second guard, inside the process, whatever the ledger handed out: never more
+    /// than the rate in any second, and never two slots closer than half the partner's
+    /// spacing (the ledger makes up a gap at twice the rate at most), each less a
+    /// timer's tick so that a timer's lateness does not add up from slot to slot. It
+    /// measures from slots actually given out: a slot it holds past its lateness is
+    /// dropped without moving it. governor, the guard before this one, counted such a
+    /// slot as sent, so that every later slot was held as long and dropped in turn, and
+    /// a process stalled for up to 45 s (docs/performance.md, "The stalls").
     async fn local_guard(&self) {
-        let gap = Duration::from_secs_f64(1.0 / f64::from(self.rate.get())).saturating_sub(TICK);
-        let last = self.last_grant.lock().ok().and_then(|l| *l);
-        if let Some(ready) = last.map(|l| l + gap) {
+        let rate = self.rate.get() as usize;
+        let closest =
+            Duration::from_secs_f64(0.5 / f64::from(self.rate.get())).saturating_sub(TICK);
+        let ready = self.grants.lock().ok().and_then(|g| {
+            let after_last = g.back().map(|l| *l + closest);
+            let in_the_second = (g.len() >= rate)
+                .then(|| g[g.len() - rate] + Duration::from_secs(1).saturating_sub(TICK));
+            after_last.max(in_the_second)
+        });
+        if let Some(ready) = ready {
             if ready > Instant::now() {
                 tokio::time::sleep_until(ready.into()).await;
             }
@@ -684,31 +703,73 @@ fn lease_size(inner: &Inner, waiting: usize) -> usize {
     waiting.clamp(1, per_lease)
 }
 
-/// Leases `n` slots: from the fleet's row when there is one, else just from now. The
-/// row's times are wall-clock times, read against this machine's clock: every process
-/// places a slot at the same moment, however long the answer took to arrive.
+/// Leases `n` slots from the ledger. Its times are wall-clock times, read against this
+/// machine's clock: every process places a slot at the same moment, however long the
+/// answer took to arrive.
 async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, LedgerError> {
     let interval = inner.interval();
-    let start = match &inner.ledger {
-        Some(ledger) => {
-            // Bounded: a connection that stopped answering (half open) must not hold
-            // every call of the process; the dispatcher tries again.
-            let first = tokio::time::timeout(LEDGER_TIMEOUT, ledger.lease(LEDGER_ROW, n, interval))
-                .await
-                .map_err(|_| -> LedgerError {
-                    format!("no lease within {LEDGER_TIMEOUT:?}").into()
-                })??;
-            let now = Instant::now();
-            match first.duration_since(std::time::SystemTime::now()) {
-                Ok(ahead) => now + ahead,
-                Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
-            }
-        }
-        None => Instant::now(),
-    };
-    Ok((0..n)
-        .map(|i| start + interval * u32::try_from(i).unwrap_or(u32::MAX))
+    // Bounded: a connection that stopped answering (half open) must not hold every
+    // call of the process; the dispatcher tries again.
+    let slots = tokio::time::timeout(
+        LEDGER_TIMEOUT,
+        inner.ledger.lease(LEDGER_ROW, n, interval, inner.rate),
+    )
+    .await
+    .map_err(|_| -> LedgerError { format!("no lease within {LEDGER_TIMEOUT:?}").into() })??;
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    Ok(slots
+        .into_iter()
+        .map(|t| match t.duration_since(wall) {
+            Ok(ahead) => now + ahead,
+            Err(behind) => now.checked_sub(behind.duration()).unwrap_or(now),
+        })
         .collect())
+}
+
+/// The ledger of a process alone: the same schedule, in memory.
+#[derive(Default)]
+struct Local {
+    row: Mutex<(Schedule, f64)>,
+}
+
+impl SlotLedger for Local {
+    fn lease(
+        &self,
+        _name: &str,
+        n: usize,
+        interval: Duration,
+        rate: NonZeroU32,
+    ) -> LedgerFuture<'_, Vec<std::time::SystemTime>> {
+        Box::pin(async move {
+            let now = schedule::epoch_seconds(std::time::SystemTime::now());
+            let mut row = self
+                .row
+                .lock()
+                .map_err(|_| "the ledger's lock is poisoned")?;
+            let (schedule, paused_until) = &mut *row;
+            let paused_until = *paused_until;
+            schedule
+                .lease(now, paused_until, n, interval.as_secs_f64(), rate.get())
+                .into_iter()
+                .map(|t| {
+                    schedule::wall_clock(t)
+                        .ok_or_else(|| format!("a slot placed at {t} s is not a time").into())
+                })
+                .collect()
+        })
+    }
+
+    fn pause(&self, _name: &str, wait: Duration) -> LedgerFuture<'_, ()> {
+        Box::pin(async move {
+            let until = schedule::epoch_seconds(std::time::SystemTime::now() + wait);
+            let mut row = self
+                .row
+                .lock()
+                .map_err(|_| "the ledger's lock is poisoned")?;
+            row.1 = row.1.max(until);
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -878,15 +939,15 @@ mod tests {
         assert_eq!(Pacer::unlimited().margin(), None);
     }
 
-    /// A ledger in memory: a GCRA row like the database's, and what was asked of it.
+    /// A ledger in memory, and what was asked of it.
     #[derive(Default)]
     struct FakeLedger {
+        ledger: Local,
         state: Mutex<FakeRow>,
     }
 
     #[derive(Default)]
     struct FakeRow {
-        tat: Option<std::time::SystemTime>,
         leased: usize,
         pauses: Vec<Duration>,
     }
@@ -894,24 +955,23 @@ mod tests {
     impl SlotLedger for Arc<FakeLedger> {
         fn lease(
             &self,
-            _name: &str,
+            name: &str,
             n: usize,
             interval: Duration,
-        ) -> LedgerFuture<'_, std::time::SystemTime> {
+            rate: NonZeroU32,
+        ) -> LedgerFuture<'_, Vec<std::time::SystemTime>> {
+            let name = name.to_string();
             Box::pin(async move {
-                let mut row = self.state.lock().map_err(|_| "poisoned")?;
-                let now = std::time::SystemTime::now() + Duration::from_millis(5);
-                let first = row.tat.map_or(now, |t| t.max(now));
-                row.tat = Some(first + interval * u32::try_from(n)?);
-                row.leased += n;
-                Ok(first)
+                self.state.lock().map_err(|_| "poisoned")?.leased += n;
+                self.ledger.lease(&name, n, interval, rate).await
             })
         }
 
-        fn pause(&self, _name: &str, wait: Duration) -> LedgerFuture<'_, ()> {
+        fn pause(&self, name: &str, wait: Duration) -> LedgerFuture<'_, ()> {
+            let name = name.to_string();
             Box::pin(async move {
                 self.state.lock().map_err(|_| "poisoned")?.pauses.push(wait);
-                Ok(())
+                self.ledger.pause(&name, wait).await
             })
         }
     }

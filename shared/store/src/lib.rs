@@ -320,47 +320,70 @@ impl Store {
         Ok(())
     }
 
-    /// Leases `n` partner-rate slots `interval` apart: returns when the first one
-    /// begins, on the database's clock. Slots of different leases never overlap,
-    /// whichever process holds them. A lease never begins sooner than 5 ms from now, so
-    /// that its first slot is not already past when the answer arrives.
+    /// Leases `n` partner-rate slots for a partner allowing `rate` calls a second,
+    /// `interval` apart on average (`skeelo_partner::schedule` places them): returns
+    /// when each begins, on the database's clock. Slots of different leases never
+    /// overlap, whichever process holds them: the row is locked while they are placed.
     pub async fn lease_partner_slots(
         &self,
         name: &str,
         n: usize,
         interval: std::time::Duration,
-    ) -> Result<std::time::SystemTime, StoreError> {
-        let client = self.rate.get().await?;
-        let span = interval.as_secs_f64() * n as f64;
-        let slots = i64::try_from(n).unwrap_or(i64::MAX);
-        let lease = client
+        rate: std::num::NonZeroU32,
+    ) -> Result<Vec<std::time::SystemTime>, StoreError> {
+        let mut client = self.rate.get().await?;
+        let tx = client.transaction().await?;
+        let read = tx
             .prepare_cached(
-                "UPDATE partner_rate
-                 SET tat = GREATEST(tat, clock_timestamp() + interval '5 milliseconds',
-                                    paused_until)
-                           + make_interval(secs => $2),
-                     leased = leased + $3
-                 WHERE name = $1
-                 RETURNING EXTRACT(EPOCH FROM tat)::float8 - $2",
+                "SELECT EXTRACT(EPOCH FROM tat)::float8, recent,
+                        EXTRACT(EPOCH FROM paused_until)::float8,
+                        EXTRACT(EPOCH FROM clock_timestamp())::float8
+                 FROM partner_rate WHERE name = $1 FOR UPDATE",
             )
             .await?;
         // The row is created by the first lease; on the same connection, since the
         // rate's pool has only this one.
-        let first: f64 = loop {
-            if let Some(r) = client.query_opt(&lease, &[&name, &span, &slots]).await? {
-                break r.get(0);
+        let row = loop {
+            if let Some(r) = tx.query_opt(&read, &[&name]).await? {
+                break r;
             }
-            client
-                .execute(
-                    "INSERT INTO partner_rate (name) VALUES ($1) ON CONFLICT DO NOTHING",
-                    &[&name],
-                )
-                .await?;
+            tx.execute(
+                "INSERT INTO partner_rate (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&name],
+            )
+            .await?;
         };
-        std::time::Duration::try_from_secs_f64(first)
-            .ok()
-            .and_then(|d| std::time::UNIX_EPOCH.checked_add(d))
-            .ok_or_else(|| StoreError::Corrupt(format!("partner_rate.tat is not a time: {first}")))
+        let mut schedule = skeelo_partner::schedule::Schedule {
+            next: row.get(0),
+            recent: row.get(1),
+        };
+        // A pause never set is '-infinity'.
+        let paused_until: f64 = row.get(2);
+        let now: f64 = row.get(3);
+        let slots = schedule.lease(now, paused_until, n, interval.as_secs_f64(), rate.get());
+        tx.execute(
+            &tx.prepare_cached(
+                "UPDATE partner_rate SET tat = to_timestamp($2), recent = $3, leased = leased + $4
+                 WHERE name = $1",
+            )
+            .await?,
+            &[
+                &name,
+                &schedule.next,
+                &schedule.recent,
+                &i64::try_from(n).unwrap_or(i64::MAX),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        slots
+            .into_iter()
+            .map(|t| {
+                skeelo_partner::schedule::wall_clock(t).ok_or_else(|| {
+                    StoreError::Corrupt(format!("partner_rate placed a slot at {t}"))
+                })
+            })
+            .collect()
     }
 
     /// No partner-rate slot begins before `wait` from now (a 429's Retry-After).
@@ -549,9 +572,10 @@ impl skeelo_partner::pacer::SlotLedger for Store {
         name: &str,
         n: usize,
         interval: std::time::Duration,
-    ) -> skeelo_partner::pacer::LedgerFuture<'_, std::time::SystemTime> {
+        rate: std::num::NonZeroU32,
+    ) -> skeelo_partner::pacer::LedgerFuture<'_, Vec<std::time::SystemTime>> {
         let name = name.to_string();
-        Box::pin(async move { Ok(self.lease_partner_slots(&name, n, interval).await?) })
+        Box::pin(async move { Ok(self.lease_partner_slots(&name, n, interval, rate).await?) })
     }
 
     fn pause(

@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "rate_in_use",
         include_str!("../../../migrations/0010_rate_in_use.sql"),
     ),
+    (
+        11,
+        "rate_window",
+        include_str!("../../../migrations/0011_rate_window.sql"),
+    ),
 ];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.
