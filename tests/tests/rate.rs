@@ -104,8 +104,12 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
     let store = skeelo_store::Store::connect(&w.database_url, 2).expect("store");
     store.migrate().await.expect("schema");
     let interval = Duration::from_millis(50);
-    let rate = std::num::NonZeroU32::new(20).expect("non-zero");
-    let lease = |n| store.lease_partner_slots("skeelo", n, interval, rate);
+    let spacing = skeelo_partner::schedule::Spacing {
+        interval: interval.as_secs_f64(),
+        rate: 20,
+        window: interval.as_secs_f64() * 20.0,
+    };
+    let lease = |n| store.lease_partner_slots("skeelo", n, spacing);
     let first = tokio::time::timeout(Duration::from_secs(5), lease(4))
         .await
         .expect("the first lease answers")
@@ -143,9 +147,10 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
         gap + Duration::from_micros(2) >= interval * 4,
         "the second lease began {gap:?} after the first, inside its 4 slots"
     );
-    // Nobody takes a slot for three intervals after the last one: the next lease makes
-    // the gap up, its slots half an interval apart, never closer.
-    let idle_until = second[1] + interval * 3;
+    // Nobody takes a slot for two intervals after the last one: the next lease makes
+    // the gap up, its slots half an interval apart, never closer. (A gap of more than
+    // 250 ms would be idleness, not made up: 150 ms of slack for a slow machine.)
+    let idle_until = second[1] + interval * 2;
     if let Ok(wait) = idle_until.duration_since(std::time::SystemTime::now()) {
         tokio::time::sleep(wait).await;
     }
@@ -178,6 +183,82 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
         past >= Duration::from_millis(1500),
         "a lease after a 2 s pause began only {past:?} after the pause"
     );
+    w.close().await.expect("cleanup");
+}
+
+/// During a rolling update the fleet's previous version leases from the same row by
+/// moving `tat` alone: a lease after it begins after those slots, and a row that
+/// version alone leased from counts them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_leased_by_the_previous_version_are_never_overlapped() {
+    let w = World::new().await.expect("world");
+    let store = skeelo_store::Store::connect(&w.database_url, 2).expect("store");
+    store.migrate().await.expect("schema");
+    let interval = Duration::from_millis(50);
+    let spacing = skeelo_partner::schedule::Spacing {
+        interval: interval.as_secs_f64(),
+        rate: 20,
+        window: interval.as_secs_f64() * 20.0,
+    };
+    let client = w.db().await.expect("a connection");
+    // The previous version's lease of `n` slots, word for word.
+    let previous = |n: f64| {
+        let client = &client;
+        async move {
+            let tat: f64 = client
+                .query_one(
+                    "UPDATE partner_rate
+                     SET tat = GREATEST(tat, clock_timestamp() + interval '5 milliseconds',
+                                        paused_until)
+                               + make_interval(secs => $1)
+                     WHERE name = 'skeelo'
+                     RETURNING EXTRACT(EPOCH FROM tat)::float8",
+                    &[&(0.05 * n)],
+                )
+                .await
+                .expect("the previous version's lease")
+                .get(0);
+            skeelo_partner::schedule::wall_clock(tat).expect("a time")
+        }
+    };
+    let ours = store
+        .lease_partner_slots("skeelo", 4, spacing)
+        .await
+        .expect("a lease");
+    let theirs_end = previous(10.0).await;
+    assert!(theirs_end > ours[3] + interval * 10);
+    let after = store
+        .lease_partner_slots("skeelo", 3, spacing)
+        .await
+        .expect("a lease after theirs");
+    assert!(
+        after[0] + Duration::from_micros(2) >= theirs_end,
+        "a slot {:?} before the end of the previous version's lease",
+        theirs_end.duration_since(after[0]).unwrap_or_default()
+    );
+    // Only the previous version ever leased from this row: a second of slots up to
+    // its `tat` is counted, so the next lease comes after it, evenly.
+    client
+        .execute("DELETE FROM partner_rate", &[])
+        .await
+        .expect("a fresh row");
+    client
+        .execute(
+            "INSERT INTO partner_rate (name, tat) VALUES ('skeelo', clock_timestamp())",
+            &[],
+        )
+        .await
+        .expect("a fresh row");
+    let theirs_end = previous(20.0).await;
+    let first = store
+        .lease_partner_slots("skeelo", 4, spacing)
+        .await
+        .expect("a lease");
+    assert!(first[0] + Duration::from_micros(2) >= theirs_end);
+    for pair in first.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).expect("in order");
+        assert!(gap.abs_diff(interval) < Duration::from_millis(1), "{gap:?}");
+    }
     w.close().await.expect("cleanup");
 }
 

@@ -33,10 +33,12 @@ pub(crate) struct Catalogue {
     /// The SKUs, and how many refreshes from Skeelo produced them (0: the stored copy).
     skus: RwLock<(BTreeSet<String>, u64)>,
     refreshing: Mutex<()>,
-    /// The generation of the list last written to the database. The copy is written
-    /// apart from the refresh, so that the rounds waiting for the list do not wait for
-    /// the copy too (their first calls would leave the partner's slots unused), and an
-    /// older list never overwrites a newer one.
+    /// The generation of the newest list written (or tried) to the database. The copy
+    /// is written apart from the refresh, so that the rounds waiting for the list do
+    /// not wait for the copy too (their first calls would leave the partner's slots
+    /// unused), and an older list never overwrites a newer one. A process stopped
+    /// right after a refresh may not have stored it: the next one starts from the
+    /// older copy and reads Skeelo's list again anyway.
     stored: std::sync::Arc<Mutex<u64>>,
     /// When a read from Skeelo last failed.
     failed_at: std::sync::Mutex<Option<Instant>>,
@@ -79,9 +81,10 @@ impl Catalogue {
             if *written >= generation {
                 return;
             }
-            match store.replace_catalogue(&products).await {
-                Ok(()) => *written = generation,
-                Err(e) => tracing::warn!(error = %e, "could not store the catalogue"),
+            // Taken even if the write fails: an older list must not be written after it.
+            *written = generation;
+            if let Err(e) = store.replace_catalogue(&products).await {
+                tracing::warn!(error = %e, "could not store the catalogue");
             }
         });
         Ok(())

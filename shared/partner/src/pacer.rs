@@ -14,7 +14,8 @@
 //! A 429 pauses the fleet: the pause is written to the same row, so every process's next
 //! lease starts after it, and this process drops the slots it holds inside it.
 //!
-//! When PostgreSQL is slow, slots come late (calls slow down, never speed up); when it
+//! When PostgreSQL is slow, slots come late (calls slow down; a delay of at most a
+//! quarter of a second is made up after, within the partner's count); when it
 //! is down, no slot is leased and no call is made until it answers — the fleet is in
 //! database outage mode then anyway.
 
@@ -27,7 +28,7 @@ use tokio::sync::{oneshot, Notify};
 
 use skeelo_domain::event::EventType;
 
-use crate::schedule::{self, Schedule};
+use crate::schedule::{self, Schedule, Spacing};
 
 /// How long a lease or a pause may take at the ledger before it counts as failed.
 const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,12 +54,13 @@ pub struct Margin {
 }
 
 impl Margin {
-    /// The floor, measured (docs/performance.md, "Where the rate goes"): 1 % leaves
-    /// 10 ms a second for arrival jitter. On a two-core machine shared by three worker
-    /// processes, the broker, the database and the partner fake, jitter used 2–9 ms of
-    /// it, and once more than that (one 429 in about 9 000 calls, after which the
-    /// margin grows by itself); 2 % drew none but caps the rate used at 98 %.
-    pub const FLOOR: f64 = 0.01;
+    /// The floor, measured (docs/performance.md, "The partner's own count"): 1.5 %
+    /// leaves 15 ms a second for arrival jitter. On a two-core machine shared by three
+    /// worker processes, the broker, the database and the partner fake, jitter used up
+    /// to 14 ms of it; at 1 % four rows in forty drew a 429 (after which the margin
+    /// grows by itself), at 1.5 % none in thirty, and every row waiting at start-up
+    /// used 98.2–98.8 % of the rate.
+    pub const FLOOR: f64 = 0.015;
     /// The least floor: below it, the room in a second is under a timer's own
     /// lateness, and slots are dropped as late instead of used (measured at 0 %: 17 %
     /// of the rate used).
@@ -242,15 +244,14 @@ pub type LedgerFuture<'a, T> =
 /// (`skeelo_store::Store`), a fake in tests. Every process of the fleet leases its
 /// slots from the same ledger, so the fleet together stays within the rate.
 pub trait SlotLedger: Send + Sync + 'static {
-    /// Leases `n` slots from the row `name` for a partner allowing `rate` calls a
-    /// second, `interval` apart on average ([`Schedule::lease`] places them): returns
-    /// when each begins, on the wall clock. Slots of different leases never overlap.
+    /// Leases `n` slots from the row `name`, spaced as `spacing` says
+    /// ([`Schedule::lease`] places them): returns when each begins, on the wall clock.
+    /// Slots of different leases never overlap.
     fn lease(
         &self,
         name: &str,
         n: usize,
-        interval: Duration,
-        rate: NonZeroU32,
+        spacing: Spacing,
     ) -> LedgerFuture<'_, Vec<std::time::SystemTime>>;
 
     /// No slot of the row `name` begins before `wait` from now (a 429's Retry-After).
@@ -684,6 +685,18 @@ impl Inner {
             .unwrap_or_else(|_| Margin::default().interval(self.rate, now))
     }
 
+    /// How this process's slots are spaced now: its own margin for the even schedule,
+    /// the floor's for the partner's second (see [`Spacing::window`]).
+    fn spacing(&self) -> Spacing {
+        let floor = self.margin.lock().map_or(Margin::FLOOR, |m| m.floor());
+        let floor = Margin::new(floor).interval(self.rate, Instant::now());
+        Spacing {
+            interval: self.interval().as_secs_f64(),
+            rate: self.rate.get(),
+            window: floor.as_secs_f64() * f64::from(self.rate.get()),
+        }
+    }
+
     /// How late a slot may be used, from the floor of the margin, not the margin in
     /// force: a margin grown after a 429 is this process's alone, and the other
     /// processes' slots after this one's keep the floor's spacing.
@@ -707,15 +720,12 @@ fn lease_size(inner: &Inner, waiting: usize) -> usize {
 /// machine's clock: every process places a slot at the same moment, however long the
 /// answer took to arrive.
 async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, LedgerError> {
-    let interval = inner.interval();
+    let spacing = inner.spacing();
     // Bounded: a connection that stopped answering (half open) must not hold every
     // call of the process; the dispatcher tries again.
-    let slots = tokio::time::timeout(
-        LEDGER_TIMEOUT,
-        inner.ledger.lease(LEDGER_ROW, n, interval, inner.rate),
-    )
-    .await
-    .map_err(|_| -> LedgerError { format!("no lease within {LEDGER_TIMEOUT:?}").into() })??;
+    let slots = tokio::time::timeout(LEDGER_TIMEOUT, inner.ledger.lease(LEDGER_ROW, n, spacing))
+        .await
+        .map_err(|_| -> LedgerError { format!("no lease within {LEDGER_TIMEOUT:?}").into() })??;
     let (now, wall) = (Instant::now(), std::time::SystemTime::now());
     Ok(slots
         .into_iter()
@@ -737,8 +747,7 @@ impl SlotLedger for Local {
         &self,
         _name: &str,
         n: usize,
-        interval: Duration,
-        rate: NonZeroU32,
+        spacing: Spacing,
     ) -> LedgerFuture<'_, Vec<std::time::SystemTime>> {
         Box::pin(async move {
             let now = schedule::epoch_seconds(std::time::SystemTime::now());
@@ -749,7 +758,7 @@ impl SlotLedger for Local {
             let (schedule, paused_until) = &mut *row;
             let paused_until = *paused_until;
             schedule
-                .lease(now, paused_until, n, interval.as_secs_f64(), rate.get())
+                .lease(now, paused_until, n, spacing)
                 .into_iter()
                 .map(|t| {
                     schedule::wall_clock(t)
@@ -957,13 +966,12 @@ mod tests {
             &self,
             name: &str,
             n: usize,
-            interval: Duration,
-            rate: NonZeroU32,
+            spacing: Spacing,
         ) -> LedgerFuture<'_, Vec<std::time::SystemTime>> {
             let name = name.to_string();
             Box::pin(async move {
                 self.state.lock().map_err(|_| "poisoned")?.leased += n;
-                self.ledger.lease(&name, n, interval, rate).await
+                self.ledger.lease(&name, n, spacing).await
             })
         }
 

@@ -10,7 +10,7 @@
 //! fleet make up a short gap at twice the rate, never placing a slot where the
 //! partner would see one call too many, and never running ahead of the even schedule
 //! (so over any stretch of work the fleet takes what the even schedule would have
-//! given, not more: bursts stay the partner's exception, not the fleet's habit).
+//! given, not more: at most [`CATCH_UP`] of slots are ever made up at once).
 //!
 //! Times are seconds since the Unix epoch on the ledger's clock, so that every
 //! process of the fleet places a slot at the same moment.
@@ -20,10 +20,24 @@
 pub const LEAD: f64 = 0.005;
 
 /// The longest gap the fleet makes up. A longer one is idleness: the schedule starts
-/// afresh from the next slot, so that work arriving after a quiet spell starts at the
-/// even pace instead of with a burst. A quarter of a second covers the gaps measured at
-/// start-up and between processes (21–151 ms, docs/performance.md).
+/// afresh from the next slot, so that work arriving after a quiet spell makes up
+/// nothing. A quarter of a second covers the gaps measured at start-up and between
+/// processes (21–151 ms, docs/performance.md). The end of a 429's pause also starts
+/// it afresh: what the pause held is not made up at twice the rate.
 pub const CATCH_UP: f64 = 0.25;
+
+/// How slots are spaced for one lease.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spacing {
+    /// The even schedule's interval for this lessee (its margin in force).
+    pub interval: f64,
+    /// The partner's rate, calls a second.
+    pub rate: u32,
+    /// The least time `rate + 1` slots may span: a second and the room of the
+    /// margin's floor. From the floor, not the lessee's margin: a margin grown after a
+    /// 429 spaces that process's own slots, and must not hold back everyone else's.
+    pub window: f64,
+}
 
 /// The state of one schedule, as a ledger keeps it between leases.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,48 +59,86 @@ impl Default for Schedule {
 }
 
 impl Schedule {
-    /// Places `n` slots `interval` seconds apart on average, for a partner allowing
-    /// `rate` calls a second, no earlier than `now + LEAD` nor before `paused_until`
-    /// (a 429's end). Returns them in order; `self` remembers them.
+    /// Places `n` slots, no earlier than `now + LEAD` nor before `paused_until` (a
+    /// 429's end). Returns them in order; `self` remembers them.
     ///
-    /// Every slot keeps two rules the partner would check: no more than `rate` slots
-    /// in any `rate × interval` (a second and the margin's room), and no two slots
-    /// closer than half an interval (a gap is made up at twice the rate at most).
-    pub fn lease(
-        &mut self,
-        now: f64,
-        paused_until: f64,
-        n: usize,
-        interval: f64,
-        rate: u32,
-    ) -> Vec<f64> {
-        let rate = rate.max(1) as usize;
-        let window = interval * rate as f64;
+    /// Every slot keeps two rules the partner would check: `rate + 1` slots never
+    /// span less than `window` (never more than the rate in any second, the margin's
+    /// room kept), and no two slots come closer than half an interval (a gap is made
+    /// up at twice the rate at most).
+    pub fn lease(&mut self, now: f64, paused_until: f64, n: usize, s: Spacing) -> Vec<f64> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let rate = s.rate.max(1) as usize;
         let earliest = (now + LEAD).max(paused_until);
         let mut slots = Vec::with_capacity(n);
         for _ in 0..n {
             let mut t = earliest.max(self.next);
             if let Some(last) = self.recent.last() {
-                t = t.max(last + interval / 2.0);
+                t = t.max(last + s.interval / 2.0);
             }
             if self.recent.len() >= rate {
-                t = t.max(self.recent[self.recent.len() - rate] + window);
+                t = t.max(self.recent[self.recent.len() - rate] + s.window);
             }
-            // Behind the even schedule by more than a gap worth making up: start it
-            // afresh from here. Otherwise it moves on by one interval from where it
-            // was, so the slots that follow come closer until it is caught up.
-            let from = if t - self.next > CATCH_UP {
-                t
-            } else {
-                self.next
-            };
-            self.next = from + interval;
+            // Behind the even schedule by more than a gap worth making up, or just
+            // out of a pause: start it afresh from here. Otherwise it moves on by one
+            // interval from where it was, so the slots that follow come closer until
+            // it is caught up.
+            let afresh = t - self.next > CATCH_UP || t <= paused_until;
+            self.next = if afresh { t } else { self.next } + s.interval;
             self.recent.push(t);
             slots.push(t);
         }
         let excess = self.recent.len().saturating_sub(rate);
         self.recent.drain(..excess);
         slots
+    }
+
+    /// When the next slot begins, as a ledger that keeps only that time reads it
+    /// (GCRA, the fleet's version before this schedule): after the last slot leased.
+    pub fn tat(&self, interval: f64) -> f64 {
+        self.recent.last().map_or(self.next, |last| last + interval)
+    }
+
+    /// Takes account of slots leased by a version of the fleet that keeps only `tat`
+    /// (during a rolling update, both versions lease from the same row): when `tat`
+    /// is later than this schedule left it, slots it does not know of run up to `tat`.
+    /// They are counted as if as close together as the rate allows and ending at
+    /// `tat` (the latest they can be, so the count errs on the safe side), and the
+    /// even schedule goes on after them.
+    pub fn adopt(&mut self, tat: f64, s: Spacing) {
+        let rate = s.rate.max(1) as usize;
+        let spacing = s.window / rate as f64;
+        // This version leaves the last slot plus an interval (a grown margin's, at
+        // most a third over the floor's); the other version's lease adds at least one
+        // interval more.
+        let unknown = match self.recent.last() {
+            _ if !tat.is_finite() => 0,
+            None => rate,
+            Some(last) if tat > last + 1.5 * spacing => {
+                (((tat - last) / spacing).ceil() as usize).clamp(1, rate)
+            }
+            Some(_) => 0,
+        };
+        if unknown == 0 {
+            return;
+        }
+        self.recent
+            .extend((1..=unknown).rev().map(|k| tat - k as f64 * spacing));
+        self.recent.sort_by(f64::total_cmp);
+        let excess = self.recent.len().saturating_sub(rate);
+        self.recent.drain(..excess);
+        self.next = self.next.max(tat);
+    }
+
+    /// Drops what a hand-edited or damaged row may hold that is not a time.
+    pub fn sanitize(&mut self) {
+        if !self.next.is_finite() {
+            self.next = f64::NEG_INFINITY;
+        }
+        self.recent.retain(|t| t.is_finite());
+        self.recent.sort_by(f64::total_cmp);
     }
 }
 
@@ -123,13 +175,17 @@ mod tests {
 
     const RATE: u32 = 50;
     const INTERVAL: f64 = 1.0 / (50.0 * 0.99);
+    const SPACING: Spacing = Spacing {
+        interval: INTERVAL,
+        rate: RATE,
+        window: INTERVAL * RATE as f64,
+    };
 
-    /// Leases `n` slots at a time whenever `want(now)` asks, driving the clock to each
-    /// lease's last slot: a fleet that is always ready (or not) to call.
+    /// Leases at each `(offset from start, slots)`.
     fn drive(s: &mut Schedule, start: f64, leases: &[(f64, usize)]) -> Vec<f64> {
         let mut all = Vec::new();
         for (at, n) in leases {
-            all.extend(s.lease(start + at, f64::NEG_INFINITY, *n, INTERVAL, RATE));
+            all.extend(s.lease(start + at, f64::NEG_INFINITY, *n, SPACING));
         }
         all
     }
@@ -137,7 +193,7 @@ mod tests {
     #[test]
     fn a_steady_fleet_gets_the_even_schedule() {
         let mut s = Schedule::default();
-        let slots = s.lease(100.0, f64::NEG_INFINITY, 200, INTERVAL, RATE);
+        let slots = s.lease(100.0, f64::NEG_INFINITY, 200, SPACING);
         assert!((slots[0] - (100.0 + LEAD)).abs() < 1e-9);
         for pair in slots.windows(2) {
             assert!((pair[1] - pair[0] - INTERVAL).abs() < 1e-9, "{pair:?}");
@@ -152,7 +208,7 @@ mod tests {
         // Two slots (the token and the catalogue), then nobody is ready for 120 ms.
         let mut slots = drive(&mut s, 0.0, &[(0.0, 2)]);
         let resumed = slots[1] + 0.12;
-        slots.extend(s.lease(resumed, f64::NEG_INFINITY, 300, INTERVAL, RATE));
+        slots.extend(s.lease(resumed, f64::NEG_INFINITY, 300, SPACING));
         // The slots after the gap come half an interval apart until the even schedule
         // is caught up, then an interval apart.
         assert!((slots[3] - slots[2] - INTERVAL / 2.0).abs() < 1e-9);
@@ -174,7 +230,7 @@ mod tests {
         let mut s = Schedule::default();
         let mut slots = drive(&mut s, 0.0, &[(0.0, 10)]);
         let resumed = slots[9] + 2.0;
-        let after = s.lease(resumed, f64::NEG_INFINITY, 20, INTERVAL, RATE);
+        let after = s.lease(resumed, f64::NEG_INFINITY, 20, SPACING);
         for pair in after.windows(2) {
             assert!(
                 (pair[1] - pair[0] - INTERVAL).abs() < 1e-9,
@@ -200,7 +256,7 @@ mod tests {
         let mut slots = Vec::new();
         for _ in 0..5000 {
             let n = (next() % 6) as usize;
-            let got = s.lease(now, f64::NEG_INFINITY, n, INTERVAL, RATE);
+            let got = s.lease(now, f64::NEG_INFINITY, n, SPACING);
             now = got.last().copied().unwrap_or(now) - 0.05 + (next() % 400) as f64 / 1000.0;
             slots.extend(got);
         }
@@ -215,8 +271,8 @@ mod tests {
     #[test]
     fn a_pause_holds_every_slot_and_is_not_made_up_after() {
         let mut s = Schedule::default();
-        let before = s.lease(0.0, f64::NEG_INFINITY, 5, INTERVAL, RATE);
-        let after = s.lease(before[4], 3.0, 5, INTERVAL, RATE);
+        let before = s.lease(0.0, f64::NEG_INFINITY, 5, SPACING);
+        let after = s.lease(before[4], 3.0, 5, SPACING);
         assert!(after[0] >= 3.0);
         for pair in after.windows(2) {
             assert!((pair[1] - pair[0] - INTERVAL).abs() < 1e-9, "{pair:?}");
@@ -227,10 +283,95 @@ mod tests {
     fn a_lower_rate_keeps_its_own_window() {
         // The rate was lowered while slots of the higher one are remembered.
         let mut s = Schedule::default();
-        let mut slots = s.lease(0.0, f64::NEG_INFINITY, 100, INTERVAL, RATE);
+        let mut slots = s.lease(0.0, f64::NEG_INFINITY, 100, SPACING);
         let slow = 1.0 / (10.0 * 0.99);
-        slots.extend(s.lease(slots[99], f64::NEG_INFINITY, 30, slow, 10));
+        let slow = Spacing {
+            interval: slow,
+            rate: 10,
+            window: slow * 10.0,
+        };
+        slots.extend(s.lease(slots[99], f64::NEG_INFINITY, 30, slow));
         assert_eq!(s.recent.len(), 10);
         assert!(busiest(&slots[100..], 1.0) <= 10);
+    }
+
+    #[test]
+    fn a_short_pause_with_slots_leased_ahead_is_not_made_up_after() {
+        // Slots were leased 80 ms ahead when a 429 asked for the shortest pause.
+        let mut s = Schedule::default();
+        let before = s.lease(0.0, f64::NEG_INFINITY, 5, SPACING);
+        let paused_until = before[4] - 0.08 + 0.25;
+        let after = s.lease(before[4] - 0.08, paused_until, 5, SPACING);
+        assert!((after[0] - paused_until).abs() < 1e-9);
+        for pair in after.windows(2) {
+            assert!((pair[1] - pair[0] - INTERVAL).abs() < 1e-9, "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn a_grown_margin_spaces_its_own_slots_not_everyone_elses() {
+        // Three processes always ready, one of them with a margin grown to 25 %.
+        let grown = Spacing {
+            interval: 1.0 / (50.0 * 0.75),
+            ..SPACING
+        };
+        let mut s = Schedule::default();
+        let mut slots = Vec::new();
+        let mut now = 0.0;
+        for i in 0..600 {
+            let spacing = if i % 3 == 0 { grown } else { SPACING };
+            let got = s.lease(now, f64::NEG_INFINITY, 1, spacing);
+            now = got[0] - 0.05;
+            slots.extend(got);
+        }
+        assert!(busiest(&slots, 1.0) <= RATE as usize);
+        // Each lease moves the even schedule by its own interval: the fleet takes
+        // their mean, not the grown one's window for everyone.
+        let mean = (grown.interval + 2.0 * INTERVAL) / 3.0;
+        let took = (slots[599] - slots[0]) / 599.0;
+        assert!(took < mean * 1.01, "{took} s a slot against {mean}");
+    }
+
+    #[test]
+    fn slots_leased_by_a_version_that_keeps_only_tat_are_counted() {
+        let mut s = Schedule::default();
+        let ours = s.lease(0.0, f64::NEG_INFINITY, 40, SPACING);
+        // The other version leases 30 slots from `tat` alone, right after ours.
+        let from = s.tat(INTERVAL);
+        let theirs: Vec<f64> = (0..30).map(|k| from + k as f64 * INTERVAL).collect();
+        let tat = from + 30.0 * INTERVAL;
+        s.adopt(tat, SPACING);
+        // A gap after theirs, then this version makes up what it can.
+        let mut later = s.lease(tat + 0.1, f64::NEG_INFINITY, 60, SPACING);
+        assert!(later[0] >= tat);
+        let mut all = [ours, theirs].concat();
+        all.append(&mut later);
+        all.sort_by(f64::total_cmp);
+        assert!(busiest(&all, 1.0) <= RATE as usize);
+        // Our own `tat` is not mistaken for theirs.
+        let mut again = s.clone();
+        again.adopt(s.tat(INTERVAL), SPACING);
+        assert_eq!(again, s);
+        // A row that only the other version ever leased from.
+        let mut fresh = Schedule::default();
+        fresh.adopt(5.0, SPACING);
+        assert_eq!(fresh.recent.len(), RATE as usize);
+        let first = fresh.lease(4.9, f64::NEG_INFINITY, 1, SPACING);
+        assert!(first[0] >= 5.0);
+    }
+
+    #[test]
+    fn a_damaged_row_is_read_as_a_fresh_one() {
+        let mut s = Schedule {
+            next: f64::INFINITY,
+            recent: vec![f64::NAN, 3.0, f64::INFINITY, 1.0],
+        };
+        s.sanitize();
+        assert_eq!(s.next, f64::NEG_INFINITY);
+        assert_eq!(s.recent, vec![1.0, 3.0]);
+        let slots = s.lease(10.0, f64::NEG_INFINITY, 2, SPACING);
+        assert!(slots.iter().all(|t| t.is_finite()));
+        assert!(s.lease(10.0, f64::NEG_INFINITY, 0, SPACING).is_empty());
+        assert_eq!(s.recent.len(), 4, "asking for none forgets nothing");
     }
 }

@@ -234,10 +234,20 @@ impl Store {
                 .build()
                 .map_err(|e| StoreError::Config(e.to_string()))
         };
+        // The rate's connection locks the fleet's one ledger row for a lease: a session
+        // that stops answering inside it (its process died, its network is cut) gives
+        // the lock up within seconds instead of when TCP notices, and a lease never
+        // waits on the lock beyond the pacer's own timeout. Its commits do not wait for
+        // the disk: a lease lost in a database crash costs at most a second of calls
+        // counted twice, and a lease that waits for the disk makes its first slots late.
+        let mut rate_config = config.clone();
+        rate_config.options(format!(
+            "{options} -c idle_in_transaction_session_timeout=5s -c lock_timeout=5s -c synchronous_commit=off"
+        ));
         Ok(Store {
             pool: pool(config.clone(), max_connections)?,
-            marks: pool(config.clone(), 2)?,
-            rate: pool(config, 1)?,
+            marks: pool(config, 2)?,
+            rate: pool(rate_config, 1)?,
         })
     }
 
@@ -320,22 +330,23 @@ impl Store {
         Ok(())
     }
 
-    /// Leases `n` partner-rate slots for a partner allowing `rate` calls a second,
-    /// `interval` apart on average (`skeelo_partner::schedule` places them): returns
-    /// when each begins, on the database's clock. Slots of different leases never
-    /// overlap, whichever process holds them: the row is locked while they are placed.
+    /// Leases `n` partner-rate slots, spaced as `spacing` says
+    /// (`skeelo_partner::schedule` places them): returns when each begins, on the
+    /// database's clock. Slots of different leases never overlap, whichever process
+    /// holds them: the row is locked while they are placed (on the rate's connection,
+    /// whose session gives up a lock wait and an idle transaction after a few seconds,
+    /// so a process that dies holding the lock does not hold the fleet's calls).
     pub async fn lease_partner_slots(
         &self,
         name: &str,
         n: usize,
-        interval: std::time::Duration,
-        rate: std::num::NonZeroU32,
+        spacing: skeelo_partner::schedule::Spacing,
     ) -> Result<Vec<std::time::SystemTime>, StoreError> {
         let mut client = self.rate.get().await?;
         let tx = client.transaction().await?;
         let read = tx
             .prepare_cached(
-                "SELECT EXTRACT(EPOCH FROM tat)::float8, recent,
+                "SELECT EXTRACT(EPOCH FROM tat)::float8, next_even, recent,
                         EXTRACT(EPOCH FROM paused_until)::float8,
                         EXTRACT(EPOCH FROM clock_timestamp())::float8
                  FROM partner_rate WHERE name = $1 FOR UPDATE",
@@ -353,37 +364,49 @@ impl Store {
             )
             .await?;
         };
-        let mut schedule = skeelo_partner::schedule::Schedule {
-            next: row.get(0),
-            recent: row.get(1),
+        let corrupt = |e: tokio_postgres::Error| {
+            StoreError::Corrupt(format!("partner_rate {name} is unreadable: {e}"))
         };
+        let tat: f64 = row.try_get(0).map_err(corrupt)?;
+        let recent: Vec<Option<f64>> = row.try_get(2).map_err(corrupt)?;
+        let mut schedule = skeelo_partner::schedule::Schedule {
+            next: row.try_get(1).map_err(corrupt)?,
+            recent: recent.into_iter().flatten().collect(),
+        };
+        schedule.sanitize();
+        schedule.adopt(tat, spacing);
         // A pause never set is '-infinity'.
-        let paused_until: f64 = row.get(2);
-        let now: f64 = row.get(3);
-        let slots = schedule.lease(now, paused_until, n, interval.as_secs_f64(), rate.get());
+        let paused_until: f64 = row.try_get(3).map_err(corrupt)?;
+        let now: f64 = row.try_get(4).map_err(corrupt)?;
+        let slots = schedule.lease(now, paused_until, n, spacing);
+        // Checked before anything is written: a slot that is not a time (a pause set
+        // to 'infinity' by hand) leaves the row as it was.
+        let slots = slots
+            .into_iter()
+            .map(|t| {
+                skeelo_partner::schedule::wall_clock(t).ok_or_else(|| {
+                    StoreError::Corrupt(format!("partner_rate {name} placed a slot at {t}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         tx.execute(
             &tx.prepare_cached(
-                "UPDATE partner_rate SET tat = to_timestamp($2), recent = $3, leased = leased + $4
+                "UPDATE partner_rate
+                 SET tat = to_timestamp($2), next_even = $3, recent = $4, leased = leased + $5
                  WHERE name = $1",
             )
             .await?,
             &[
                 &name,
+                &schedule.tat(spacing.interval),
                 &schedule.next,
                 &schedule.recent,
-                &i64::try_from(n).unwrap_or(i64::MAX),
+                &i64::try_from(slots.len()).unwrap_or(i64::MAX),
             ],
         )
         .await?;
         tx.commit().await?;
-        slots
-            .into_iter()
-            .map(|t| {
-                skeelo_partner::schedule::wall_clock(t).ok_or_else(|| {
-                    StoreError::Corrupt(format!("partner_rate placed a slot at {t}"))
-                })
-            })
-            .collect()
+        Ok(slots)
     }
 
     /// No partner-rate slot begins before `wait` from now (a 429's Retry-After).
@@ -571,11 +594,10 @@ impl skeelo_partner::pacer::SlotLedger for Store {
         &self,
         name: &str,
         n: usize,
-        interval: std::time::Duration,
-        rate: std::num::NonZeroU32,
+        spacing: skeelo_partner::schedule::Spacing,
     ) -> skeelo_partner::pacer::LedgerFuture<'_, Vec<std::time::SystemTime>> {
         let name = name.to_string();
-        Box::pin(async move { Ok(self.lease_partner_slots(&name, n, interval, rate).await?) })
+        Box::pin(async move { Ok(self.lease_partner_slots(&name, n, spacing).await?) })
     }
 
     fn pause(

@@ -46,11 +46,7 @@ impl Store {
         let row = client
             .query_opt(
                 "SELECT leased,
-                        -- the last slot leased (`recent` is empty on a row from
-                        -- before it was kept: the next slot then)
-                        EXTRACT(EPOCH FROM GREATEST(COALESCE(to_timestamp(recent[array_upper(recent, 1)]),
-                                                             tat),
-                                                    clock_timestamp()) - clock_timestamp())::float8,
+                        EXTRACT(EPOCH FROM GREATEST(tat, clock_timestamp()) - clock_timestamp())::float8,
                         -- never paused is '-infinity'
                         EXTRACT(EPOCH FROM GREATEST(paused_until, clock_timestamp())
                                            - clock_timestamp())::float8,
