@@ -73,9 +73,9 @@ pub struct Cli {
 
     /// The least share of the partner rate left unused, in percent (0.5 to 25): room
     /// for calls that arrive a little late at the partner's clock. It grows after a 429
-    /// and falls back to this while none comes. 1 % leaves 10 ms in every second;
+    /// and falls back to this while none comes. 1.5 % leaves 15 ms in every second;
     /// raise it for a partner far away on a jittery network.
-    #[arg(long, env = "SKEELO_RATE_MARGIN_PERCENT", default_value_t = 1.0, value_parser = parse_margin)]
+    #[arg(long, env = "SKEELO_RATE_MARGIN_PERCENT", default_value_t = skeelo_partner::pacer::Margin::FLOOR * 100.0, value_parser = parse_margin)]
     rate_margin_percent: f64,
 
     /// Timeout of one Skeelo request, in seconds.

@@ -20,7 +20,7 @@ pub struct PartnerArgs {
     rate: Rate,
     /// The least share of the rate left unused, in percent, as the fleet's own
     /// setting (0.5 to 25).
-    #[arg(long, env = "SKEELO_RATE_MARGIN_PERCENT", default_value_t = 1.0)]
+    #[arg(long, env = "SKEELO_RATE_MARGIN_PERCENT", default_value_t = skeelo_partner::pacer::Margin::FLOOR * 100.0)]
     rate_margin_percent: f64,
     /// The Skeelo partner API.
     #[arg(long, env = "SKEELO_BASE_URL")]
