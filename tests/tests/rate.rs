@@ -94,22 +94,30 @@ async fn a_new_customer_does_not_wait_behind_a_wave_of_suspensions() {
     w.close().await.expect("cleanup");
 }
 
+/// The spacing of the ledger tests: 20/s, slots 50 ms apart.
+const INTERVAL: Duration = Duration::from_millis(50);
+const SPACING: skeelo_partner::schedule::Spacing = skeelo_partner::schedule::Spacing {
+    interval: 0.05,
+    rate: 20,
+    window: 1.0,
+};
+
+/// A world of its own and the fleet's store on its fresh database.
+async fn ledger() -> (World, skeelo_store::Store) {
+    let w = World::new().await.expect("world");
+    let store = skeelo_store::Store::connect(&w.database_url, 2).expect("store");
+    store.migrate().await.expect("schema");
+    (w, store)
+}
+
 /// The ledger on a database that never leased before: the first lease creates the
 /// row (on the rate's single connection, so it must not ask for a second one), leases
 /// never overlap, a short gap is made up at twice the rate, and a pause moves the next
 /// lease past its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
-    let w = World::new().await.expect("world");
-    let store = skeelo_store::Store::connect(&w.database_url, 2).expect("store");
-    store.migrate().await.expect("schema");
-    let interval = Duration::from_millis(50);
-    let spacing = skeelo_partner::schedule::Spacing {
-        interval: interval.as_secs_f64(),
-        rate: 20,
-        window: interval.as_secs_f64() * 20.0,
-    };
-    let lease = |n| store.lease_partner_slots("skeelo", n, spacing);
+    let (w, store) = ledger().await;
+    let lease = |n| store.lease_partner_slots("skeelo", n, SPACING);
     let first = tokio::time::timeout(Duration::from_secs(5), lease(4))
         .await
         .expect("the first lease answers")
@@ -122,7 +130,7 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
             .collect()
     };
     for gap in spaced(&first) {
-        assert!(gap.abs_diff(interval) < Duration::from_millis(1), "{gap:?}");
+        assert!(gap.abs_diff(INTERVAL) < Duration::from_millis(1), "{gap:?}");
     }
     let first = first[0];
     // Before any pause (its column is '-infinity'), the ledger reads: 4 leased, some
@@ -136,7 +144,7 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
     assert_eq!(read.leased, 4);
     assert!(read.paused_for.is_zero());
     assert!(
-        read.ahead <= interval * 4 + Duration::from_millis(5),
+        read.ahead <= INTERVAL * 4 + Duration::from_millis(5),
         "{:?}",
         read.ahead
     );
@@ -144,20 +152,20 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
     let gap = second[0].duration_since(first).expect("in order");
     // (The row keeps times to the microsecond.)
     assert!(
-        gap + Duration::from_micros(2) >= interval * 4,
+        gap + Duration::from_micros(2) >= INTERVAL * 4,
         "the second lease began {gap:?} after the first, inside its 4 slots"
     );
     // Nobody takes a slot for two intervals after the last one: the next lease makes
     // the gap up, its slots half an interval apart, never closer. (A gap of more than
     // 250 ms would be idleness, not made up: 150 ms of slack for a slow machine.)
-    let idle_until = second[1] + interval * 2;
+    let idle_until = second[1] + INTERVAL * 2;
     if let Ok(wait) = idle_until.duration_since(std::time::SystemTime::now()) {
         tokio::time::sleep(wait).await;
     }
     let third = lease(3).await.expect("third lease");
     for gap in spaced(&third) {
         assert!(
-            gap.abs_diff(interval / 2) < Duration::from_millis(1),
+            gap.abs_diff(INTERVAL / 2) < Duration::from_millis(1),
             "a gap is made up at twice the rate: {gap:?}"
         );
     }
@@ -191,15 +199,7 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
 /// version alone leased from counts them too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_leased_by_the_previous_version_are_never_overlapped() {
-    let w = World::new().await.expect("world");
-    let store = skeelo_store::Store::connect(&w.database_url, 2).expect("store");
-    store.migrate().await.expect("schema");
-    let interval = Duration::from_millis(50);
-    let spacing = skeelo_partner::schedule::Spacing {
-        interval: interval.as_secs_f64(),
-        rate: 20,
-        window: interval.as_secs_f64() * 20.0,
-    };
+    let (w, store) = ledger().await;
     let client = w.db().await.expect("a connection");
     // The previous version's lease of `n` slots, word for word.
     let previous = |n: f64| {
@@ -222,13 +222,13 @@ async fn slots_leased_by_the_previous_version_are_never_overlapped() {
         }
     };
     let ours = store
-        .lease_partner_slots("skeelo", 4, spacing)
+        .lease_partner_slots("skeelo", 4, SPACING)
         .await
         .expect("a lease");
     let theirs_end = previous(10.0).await;
-    assert!(theirs_end > ours[3] + interval * 10);
+    assert!(theirs_end > ours[3] + INTERVAL * 10);
     let after = store
-        .lease_partner_slots("skeelo", 3, spacing)
+        .lease_partner_slots("skeelo", 3, SPACING)
         .await
         .expect("a lease after theirs");
     assert!(
@@ -251,13 +251,13 @@ async fn slots_leased_by_the_previous_version_are_never_overlapped() {
         .expect("a fresh row");
     let theirs_end = previous(20.0).await;
     let first = store
-        .lease_partner_slots("skeelo", 4, spacing)
+        .lease_partner_slots("skeelo", 4, SPACING)
         .await
         .expect("a lease");
     assert!(first[0] + Duration::from_micros(2) >= theirs_end);
     for pair in first.windows(2) {
         let gap = pair[1].duration_since(pair[0]).expect("in order");
-        assert!(gap.abs_diff(interval) < Duration::from_millis(1), "{gap:?}");
+        assert!(gap.abs_diff(INTERVAL) < Duration::from_millis(1), "{gap:?}");
     }
     w.close().await.expect("cleanup");
 }

@@ -72,6 +72,10 @@ impl Schedule {
         }
         let rate = s.rate.max(1) as usize;
         let earliest = (now + LEAD).max(paused_until);
+        // Out of a 429's pause since the last slot: nothing is made up after it.
+        if self.recent.last().is_some_and(|last| paused_until > *last) {
+            self.next = f64::NEG_INFINITY;
+        }
         let mut slots = Vec::with_capacity(n);
         for _ in 0..n {
             let mut t = earliest.max(self.next);
@@ -81,11 +85,10 @@ impl Schedule {
             if self.recent.len() >= rate {
                 t = t.max(self.recent[self.recent.len() - rate] + s.window);
             }
-            // Behind the even schedule by more than a gap worth making up, or just
-            // out of a pause: start it afresh from here. Otherwise it moves on by one
-            // interval from where it was, so the slots that follow come closer until
-            // it is caught up.
-            let afresh = t - self.next > CATCH_UP || t <= paused_until;
+            // Behind the even schedule by more than a gap worth making up: start it
+            // afresh from here. Otherwise it moves on by one interval from where it
+            // was, so the slots that follow come closer until it is caught up.
+            let afresh = t - self.next > CATCH_UP;
             self.next = if afresh { t } else { self.next } + s.interval;
             self.recent.push(t);
             slots.push(t);
@@ -96,49 +99,90 @@ impl Schedule {
     }
 
     /// When the next slot begins, as a ledger that keeps only that time reads it
-    /// (GCRA, the fleet's version before this schedule): after the last slot leased.
-    pub fn tat(&self, interval: f64) -> f64 {
-        self.recent.last().map_or(self.next, |last| last + interval)
+    /// (GCRA, the fleet's version before this schedule): the earliest time from which
+    /// slots an interval apart can follow the recent ones without breaking the
+    /// window, so that the previous version, leasing from it during a rolling update,
+    /// never puts one call too many into a second this version has filled.
+    pub fn tat(&self, s: Spacing) -> f64 {
+        match self.recent.last() {
+            Some(last) => (last + s.interval).max(self.window_free(s)),
+            None => self.next,
+        }
+    }
+
+    /// The earliest time from which slots one floor spacing apart can follow the
+    /// recent ones with no `rate + 1` of them spanning less than the window.
+    fn window_free(&self, s: Spacing) -> f64 {
+        let rate = s.rate.max(1) as usize;
+        let spacing = s.window / rate as f64;
+        let tail = &self.recent[self.recent.len().saturating_sub(rate)..];
+        // The k-th slot to come has, `rate` slots before it, recent[len - rate + k].
+        let before = rate - tail.len();
+        tail.iter()
+            .enumerate()
+            .map(|(j, t)| t + s.window - (j + before) as f64 * spacing)
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// The schedule as a ledger's row keeps it: `next` and `recent` as this version
+    /// wrote them, `tat` as any version did. What is not a time, or lies beyond any
+    /// slot a lease could have placed by now (a hand-edited row), is dropped, and the
+    /// slots a version that keeps only `tat` leased are counted (see `adopt`).
+    pub fn from_row(
+        next: f64,
+        mut recent: Vec<f64>,
+        tat: f64,
+        now: f64,
+        paused_until: f64,
+        s: Spacing,
+    ) -> Schedule {
+        let limit = now.max(paused_until) + 2.0 * s.window + CATCH_UP;
+        let plausible = |t: f64| t.is_finite() && t <= limit;
+        recent.retain(|t| plausible(*t));
+        recent.sort_by(f64::total_cmp);
+        let mut schedule = Schedule {
+            next: if plausible(next) {
+                next
+            } else {
+                f64::NEG_INFINITY
+            },
+            recent,
+        };
+        if plausible(tat) {
+            schedule.adopt(tat, s);
+        }
+        schedule
     }
 
     /// Takes account of slots leased by a version of the fleet that keeps only `tat`
     /// (during a rolling update, both versions lease from the same row): when `tat`
-    /// is later than this schedule left it, slots it does not know of run up to `tat`.
-    /// They are counted as if as close together as the rate allows and ending at
-    /// `tat` (the latest they can be, so the count errs on the safe side), and the
-    /// even schedule goes on after them.
-    pub fn adopt(&mut self, tat: f64, s: Spacing) {
+    /// is later than this version leaves it, slots it does not know of run up to
+    /// `tat`. They are counted one floor spacing apart and ending a spacing before
+    /// `tat`, one more than can fit (a row only that version leased from: a whole
+    /// second's worth), and the even schedule goes on after them.
+    fn adopt(&mut self, tat: f64, s: Spacing) {
         let rate = s.rate.max(1) as usize;
         let spacing = s.window / rate as f64;
-        // This version leaves the last slot plus an interval (a grown margin's, at
-        // most a third over the floor's); the other version's lease adds at least one
-        // interval more.
         let unknown = match self.recent.last() {
-            _ if !tat.is_finite() => 0,
             None => rate,
-            Some(last) if tat > last + 1.5 * spacing => {
-                (((tat - last) / spacing).ceil() as usize).clamp(1, rate)
+            Some(last) => {
+                // This version leaves at most the last slot plus a grown margin's
+                // interval (a third over the floor's), or where the window frees; the
+                // other version's lease adds at least one interval more.
+                let free = self.window_free(s);
+                if tat <= (last + 1.5 * spacing).max(free + 0.5 * spacing) {
+                    return;
+                }
+                let from = (last + spacing).max(free);
+                (((tat - from) / spacing).ceil() as usize + 1).clamp(1, rate)
             }
-            Some(_) => 0,
         };
-        if unknown == 0 {
-            return;
-        }
         self.recent
             .extend((1..=unknown).rev().map(|k| tat - k as f64 * spacing));
         self.recent.sort_by(f64::total_cmp);
         let excess = self.recent.len().saturating_sub(rate);
         self.recent.drain(..excess);
         self.next = self.next.max(tat);
-    }
-
-    /// Drops what a hand-edited or damaged row may hold that is not a time.
-    pub fn sanitize(&mut self) {
-        if !self.next.is_finite() {
-            self.next = f64::NEG_INFINITY;
-        }
-        self.recent.retain(|t| t.is_finite());
-        self.recent.sort_by(f64::total_cmp);
     }
 }
 
@@ -337,7 +381,7 @@ mod tests {
         let mut s = Schedule::default();
         let ours = s.lease(0.0, f64::NEG_INFINITY, 40, SPACING);
         // The other version leases 30 slots from `tat` alone, right after ours.
-        let from = s.tat(INTERVAL);
+        let from = s.tat(SPACING);
         let theirs: Vec<f64> = (0..30).map(|k| from + k as f64 * INTERVAL).collect();
         let tat = from + 30.0 * INTERVAL;
         s.adopt(tat, SPACING);
@@ -350,7 +394,7 @@ mod tests {
         assert!(busiest(&all, 1.0) <= RATE as usize);
         // Our own `tat` is not mistaken for theirs.
         let mut again = s.clone();
-        again.adopt(s.tat(INTERVAL), SPACING);
+        again.adopt(s.tat(SPACING), SPACING);
         assert_eq!(again, s);
         // A row that only the other version ever leased from.
         let mut fresh = Schedule::default();
@@ -362,16 +406,42 @@ mod tests {
 
     #[test]
     fn a_damaged_row_is_read_as_a_fresh_one() {
-        let mut s = Schedule {
-            next: f64::INFINITY,
-            recent: vec![f64::NAN, 3.0, f64::INFINITY, 1.0],
-        };
-        s.sanitize();
+        // Not a time, or later than any lease could have placed a slot by now.
+        let mut s = Schedule::from_row(
+            1e12,
+            vec![f64::NAN, 3.0, f64::INFINITY, 1.0, 1e12],
+            f64::INFINITY,
+            10.0,
+            f64::NEG_INFINITY,
+            SPACING,
+        );
         assert_eq!(s.next, f64::NEG_INFINITY);
         assert_eq!(s.recent, vec![1.0, 3.0]);
         let slots = s.lease(10.0, f64::NEG_INFINITY, 2, SPACING);
-        assert!(slots.iter().all(|t| t.is_finite()));
+        assert!((slots[0] - (10.0 + LEAD)).abs() < 1e-9, "{slots:?}");
         assert!(s.lease(10.0, f64::NEG_INFINITY, 0, SPACING).is_empty());
         assert_eq!(s.recent.len(), 4, "asking for none forgets nothing");
+        // A long pause (a Retry-After of an hour) is a time, not damage.
+        let paused = Schedule::from_row(3600.0, vec![3600.0], 3600.02, 10.0, 3600.0, SPACING);
+        assert_eq!(paused.recent, vec![3600.0]);
+    }
+
+    #[test]
+    fn the_previous_version_leasing_after_a_gap_made_up_stays_within_the_rate() {
+        // This version makes up a 150 ms gap, then the previous version (which reads
+        // only `tat`) leases a second of slots from where this one left it.
+        let mut s = Schedule::default();
+        let mut ours = s.lease(0.0, f64::NEG_INFINITY, 2, SPACING);
+        let resumed = ours[1] + 0.15;
+        ours.extend(s.lease(resumed, f64::NEG_INFINITY, 20, SPACING));
+        let tat = s.tat(SPACING);
+        let theirs: Vec<f64> = (0..60).map(|k| tat + k as f64 * INTERVAL).collect();
+        let mut all = [ours.clone(), theirs].concat();
+        all.sort_by(f64::total_cmp);
+        assert!(busiest(&all, 1.0) <= RATE as usize);
+        // Where only this version leases, `tat` says where the even schedule goes on.
+        let mut alone = s.clone();
+        let next = alone.lease(tat - 0.05, f64::NEG_INFINITY, 1, SPACING);
+        assert!(next[0] <= tat + 1e-9, "{} after {tat}", next[0]);
     }
 }

@@ -367,17 +367,18 @@ impl Store {
         let corrupt = |e: tokio_postgres::Error| {
             StoreError::Corrupt(format!("partner_rate {name} is unreadable: {e}"))
         };
-        let tat: f64 = row.try_get(0).map_err(corrupt)?;
         let recent: Vec<Option<f64>> = row.try_get(2).map_err(corrupt)?;
-        let mut schedule = skeelo_partner::schedule::Schedule {
-            next: row.try_get(1).map_err(corrupt)?,
-            recent: recent.into_iter().flatten().collect(),
-        };
-        schedule.sanitize();
-        schedule.adopt(tat, spacing);
         // A pause never set is '-infinity'.
         let paused_until: f64 = row.try_get(3).map_err(corrupt)?;
         let now: f64 = row.try_get(4).map_err(corrupt)?;
+        let mut schedule = skeelo_partner::schedule::Schedule::from_row(
+            row.try_get(1).map_err(corrupt)?,
+            recent.into_iter().flatten().collect(),
+            row.try_get(0).map_err(corrupt)?,
+            now,
+            paused_until,
+            spacing,
+        );
         let slots = schedule.lease(now, paused_until, n, spacing);
         // Checked before anything is written: a slot that is not a time (a pause set
         // to 'infinity' by hand) leaves the row as it was.
@@ -398,7 +399,7 @@ impl Store {
             .await?,
             &[
                 &name,
-                &schedule.tat(spacing.interval),
+                &schedule.tat(spacing),
                 &schedule.next,
                 &schedule.recent,
                 &i64::try_from(slots.len()).unwrap_or(i64::MAX),

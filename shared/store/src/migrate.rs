@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "rate_window",
         include_str!("../../../migrations/0011_rate_window.sql"),
     ),
+    (
+        12,
+        "rate_schedule",
+        include_str!("../../../migrations/0012_rate_schedule.sql"),
+    ),
 ];
 
 /// Any fixed number unique to this schema; every replica asks for the same lock.
