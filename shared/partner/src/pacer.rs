@@ -58,8 +58,8 @@ impl Margin {
     /// leaves 15 ms a second for arrival jitter. On a two-core machine shared by three
     /// worker processes, the broker, the database and the partner fake, jitter used up
     /// to 14 ms of it; at 1 % four rows in forty drew a 429 (after which the margin
-    /// grows by itself), at 1.5 % none in forty, and every row waiting at start-up
-    /// used 98.2–98.8 % of the rate.
+    /// grows by itself), at 1.5 % one in fifty, and every other row waiting at
+    /// start-up used 98.2–98.8 % of the rate.
     pub const FLOOR: f64 = 0.015;
     /// The least floor: below it, the room in a second is under a timer's own
     /// lateness, and slots are dropped as late instead of used (measured at 0 %: 17 %
