@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::Mutex;
 
 use crate::answer::{self, Answer};
 use crate::pacer::Pacer;
+use crate::token::{Token, Tokens};
 use skeelo_domain::event::{Email, Phone, Sku};
 use skeelo_domain::lifecycle::{Changes, Held, Profile, Status};
 use skeelo_telemetry::metrics::Metrics;
@@ -53,7 +53,7 @@ pub struct ClientConfig {
 }
 
 /// Why a call failed, sorted by what the caller must do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SkeeloError {
     /// Skeelo is down or unreachable (connection error, timeout, 502/503/504, the token
     /// endpoint failing, credentials refused): counts toward outage mode.
@@ -183,11 +183,6 @@ pub struct NewSubscription<'a> {
     pub profile: &'a Profile,
 }
 
-struct Token {
-    value: String,
-    expires: Instant,
-}
-
 /// A client of the Skeelo partner API. Cheap to clone; clones share token, rate and pause.
 #[derive(Clone)]
 pub struct SkeeloClient {
@@ -198,7 +193,7 @@ struct Inner {
     http: reqwest::Client,
     base: String,
     credentials: Credentials,
-    token: Mutex<Option<Token>>,
+    tokens: Tokens<SkeeloError>,
     pacer: Pacer,
     /// The least pause after a 429, shared by this process's calls.
     backoff: std::sync::Mutex<crate::backoff::Backoff>,
@@ -250,7 +245,7 @@ impl SkeeloClient {
                 http,
                 base: config.base_url.trim_end_matches('/').to_string(),
                 credentials: config.credentials,
-                token: Mutex::new(None),
+                tokens: Tokens::new(),
                 pacer,
                 backoff: std::sync::Mutex::new(crate::backoff::Backoff::default()),
                 metrics,
@@ -421,7 +416,7 @@ impl SkeeloClient {
             match status {
                 StatusCode::UNAUTHORIZED if !refreshed => {
                     refreshed = true;
-                    self.forget_token(&token).await;
+                    self.inner.tokens.forget(&token);
                 }
                 StatusCode::UNAUTHORIZED => {
                     return Err(SkeeloError::Unavailable(
@@ -577,23 +572,7 @@ impl SkeeloClient {
 
     /// The cached token, or a new one. One task fetches while the others wait for it.
     async fn token(&self) -> Result<String, SkeeloError> {
-        let mut slot = self.inner.token.lock().await;
-        if let Some(t) = slot.as_ref() {
-            if t.expires > Instant::now() {
-                return Ok(t.value.clone());
-            }
-        }
-        let fresh = self.fetch_token().await?;
-        let value = fresh.value.clone();
-        *slot = Some(fresh);
-        Ok(value)
-    }
-
-    async fn forget_token(&self, stale: &str) {
-        let mut slot = self.inner.token.lock().await;
-        if slot.as_ref().is_some_and(|t| t.value == stale) {
-            *slot = None;
-        }
+        self.inner.tokens.get(|| self.fetch_token()).await
     }
 
     async fn fetch_token(&self) -> Result<Token, SkeeloError> {

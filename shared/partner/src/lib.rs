@@ -9,3 +9,4 @@ pub mod converge;
 mod lenient;
 pub mod pacer;
 pub mod schedule;
+mod token;
