@@ -374,6 +374,41 @@ fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
                 .collect();
             eprintln!("gap of {ms:.0} ms after call #{i}: calls around it {around:?}");
         }
+        // The tightest windows of rate + 1 calls (where arrival jitter ate most of the
+        // margin's room), one per stretch: when they began, and how long the partner had
+        // been without a call before their first one (a call after a gap is the first
+        // of its process, its round, or its connection).
+        let tight_ms: f64 = std::env::var("BENCH_TIGHT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1008.0);
+        let mut windows: Vec<(usize, f64)> = times
+            .windows(rate_n + 1)
+            .enumerate()
+            .map(|(i, w)| (i, w[rate_n].duration_since(w[0]).as_secs_f64() * 1000.0))
+            .filter(|(_, ms)| *ms < tight_ms)
+            .collect();
+        windows.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut shown: Vec<usize> = Vec::new();
+        for (i, ms) in windows {
+            if shown.iter().any(|s| s.abs_diff(i) <= rate_n) {
+                continue;
+            }
+            shown.push(i);
+            let gap_before = |j: usize| {
+                j.checked_sub(1).map_or(f64::NAN, |k| {
+                    times[j].duration_since(times[k]).as_secs_f64() * 1000.0
+                })
+            };
+            eprintln!(
+                "tight: {} calls within {ms:.1} ms from +{:.3} s; first call {} after {:.1} ms without one; last after {:.1} ms",
+                rate_n + 1,
+                times[i].duration_since(started).as_secs_f64(),
+                accepted[i].1,
+                gap_before(i),
+                gap_before(i + rate_n),
+            );
+        }
         // Each 429: the calls accepted in the second before it, and how they were
         // spaced at both ends of that second (arrival jitter shows as a spacing far
         // from the interval).
