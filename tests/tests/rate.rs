@@ -100,6 +100,7 @@ const SPACING: skeelo_partner::schedule::Spacing = skeelo_partner::schedule::Spa
     interval: 0.05,
     rate: 20,
     window: 1.0,
+    lead: skeelo_partner::schedule::LEAD,
 };
 
 /// A world of its own and the fleet's store on its fresh database.
@@ -121,7 +122,8 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
     let first = tokio::time::timeout(Duration::from_secs(5), lease(4))
         .await
         .expect("the first lease answers")
-        .expect("first lease");
+        .expect("first lease")
+        .slots;
     assert_eq!(first.len(), 4);
     let spaced = |slots: &[std::time::SystemTime]| -> Vec<Duration> {
         slots
@@ -148,7 +150,7 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
         "{:?}",
         read.ahead
     );
-    let second = lease(2).await.expect("second lease");
+    let second = lease(2).await.expect("second lease").slots;
     let gap = second[0].duration_since(first).expect("in order");
     // (The row keeps times to the microsecond.)
     assert!(
@@ -162,7 +164,7 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
     if let Ok(wait) = idle_until.duration_since(std::time::SystemTime::now()) {
         tokio::time::sleep(wait).await;
     }
-    let third = lease(3).await.expect("third lease");
+    let third = lease(3).await.expect("third lease").slots;
     for gap in spaced(&third) {
         assert!(
             gap.abs_diff(INTERVAL / 2) < Duration::from_millis(1),
@@ -185,7 +187,7 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
         "{:?}",
         read.paused_for
     );
-    let after = lease(1).await.expect("lease after the pause");
+    let after = lease(1).await.expect("lease after the pause").slots;
     let past = after[0].duration_since(paused_at).unwrap_or_default();
     assert!(
         past >= Duration::from_millis(1500),
@@ -224,13 +226,15 @@ async fn slots_leased_by_the_previous_version_are_never_overlapped() {
     let ours = store
         .lease_partner_slots("skeelo", 4, SPACING)
         .await
-        .expect("a lease");
+        .expect("a lease")
+        .slots;
     let theirs_end = previous(10.0).await;
     assert!(theirs_end > ours[3] + INTERVAL * 10);
     let after = store
         .lease_partner_slots("skeelo", 3, SPACING)
         .await
-        .expect("a lease after theirs");
+        .expect("a lease after theirs")
+        .slots;
     assert!(
         after[0] + Duration::from_micros(2) >= theirs_end,
         "a slot {:?} before the end of the previous version's lease",
@@ -253,7 +257,8 @@ async fn slots_leased_by_the_previous_version_are_never_overlapped() {
     let first = store
         .lease_partner_slots("skeelo", 4, SPACING)
         .await
-        .expect("a lease");
+        .expect("a lease")
+        .slots;
     assert!(first[0] + Duration::from_micros(2) >= theirs_end);
     for pair in first.windows(2) {
         let gap = pair[1].duration_since(pair[0]).expect("in order");

@@ -276,6 +276,13 @@ async fn build(
     let store =
         Store::connect(&settings.database_url, settings.db_pool_size).context("DATABASE_URL")?;
     migrate_with_patience(&store, &settings.database_url).await?;
+    if settings.rate_per_second.is_some() {
+        if let Err(e) = store.warm_rate_ledger().await {
+            // Not fatal: the first lease connects by itself (and its first slot may
+            // come too late to be used).
+            tracing::warn!(error = %e, "cannot open the partner rate's connection yet");
+        }
+    }
     let pacer = match settings.rate_per_second {
         Some(rate) => Pacer::fleet(store.clone(), rate, settings.weights, settings.margin),
         None => Pacer::unlimited(),

@@ -36,6 +36,15 @@ const LEDGER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Slots leased at once, at most: about a tenth of a second of the rate.
 const LEASE_SECONDS: f64 = 0.1;
 
+/// Leases remembered to set the lead of the next one (see `Inner::lead`).
+const LEASES_TIMED: usize = 8;
+/// The lead of a process's first lease, before any was timed (later ones on a busy
+/// two-core machine: docs/performance.md, "The first slot after a gap").
+const FIRST_LEAD: Duration = Duration::from_millis(20);
+/// The most lead asked for (the schedule allows no more): a lead only delays the
+/// first slot after a gap, which the schedule makes up.
+const MOST_LEAD: Duration = Duration::from_millis(250);
+
 /// The share of the rate left unused, so that the partner, counting calls in any
 /// sliding second by its own clock, never sees one too many. `rate + 1` calls spaced
 /// at `1 / (rate × (1 − m))` span `m / (1 − m)` seconds more than one second: that is
@@ -240,19 +249,25 @@ pub type LedgerError = Box<dyn std::error::Error + Send + Sync>;
 pub type LedgerFuture<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, LedgerError>> + Send + 'a>>;
 
+/// A ledger's answer to a lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// When each slot begins, on the wall clock.
+    pub slots: Vec<std::time::SystemTime>,
+    /// When the ledger read its clock to place them. How long the answer took from
+    /// there to reach the lessee sets how far ahead its next first slot begins (see
+    /// [`Spacing::lead`]); measured from the ledger's own reading, it leaves out the
+    /// wait for a connection or the row's lock, which happen before it.
+    pub read_at: std::time::SystemTime,
+}
+
 /// Where the fleet keeps its shared partner-rate state: the database in production
 /// (`skeelo_store::Store`), a fake in tests. Every process of the fleet leases its
 /// slots from the same ledger, so the fleet together stays within the rate.
 pub trait SlotLedger: Send + Sync + 'static {
     /// Leases `n` slots from the row `name`, spaced as `spacing` says
-    /// ([`Schedule::lease`] places them): returns when each begins, on the wall clock.
-    /// Slots of different leases never overlap.
-    fn lease(
-        &self,
-        name: &str,
-        n: usize,
-        spacing: Spacing,
-    ) -> LedgerFuture<'_, Vec<std::time::SystemTime>>;
+    /// ([`Schedule::lease`] places them). Slots of different leases never overlap.
+    fn lease(&self, name: &str, n: usize, spacing: Spacing) -> LedgerFuture<'_, Lease>;
 
     /// No slot of the row `name` begins before `wait` from now (a 429's Retry-After).
     fn pause(&self, name: &str, wait: Duration) -> LedgerFuture<'_, ()>;
@@ -294,6 +309,8 @@ struct Inner {
     /// When this process last gave out its latest slots, a rate's worth at most,
     /// oldest first (see [`Inner::local_guard`]).
     grants: Mutex<VecDeque<Instant>>,
+    /// How long the last leases took to come back, newest last.
+    lease_took: Mutex<VecDeque<Duration>>,
     queues: Mutex<Queues>,
     wake: Notify,
     paused_until: Arc<Mutex<Option<Instant>>>,
@@ -388,6 +405,7 @@ impl Pacer {
             rate,
             margin: Mutex::new(margin),
             grants: Mutex::new(VecDeque::new()),
+            lease_took: Mutex::new(VecDeque::new()),
             queues: Mutex::new(Queues::default()),
             wake: Notify::new(),
             paused_until: paused_until.clone(),
@@ -519,13 +537,23 @@ async fn dispatch(weak: std::sync::Weak<Inner>) {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         inner.report_fates(&mut reported, waiting);
-        let running_out = slots
-            .back()
-            .is_none_or(|last| *last < now + Duration::from_secs_f64(LEASE_SECONDS / 2.0));
+        // The next lease is asked for while the slots in hand last longer than it takes
+        // to come back (its first slot would otherwise be late).
+        let ahead = Duration::from_secs_f64(LEASE_SECONDS / 2.0).max(inner.lead() + late);
+        let running_out = slots.back().is_none_or(|last| *last < now + ahead);
         if leasing.is_none() && waiting > slots.len() && running_out {
             let n = lease_size(&inner, waiting - slots.len());
             let lessee = inner.clone();
-            leasing = Some(Box::pin(async move { lease(&lessee, n).await }));
+            // In a task of its own: its answer is timed when it comes (see
+            // `Inner::lead`), not when this loop, busy giving out a slot, next looks.
+            let task = tokio::spawn(async move { lease(&lessee, n).await });
+            // A pacer dropped meanwhile leases nothing more for nobody.
+            let abort = AbortOnDrop(task.abort_handle());
+            leasing = Some(Box::pin(async move {
+                let _abort = abort;
+                task.await
+                    .unwrap_or_else(|e| Err(format!("the lease's task ended: {e}").into()))
+            }));
         }
         let next = slots.front().copied();
         match (next, leasing.as_mut()) {
@@ -557,6 +585,15 @@ async fn dispatch(weak: std::sync::Weak<Inner>) {
                 }
             }
         }
+    }
+}
+
+/// Ends a task when its result is no longer wanted.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -694,7 +731,23 @@ impl Inner {
             interval: self.interval().as_secs_f64(),
             rate: self.rate.get(),
             window: floor.as_secs_f64() * f64::from(self.rate.get()),
+            lead: self.lead().as_secs_f64(),
         }
+    }
+
+    /// How long after the ledger reads its clock for a lease its first slot should
+    /// begin: the longest any of the last leases' answers took from that reading to
+    /// this process, and a timer's tick, so that a first slot placed at the ledger's
+    /// "now" arrives before it is due even while the ledger is slow (see
+    /// [`Spacing::lead`]).
+    fn lead(&self) -> Duration {
+        let longest = self
+            .lease_took
+            .lock()
+            .ok()
+            .and_then(|t| t.iter().max().copied())
+            .map_or(FIRST_LEAD, |d| d + TICK);
+        longest.clamp(Duration::from_secs_f64(schedule::LEAD), MOST_LEAD)
     }
 
     /// How late a slot may be used, from the floor of the margin, not the margin in
@@ -723,11 +776,21 @@ async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, LedgerError> {
     let spacing = inner.spacing();
     // Bounded: a connection that stopped answering (half open) must not hold every
     // call of the process; the dispatcher tries again.
-    let slots = tokio::time::timeout(LEDGER_TIMEOUT, inner.ledger.lease(LEDGER_ROW, n, spacing))
+    let lease = tokio::time::timeout(LEDGER_TIMEOUT, inner.ledger.lease(LEDGER_ROW, n, spacing))
         .await
         .map_err(|_| -> LedgerError { format!("no lease within {LEDGER_TIMEOUT:?}").into() })??;
     let (now, wall) = (Instant::now(), std::time::SystemTime::now());
-    Ok(slots
+    // Against the ledger's own clock: a skew between the two clocks shifts the slots
+    // by as much, so it is rightly part of how far ahead they must begin.
+    let took = wall.duration_since(lease.read_at).unwrap_or_default();
+    if let Ok(mut times) = inner.lease_took.lock() {
+        times.push_back(took);
+        while times.len() > LEASES_TIMED {
+            times.pop_front();
+        }
+    }
+    Ok(lease
+        .slots
         .into_iter()
         .map(|t| match t.duration_since(wall) {
             Ok(ahead) => now + ahead,
@@ -743,28 +806,25 @@ struct Local {
 }
 
 impl SlotLedger for Local {
-    fn lease(
-        &self,
-        _name: &str,
-        n: usize,
-        spacing: Spacing,
-    ) -> LedgerFuture<'_, Vec<std::time::SystemTime>> {
+    fn lease(&self, _name: &str, n: usize, spacing: Spacing) -> LedgerFuture<'_, Lease> {
         Box::pin(async move {
-            let now = schedule::epoch_seconds(std::time::SystemTime::now());
+            let read_at = std::time::SystemTime::now();
+            let now = schedule::epoch_seconds(read_at);
             let mut row = self
                 .row
                 .lock()
                 .map_err(|_| "the ledger's lock is poisoned")?;
             let (schedule, paused_until) = &mut *row;
             let paused_until = *paused_until;
-            schedule
+            let slots = schedule
                 .lease(now, paused_until, n, spacing)
                 .into_iter()
                 .map(|t| {
                     schedule::wall_clock(t)
                         .ok_or_else(|| format!("a slot placed at {t} s is not a time").into())
                 })
-                .collect()
+                .collect::<Result<_, LedgerError>>()?;
+            Ok(Lease { slots, read_at })
         })
     }
 
@@ -962,12 +1022,7 @@ mod tests {
     }
 
     impl SlotLedger for Arc<FakeLedger> {
-        fn lease(
-            &self,
-            name: &str,
-            n: usize,
-            spacing: Spacing,
-        ) -> LedgerFuture<'_, Vec<std::time::SystemTime>> {
+        fn lease(&self, name: &str, n: usize, spacing: Spacing) -> LedgerFuture<'_, Lease> {
             let name = name.to_string();
             Box::pin(async move {
                 self.state.lock().map_err(|_| "poisoned")?.leased += n;
@@ -982,6 +1037,65 @@ mod tests {
                 self.ledger.pause(&name, wait).await
             })
         }
+    }
+
+    /// A ledger whose answers take `delay` to come back after it read its clock.
+    struct SlowLedger {
+        ledger: Local,
+        delay: Duration,
+    }
+
+    impl SlotLedger for SlowLedger {
+        fn lease(&self, name: &str, n: usize, spacing: Spacing) -> LedgerFuture<'_, Lease> {
+            let name = name.to_string();
+            Box::pin(async move {
+                let slots = self.ledger.lease(&name, n, spacing).await;
+                tokio::time::sleep(self.delay).await;
+                slots
+            })
+        }
+
+        fn pause(&self, name: &str, wait: Duration) -> LedgerFuture<'_, ()> {
+            self.ledger.pause(name, wait)
+        }
+    }
+
+    /// After a gap the first slot is placed at the ledger's "now": with a fixed lead
+    /// shorter than the ledger's answer, every such slot came already late and was
+    /// dropped, and the one waiting call never got a turn (the next lease after the
+    /// drop starts at "now" again). The lead follows how long leases take.
+    #[tokio::test]
+    async fn the_first_slot_after_a_gap_arrives_before_it_is_due_on_a_slow_ledger() {
+        let ledger = SlowLedger {
+            ledger: Local::default(),
+            delay: Duration::from_millis(30),
+        };
+        let rate = NonZeroU32::new(50).expect("non-zero");
+        let pacer = Pacer::fleet(ledger, rate, Weights::default(), Margin::default());
+        let inner = pacer.inner.clone().expect("a rate");
+        let turn = || async {
+            tokio::time::timeout(Duration::from_secs(2), pacer.turn())
+                .await
+                .expect("a turn within 2 s (every first slot came late and was dropped)")
+        };
+        // The first lease is not timed yet: its lead is a guess.
+        turn().await;
+        let late_at_first = inner.fates.late.load(std::sync::atomic::Ordering::Relaxed);
+        let lead = inner.lead();
+        assert!(
+            lead >= Duration::from_millis(30) && lead <= MOST_LEAD,
+            "the lead follows the ledger: {lead:?}"
+        );
+        for _ in 0..5 {
+            // A gap longer than is ever made up: the next slot starts afresh at "now".
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!turn().await.stale(), "a first slot after a gap came late");
+        }
+        assert_eq!(
+            inner.fates.late.load(std::sync::atomic::Ordering::Relaxed),
+            late_at_first,
+            "no first slot after a gap was dropped as late"
+        );
     }
 
     #[tokio::test]

@@ -10,13 +10,15 @@
 //! fleet make up a short gap at twice the rate, never placing a slot where the
 //! partner would see one call too many, and never running ahead of the even schedule
 //! (so over any stretch of work the fleet takes what the even schedule would have
-//! given, not more: at most [`CATCH_UP`] of slots are ever made up at once).
+//! given, not more: at most [`CATCH_UP`] of slots, and a slow ledger's own delay, are
+//! ever made up at once).
 //!
 //! Times are seconds since the Unix epoch on the ledger's clock, so that every
 //! process of the fleet places a slot at the same moment.
 
-/// Slots begin this far after the ledger's clock reads the lease: the answer has to
-/// reach the process before its first slot is due.
+/// The least time between the ledger's clock reading a lease and its first slot: the
+/// answer has to reach the process before its first slot is due. A lessee asks for
+/// more when its leases take longer (see [`Spacing::lead`]).
 pub const LEAD: f64 = 0.005;
 
 /// The longest gap the fleet makes up. A longer one is idleness: the schedule starts
@@ -37,6 +39,12 @@ pub struct Spacing {
     /// margin's floor. From the floor, not the lessee's margin: a margin grown after a
     /// 429 spaces that process's own slots, and must not hold back everyone else's.
     pub window: f64,
+    /// How long after the ledger's clock reads this lease its first slot may begin:
+    /// how long the lessee's leases take to come back (at least [`LEAD`], at most
+    /// [`CATCH_UP`]). A first slot that arrives already due is sent late, and a late
+    /// call bunches with the calls a second after it: the first call after a gap is
+    /// the one such a slot starts (docs/performance.md, "The first slot after a gap").
+    pub lead: f64,
 }
 
 /// The state of one schedule, as a ledger keeps it between leases.
@@ -59,7 +67,7 @@ impl Default for Schedule {
 }
 
 impl Schedule {
-    /// Places `n` slots, no earlier than `now + LEAD` nor before `paused_until` (a
+    /// Places `n` slots, no earlier than `now + s.lead` nor before `paused_until` (a
     /// 429's end). Returns them in order; `self` remembers them.
     ///
     /// Every slot keeps two rules the partner would check: `rate + 1` slots never
@@ -71,7 +79,13 @@ impl Schedule {
             return Vec::new();
         }
         let rate = s.rate.max(1) as usize;
-        let earliest = (now + LEAD).max(paused_until);
+        // Not a number (a caller's arithmetic gone wrong) reads as the least lead.
+        let lead = if s.lead.is_nan() {
+            LEAD
+        } else {
+            s.lead.clamp(LEAD, CATCH_UP)
+        };
+        let earliest = (now + lead).max(paused_until);
         // Out of a 429's pause since the last slot: nothing is made up after it.
         if self.recent.last().is_some_and(|last| paused_until > *last) {
             self.next = f64::NEG_INFINITY;
@@ -87,8 +101,9 @@ impl Schedule {
             }
             // Behind the even schedule by more than a gap worth making up: start it
             // afresh from here. Otherwise it moves on by one interval from where it
-            // was, so the slots that follow come closer until it is caught up.
-            let afresh = t - self.next > CATCH_UP;
+            // was, so the slots that follow come closer until it is caught up. The
+            // time a slow ledger's answer takes is not idleness: it is made up too.
+            let afresh = t - (lead - LEAD) - self.next > CATCH_UP;
             self.next = if afresh { t } else { self.next } + s.interval;
             self.recent.push(t);
             slots.push(t);
@@ -223,6 +238,7 @@ mod tests {
         interval: INTERVAL,
         rate: RATE,
         window: INTERVAL * RATE as f64,
+        lead: LEAD,
     };
 
     /// Leases at each `(offset from start, slots)`.
@@ -266,6 +282,51 @@ mod tests {
         assert!(busiest(&slots, INTERVAL * f64::from(RATE)) <= RATE as usize);
         for pair in slots.windows(2) {
             assert!(pair[1] - pair[0] >= INTERVAL / 2.0 - 1e-9, "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn a_slow_ledgers_lead_delays_the_first_slot_and_is_made_up_like_a_gap() {
+        let slow = Spacing {
+            lead: 0.03,
+            ..SPACING
+        };
+        let mut s = Schedule::default();
+        let mut slots = s.lease(0.0, f64::NEG_INFINITY, 2, slow);
+        assert!((slots[0] - 0.03).abs() < 1e-9, "{slots:?}");
+        // Behind the even schedule by 10 ms more than the longest gap made up, 25 ms
+        // of it the lead's own (beyond the least): the gap is made up all the same.
+        let resumed = slots[1] + INTERVAL + CATCH_UP - 0.02;
+        let after = s.lease(resumed, f64::NEG_INFINITY, 40, slow);
+        assert!((after[0] - (resumed + 0.03)).abs() < 1e-9, "{after:?}");
+        assert!(
+            (after[1] - after[0] - INTERVAL / 2.0).abs() < 1e-9,
+            "made up at twice the rate: {after:?}"
+        );
+        slots.extend(after);
+        assert!(busiest(&slots, 1.0) <= RATE as usize);
+        assert!(busiest(&slots, SPACING.window) <= RATE as usize);
+    }
+
+    #[test]
+    fn a_lead_that_is_not_a_time_reads_as_the_least_or_the_most() {
+        for (lead, first) in [
+            (f64::NAN, LEAD),
+            (-1.0, LEAD),
+            (0.0, LEAD),
+            (f64::INFINITY, CATCH_UP),
+            (1e12, CATCH_UP),
+        ] {
+            let mut s = Schedule::default();
+            let slots = s.lease(10.0, f64::NEG_INFINITY, 3, Spacing { lead, ..SPACING });
+            assert!(
+                (slots[0] - (10.0 + first)).abs() < 1e-9,
+                "{lead}: {slots:?}"
+            );
+            assert!(
+                (slots[1] - slots[0] - INTERVAL).abs() < 1e-9,
+                "{lead}: {slots:?}"
+            );
         }
     }
 
@@ -333,6 +394,7 @@ mod tests {
             interval: slow,
             rate: 10,
             window: slow * 10.0,
+            lead: LEAD,
         };
         slots.extend(s.lease(slots[99], f64::NEG_INFINITY, 30, slow));
         assert_eq!(s.recent.len(), 10);

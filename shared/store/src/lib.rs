@@ -44,6 +44,9 @@ pub enum StoreError {
     /// A stored value no longer reads as this version of the code expects.
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// The database did not answer in time.
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// PostgreSQL's own words and SQLSTATE for an error it sent (its message names objects,
@@ -88,7 +91,7 @@ impl StoreError {
             StoreError::Config(_) => return true,
             StoreError::Query(e) => e,
             StoreError::Pool(deadpool_postgres::PoolError::Backend(e)) => e,
-            StoreError::Pool(_) | StoreError::Corrupt(_) => return false,
+            StoreError::Pool(_) | StoreError::Corrupt(_) | StoreError::Timeout(_) => return false,
         };
         if let Some(code) = query.code() {
             // 28: authorization (password, pg_hba); 3D000: no such database.
@@ -123,7 +126,9 @@ impl StoreError {
                 }
                 _ => Failure::DatabaseUnavailable,
             },
-            StoreError::Config(_) | StoreError::Pool(_) => Failure::DatabaseUnavailable,
+            StoreError::Config(_) | StoreError::Pool(_) | StoreError::Timeout(_) => {
+                Failure::DatabaseUnavailable
+            }
         }
     }
 
@@ -198,6 +203,17 @@ pub struct HistoryEntry {
     /// Why.
     pub detail: String,
 }
+
+/// A lease reads the fleet's schedule under the row's lock, with the ledger's clock.
+const LEASE_READ: &str = "SELECT EXTRACT(EPOCH FROM tat)::float8, next_even, recent,
+        EXTRACT(EPOCH FROM paused_until)::float8,
+        EXTRACT(EPOCH FROM clock_timestamp())::float8
+ FROM partner_rate WHERE name = $1 FOR UPDATE";
+
+/// A lease writes the schedule back (see `skeelo_partner::schedule`).
+const LEASE_WRITE: &str = "UPDATE partner_rate
+ SET tat = to_timestamp($2), next_even = $3, recent = $4, leased = leased + $5
+ WHERE name = $1";
 
 impl Store {
     /// Opens a pool of at most `max_connections` to `url`; connects lazily.
@@ -341,17 +357,10 @@ impl Store {
         name: &str,
         n: usize,
         spacing: skeelo_partner::schedule::Spacing,
-    ) -> Result<Vec<std::time::SystemTime>, StoreError> {
+    ) -> Result<skeelo_partner::pacer::Lease, StoreError> {
         let mut client = self.rate.get().await?;
         let tx = client.transaction().await?;
-        let read = tx
-            .prepare_cached(
-                "SELECT EXTRACT(EPOCH FROM tat)::float8, next_even, recent,
-                        EXTRACT(EPOCH FROM paused_until)::float8,
-                        EXTRACT(EPOCH FROM clock_timestamp())::float8
-                 FROM partner_rate WHERE name = $1 FOR UPDATE",
-            )
-            .await?;
+        let read = tx.prepare_cached(LEASE_READ).await?;
         // The row is created by the first lease; on the same connection, since the
         // rate's pool has only this one.
         let row = loop {
@@ -371,6 +380,8 @@ impl Store {
         // A pause never set is '-infinity'.
         let paused_until: f64 = row.try_get(3).map_err(corrupt)?;
         let now: f64 = row.try_get(4).map_err(corrupt)?;
+        let read_at = skeelo_partner::schedule::wall_clock(now)
+            .ok_or_else(|| StoreError::Corrupt(format!("the database's clock read {now}")))?;
         let mut schedule = skeelo_partner::schedule::Schedule::from_row(
             row.try_get(1).map_err(corrupt)?,
             recent.into_iter().flatten().collect(),
@@ -391,12 +402,7 @@ impl Store {
             })
             .collect::<Result<Vec<_>, _>>()?;
         tx.execute(
-            &tx.prepare_cached(
-                "UPDATE partner_rate
-                 SET tat = to_timestamp($2), next_even = $3, recent = $4, leased = leased + $5
-                 WHERE name = $1",
-            )
-            .await?,
+            &tx.prepare_cached(LEASE_WRITE).await?,
             &[
                 &name,
                 &schedule.tat(spacing),
@@ -407,7 +413,28 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(slots)
+        Ok(skeelo_partner::pacer::Lease { slots, read_at })
+    }
+
+    /// Opens the partner rate's connection and prepares its lease, at start-up, so
+    /// that a process's first lease takes one round trip per statement like every
+    /// other: on a busy two-core machine first leases took 33–131 ms with the
+    /// connection opened by them, and the statement that writes the lease was prepared
+    /// after the ledger's clock was read (the first slot came late). The pacer sets
+    /// how far ahead slots begin from how long leases take, so a slow first one also
+    /// held back the next ones. Bounded: a database that does not answer leaves the
+    /// first lease to connect by itself.
+    pub async fn warm_rate_ledger(&self) -> Result<(), StoreError> {
+        let warm = async {
+            let client = self.rate.get().await?;
+            client.prepare_cached(LEASE_READ).await?;
+            client.prepare_cached(LEASE_WRITE).await?;
+            Ok::<_, StoreError>(())
+        };
+        let within = std::time::Duration::from_secs(5);
+        tokio::time::timeout(within, warm)
+            .await
+            .map_err(|_| StoreError::Timeout(within))?
     }
 
     /// No partner-rate slot begins before `wait` from now (a 429's Retry-After).
@@ -596,7 +623,7 @@ impl skeelo_partner::pacer::SlotLedger for Store {
         name: &str,
         n: usize,
         spacing: skeelo_partner::schedule::Spacing,
-    ) -> skeelo_partner::pacer::LedgerFuture<'_, Vec<std::time::SystemTime>> {
+    ) -> skeelo_partner::pacer::LedgerFuture<'_, skeelo_partner::pacer::Lease> {
         let name = name.to_string();
         Box::pin(async move { Ok(self.lease_partner_slots(&name, n, spacing).await?) })
     }
