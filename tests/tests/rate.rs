@@ -196,6 +196,42 @@ async fn the_ledger_leases_from_a_fresh_database_and_honours_a_pause() {
     w.close().await.expect("cleanup");
 }
 
+/// The ledger answers with its own clock's reading, and a lessee's lead keeps the
+/// first slot that far after it (the pacer sets the lead from those readings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_says_when_the_ledger_read_its_clock_and_keeps_the_lead() {
+    let (w, store) = ledger().await;
+    let asked = std::time::SystemTime::now();
+    let first = store
+        .lease_partner_slots("skeelo", 2, SPACING)
+        .await
+        .expect("a lease");
+    let answered = std::time::SystemTime::now();
+    // One machine, one clock: the reading falls while the lease was under way.
+    let slack = Duration::from_millis(5);
+    assert!(first.read_at + slack >= asked && first.read_at <= answered + slack);
+    let lead = Duration::from_secs_f64(skeelo_partner::schedule::LEAD);
+    assert!(first.slots[0] + Duration::from_micros(2) >= first.read_at + lead);
+    // After a second of nothing (idleness: nothing made up), a long lead is kept.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let slow = skeelo_partner::schedule::Spacing {
+        lead: 0.1,
+        ..SPACING
+    };
+    let after = store
+        .lease_partner_slots("skeelo", 1, slow)
+        .await
+        .expect("a lease with a long lead");
+    let ahead = after.slots[0]
+        .duration_since(after.read_at)
+        .expect("after the reading");
+    assert!(
+        ahead + Duration::from_micros(2) >= Duration::from_millis(100),
+        "the first slot began {ahead:?} after the ledger's reading, not the lead's 100 ms"
+    );
+    w.close().await.expect("cleanup");
+}
+
 /// During a rolling update the fleet's previous version leases from the same row by
 /// moving `tat` alone: a lease after it begins after those slots, and a row that
 /// version alone leased from counts them too.

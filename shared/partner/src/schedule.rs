@@ -21,7 +21,8 @@
 /// more when its leases take longer (see [`Spacing::lead`]).
 pub const LEAD: f64 = 0.005;
 
-/// The longest gap the fleet makes up. A longer one is idleness: the schedule starts
+/// The longest gap the fleet makes up (besides a slow ledger's own delay, see
+/// [`Spacing::lead`]). A longer one is idleness: the schedule starts
 /// afresh from the next slot, so that work arriving after a quiet spell makes up
 /// nothing. A quarter of a second covers the gaps measured at start-up and between
 /// processes (21–151 ms, docs/performance.md). The end of a 429's pause also starts
