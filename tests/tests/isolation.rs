@@ -186,11 +186,20 @@ async fn a_queue_deleted_and_declared_again_by_hand_is_consumed_again() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(left, Some(0), "nothing stays unacknowledged");
+    // When the broker kept the old consumer on the new queue (RabbitMQ 3.10, a delete
+    // and a declaration at once), the consumer holding the message was replaced once,
+    // and counted. On a busy machine the two are not always "at once": the broker then
+    // cancels the consumer and it subscribes again (reason "cancelled"), or delivers to
+    // it as before; the event is handled either way (above), and never by a storm of
+    // replacements.
     let restarts = r#"skeelo_consumer_restarts_total{queue="erp.contracts.block",reason="held"}"#;
-    assert_eq!(
-        World::metric(addr, restarts).await.expect("metric"),
-        1.0,
-        "the consumer holding the message was replaced once, and counted"
+    let held = World::metric(addr, restarts).await.expect("metric");
+    let cancelled =
+        r#"skeelo_consumer_restarts_total{queue="erp.contracts.block",reason="cancelled"}"#;
+    let cancelled = World::metric(addr, cancelled).await.expect("metric");
+    assert!(
+        held <= 1.0 && cancelled <= 1.0,
+        "replaced at most once (held {held}, cancelled {cancelled})"
     );
     for quiet in ["sync", "suspend", "reactivate", "cancel", "unblock"] {
         let series = format!(
