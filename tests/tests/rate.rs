@@ -355,3 +355,138 @@ async fn a_stop_while_work_waits_on_a_slow_partner_ends_within_the_grace_and_los
     assert_eq!(w.sim.anomalies(), Vec::<String>::new());
     w.close().await.expect("cleanup");
 }
+
+/// Whether a transaction other than this probe's holds the contract's row (a round
+/// locked it): the probe's own upsert of the row waits for it and gives up.
+async fn locked_by_a_round(
+    db: &tokio_postgres::Client,
+    contract: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    db.batch_execute("BEGIN; SET LOCAL lock_timeout = '50ms'")
+        .await?;
+    let probe = db
+        .execute(
+            "INSERT INTO contracts (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id",
+            &[&contract],
+        )
+        .await;
+    db.batch_execute("ROLLBACK").await?;
+    match probe {
+        Ok(_) => Ok(false),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A round whose syncs need Skeelo's catalogue read again (a product it has not seen)
+/// locks its contracts while the catalogue is on its way, and calls as soon as the
+/// answer is there (docs/performance.md, "The catalogue read while the round locks").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_locks_its_contracts_while_the_catalogue_is_read() {
+    let mut w = World::with_sim(SimConfig::default()).await.expect("world");
+    // Every partner call takes a second: long enough to see the round's lock while
+    // the catalogue's answer is on its way, well inside the call budget (3 s).
+    w.sim.set_faults(skeelo_sim::Faults {
+        latency_ms: 1000,
+        ..w.sim.faults()
+    });
+    w.start_fleet(w.settings()).await.expect("fleet");
+    let deadline = std::time::Instant::now() + WAIT;
+    // The process reads the catalogue by itself a second after start.
+    while w.sim.request_count("list_products", 200) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no catalogue read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.sim.add_product("SKEELO-NEW", "New product");
+    let event = sample::event(Sync, "OVERLAP1", 1, &["SKEELO-NEW"]);
+    w.publish(&event).await.expect("published");
+    let db = w.db().await.expect("database");
+    // How many catalogue reads Skeelo had answered when the lock was first seen.
+    let answered_when_locked = loop {
+        if locked_by_a_round(&db, "OVERLAP1").await.expect("probe") {
+            break Some(w.sim.request_count("list_products", 200));
+        }
+        if w.result_for(&event).is_some() || std::time::Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        answered_when_locked,
+        Some(1),
+        "the round held the contract before Skeelo answered the second catalogue read"
+    );
+    w.wait_for_events(std::slice::from_ref(&event), WAIT)
+        .await
+        .expect("result");
+    assert_eq!(
+        w.result_for(&event).map(|r| r.outcome),
+        Some(Outcome::Applied)
+    );
+    assert_eq!(w.sim.request_count("list_products", 200), 2);
+    assert_eq!(w.sim.request_count("create_subscription", 201), 1);
+    w.close().await.expect("cleanup");
+}
+
+/// A catalogue read that does not answer holds a round's contracts no longer than the
+/// round's calls could (the call budget), and the sync applies once Skeelo answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalogue_read_that_does_not_answer_holds_the_contracts_no_longer_than_the_call_budget()
+{
+    let mut w = World::with_sim(SimConfig::default()).await.expect("world");
+    let mut settings = w.settings();
+    settings.retry.call_budget = Duration::from_secs(2);
+    w.start_fleet(settings).await.expect("fleet");
+    let deadline = std::time::Instant::now() + WAIT;
+    while w.sim.request_count("list_products", 200) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no catalogue read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // From now on a call takes longer than the client waits (5 s).
+    let normal = w.sim.faults();
+    w.sim.set_faults(skeelo_sim::Faults {
+        latency_ms: 10_000,
+        ..normal.clone()
+    });
+    w.sim.add_product("SKEELO-SLOW", "Slow product");
+    let event = sample::event(Sync, "SLOWCAT1", 1, &["SKEELO-SLOW"]);
+    w.publish(&event).await.expect("published");
+    let db = w.db().await.expect("database");
+    // The oldest open transaction of the fleet, over eight seconds.
+    let mut oldest = 0.0_f64;
+    let watch = std::time::Instant::now();
+    while watch.elapsed() < Duration::from_secs(8) {
+        let age: f64 = db
+            .query_one(
+                "SELECT COALESCE(max(EXTRACT(EPOCH FROM clock_timestamp() - xact_start)), 0)::float8
+                 FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND xact_start IS NOT NULL",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        oldest = oldest.max(age);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        oldest > 1.0,
+        "a round waited for the catalogue with its contracts held: {oldest:.1} s"
+    );
+    assert!(
+        oldest < 4.0,
+        "no round held its contracts much past the call budget (2 s): {oldest:.1} s"
+    );
+    w.sim.set_faults(normal);
+    w.wait_for_events(std::slice::from_ref(&event), WAIT)
+        .await
+        .expect("result");
+    assert_eq!(
+        w.result_for(&event).map(|r| r.outcome),
+        Some(Outcome::Applied)
+    );
+    w.close().await.expect("cleanup");
+}

@@ -5,6 +5,9 @@
 //! for the ERP in one go. What it could not finish it hands back with the failure.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+
+use futures_util::future::{maybe_done, MaybeDone};
 
 use skeelo_domain::decide::{self, Incoming, Report};
 use skeelo_domain::event::{ContractId, Event, Sku};
@@ -111,16 +114,16 @@ pub(super) async fn run(
     parks: Vec<Park>,
 ) -> Round {
     let mut round = Round::default();
-    let (work, unknown) = judge_products(app, work, &mut round).await;
     if work.is_empty() && parks.is_empty() {
         return round;
     }
+    let skus = skus_of(&work);
     let id = uuid::Uuid::new_v4();
-    let n = work.len() + parks.len();
-    match transact(app, msgs, work, parks, id, &mut round, &unknown).await {
+    match transact(app, msgs, work, parks, id, &mut round, &skus).await {
         Ok(()) => {}
         Err(Unwritten { error, work, parks }) => {
             // Nothing of the round was committed: everything fails the same way.
+            let n = work.len() + parks.len();
             round.split = n > 1 && error.failure() == Failure::DatabaseRefused;
             if round.split {
                 round.again.extend(work);
@@ -143,30 +146,62 @@ pub(super) async fn run(
     round
 }
 
-/// The SKUs of the round's syncs that Skeelo does not sell (the catalogue refreshed
-/// if one is unknown). If the refresh fails, the syncs naming an unknown SKU cannot
-/// be judged now and fail with it; the rest go on.
-async fn judge_products(
-    app: &App,
-    work: Vec<Work>,
-    round: &mut Round,
-) -> (Vec<Work>, BTreeSet<Sku>) {
+/// The SKUs the round's syncs name, each once.
+fn skus_of(work: &[Work]) -> Vec<Sku> {
     let skus: BTreeSet<Sku> = work
         .iter()
         .filter_map(|w| w.event.sync.as_ref())
         .flat_map(|s| s.products.iter().cloned())
         .collect();
-    if skus.is_empty() {
-        return (work, BTreeSet::new());
-    }
-    let skus: Vec<Sku> = skus.into_iter().collect();
-    match app.catalogue.unknown(&app.store, &app.skeelo, &skus).await {
+    skus.into_iter().collect()
+}
+
+/// The catalogue's answer for a round's SKUs, on its way: the SKUs Skeelo does not
+/// sell (a refresh first if one is unknown, see [`crate::catalogue`]).
+type Judging<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Option<Vec<Sku>>, SkeeloError>> + Send + 'a>>;
+
+fn judging<'a>(app: &'a App, skus: &'a [Sku]) -> MaybeDone<Judging<'a>> {
+    maybe_done(if skus.is_empty() {
+        Box::pin(std::future::ready(Ok(None)))
+    } else {
+        Box::pin(app.catalogue.unknown(&app.store, &app.skeelo, skus))
+    })
+}
+
+/// Runs `step` to its end while the catalogue's answer comes in, so that a round that
+/// needs a refresh (the first syncs after start-up, a new product) locks its
+/// contracts in the meantime and calls as soon as the answer is there (done one after
+/// the other, the partner's slots went unused meanwhile: docs/performance.md, "The
+/// catalogue read while the round locks"). The catalogue's future must never wait for
+/// a connection of the main pool or a contract's lock: the round holds both.
+async fn meanwhile<T>(step: impl Future<Output = T>, side: &mut MaybeDone<Judging<'_>>) -> T {
+    let mut step = std::pin::pin!(step);
+    std::future::poll_fn(|cx| {
+        // Done already: it stays done and keeps its output.
+        let _ = std::pin::Pin::new(&mut *side).poll(cx);
+        step.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// What the catalogue's answer means for the round's syncs: the SKUs Skeelo does not
+/// sell; if the refresh failed, the syncs naming a SKU the list in hand does not know
+/// cannot be judged now and fail with it, and the rest go on.
+fn judged(
+    app: &App,
+    work: Vec<Work>,
+    skus: &[Sku],
+    answer: Result<Option<Vec<Sku>>, SkeeloError>,
+    round: &mut Round,
+) -> (Vec<Work>, BTreeSet<Sku>) {
+    match answer {
         Ok(unknown) => (work, unknown.unwrap_or_default().into_iter().collect()),
         Err(e) => {
             if e.failure() == Failure::PartnerUnavailable {
                 app.skeelo_health.failure(&e.to_string());
             }
-            let stale = app.catalogue.unknown_now(&skus);
+            let stale = app.catalogue.unknown_now(skus);
             let (cannot, can): (Vec<Work>, Vec<Work>) = work.into_iter().partition(|w| {
                 w.event
                     .sync
@@ -195,13 +230,16 @@ async fn transact(
     parks: Vec<Park>,
     round_id: uuid::Uuid,
     round: &mut Round,
-    unknown: &BTreeSet<Sku>,
+    skus: &[Sku],
 ) -> Result<(), Unwritten> {
-    let mut client = match app.store.begin().await {
+    // Should the database fail before the catalogue answered, a refresh under way is
+    // dropped and the syncs fail with the database's error.
+    let mut catalogue = judging(app, skus);
+    let mut client = match meanwhile(app.store.begin(), &mut catalogue).await {
         Ok(c) => c,
         Err(error) => return Err(Unwritten { error, work, parks }),
     };
-    let tx = match client.transaction().await {
+    let tx = match meanwhile(client.transaction(), &mut catalogue).await {
         Ok(tx) => tx,
         Err(e) => {
             return Err(Unwritten {
@@ -214,10 +252,30 @@ async fn transact(
     let ids: BTreeSet<&str> = work.iter().map(|w| w.event.contract_id.as_str()).collect();
     let ids: Vec<&str> = ids.into_iter().collect();
     let event_ids: Vec<uuid::Uuid> = work.iter().map(|w| w.event.event_id).collect();
-    let mut locked = match store::lock(&tx, &ids, &event_ids).await {
+    let locking = store::lock(&tx, &ids, &event_ids);
+    let mut locked = match meanwhile(locking, &mut catalogue).await {
         Ok(l) => l,
         Err(error) => return Err(Unwritten { error, work, parks }),
     };
+    // The contracts are held from here: a catalogue read that does not answer holds
+    // them no longer than the round's calls could.
+    let budget = app.settings.retry.call_budget;
+    let answer = match tokio::time::timeout(budget, &mut catalogue).await {
+        Ok(()) => std::pin::Pin::new(&mut catalogue)
+            .take_output()
+            .expect("the catalogue's answer was awaited just above"),
+        Err(_) => Err(SkeeloError::Transient(format!(
+            "Skeelo's catalogue did not answer within the call budget ({budget:?})"
+        ))),
+    };
+    // The contracts of syncs that fail here were locked too (a new one's row is
+    // created, empty, if the rest of the round commits), as those of failed calls are.
+    let (work, unknown) = judged(app, work, skus, answer, round);
+    let unknown = &unknown;
+    if work.is_empty() && parks.is_empty() {
+        // Every event failed with the catalogue: nothing to write.
+        return Ok(());
+    }
 
     // One contract at a time, its events in delivery order.
     let mut by_contract: BTreeMap<ContractId, Vec<Work>> = BTreeMap::new();
