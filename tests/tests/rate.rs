@@ -380,6 +380,27 @@ async fn locked_by_a_round(
     }
 }
 
+/// Waits until the fleet has read Skeelo's catalogue (it does by itself a second
+/// after start).
+async fn catalogue_read_once(w: &World) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while w.sim.request_count("list_products", 200) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no catalogue read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for the event's result, and it is applied.
+async fn applied(w: &World, event: &serde_json::Value) {
+    w.wait_for_events(std::slice::from_ref(event), WAIT)
+        .await
+        .expect("result");
+    assert_eq!(
+        w.result_for(event).map(|r| r.outcome),
+        Some(Outcome::Applied)
+    );
+}
+
 /// A round whose syncs need Skeelo's catalogue read again (a product it has not seen)
 /// locks its contracts while the catalogue is on its way, and calls as soon as the
 /// answer is there (docs/performance.md, "The catalogue read while the round locks").
@@ -393,12 +414,8 @@ async fn a_round_locks_its_contracts_while_the_catalogue_is_read() {
         ..w.sim.faults()
     });
     w.start_fleet(w.settings()).await.expect("fleet");
+    catalogue_read_once(&w).await;
     let deadline = std::time::Instant::now() + WAIT;
-    // The process reads the catalogue by itself a second after start.
-    while w.sim.request_count("list_products", 200) == 0 {
-        assert!(std::time::Instant::now() < deadline, "no catalogue read");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     w.sim.add_product("SKEELO-NEW", "New product");
     let event = sample::event(Sync, "OVERLAP1", 1, &["SKEELO-NEW"]);
     w.publish(&event).await.expect("published");
@@ -418,13 +435,7 @@ async fn a_round_locks_its_contracts_while_the_catalogue_is_read() {
         Some(1),
         "the round held the contract before Skeelo answered the second catalogue read"
     );
-    w.wait_for_events(std::slice::from_ref(&event), WAIT)
-        .await
-        .expect("result");
-    assert_eq!(
-        w.result_for(&event).map(|r| r.outcome),
-        Some(Outcome::Applied)
-    );
+    applied(&w, &event).await;
     assert_eq!(w.sim.request_count("list_products", 200), 2);
     assert_eq!(w.sim.request_count("create_subscription", 201), 1);
     w.close().await.expect("cleanup");
@@ -439,11 +450,7 @@ async fn a_catalogue_read_that_does_not_answer_holds_the_contracts_no_longer_tha
     let mut settings = w.settings();
     settings.retry.call_budget = Duration::from_secs(2);
     w.start_fleet(settings).await.expect("fleet");
-    let deadline = std::time::Instant::now() + WAIT;
-    while w.sim.request_count("list_products", 200) == 0 {
-        assert!(std::time::Instant::now() < deadline, "no catalogue read");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    catalogue_read_once(&w).await;
     // From now on a call takes longer than the client waits (5 s).
     let normal = w.sim.faults();
     w.sim.set_faults(skeelo_sim::Faults {
@@ -481,12 +488,6 @@ async fn a_catalogue_read_that_does_not_answer_holds_the_contracts_no_longer_tha
         "no round held its contracts much past the call budget (2 s): {oldest:.1} s"
     );
     w.sim.set_faults(normal);
-    w.wait_for_events(std::slice::from_ref(&event), WAIT)
-        .await
-        .expect("result");
-    assert_eq!(
-        w.result_for(&event).map(|r| r.outcome),
-        Some(Outcome::Applied)
-    );
+    applied(&w, &event).await;
     w.close().await.expect("cleanup");
 }
