@@ -381,10 +381,21 @@ async fn locked_by_a_round(
 }
 
 /// Waits until the fleet has read Skeelo's catalogue (it does by itself a second
-/// after start).
+/// after start) and taken it in: its copy is stored only after the list in hand was
+/// replaced, so a round starting after this wait cannot join that read and miss a
+/// product added since.
 async fn catalogue_read_once(w: &World) {
+    let db = w.db().await.expect("database");
     let deadline = std::time::Instant::now() + WAIT;
-    while w.sim.request_count("list_products", 200) == 0 {
+    loop {
+        let stored: i64 = db
+            .query_one("SELECT count(*) FROM catalogue", &[])
+            .await
+            .expect("catalogue")
+            .get(0);
+        if stored > 0 && w.sim.request_count("list_products", 200) > 0 {
+            return;
+        }
         assert!(std::time::Instant::now() < deadline, "no catalogue read");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -461,7 +472,8 @@ async fn a_catalogue_read_that_does_not_answer_holds_the_contracts_no_longer_tha
     let event = sample::event(Sync, "SLOWCAT1", 1, &["SKEELO-SLOW"]);
     w.publish(&event).await.expect("published");
     let db = w.db().await.expect("database");
-    // The oldest open transaction of the fleet, over eight seconds.
+    // The oldest open transaction of the fleet, over eight seconds: past the client's
+    // own timeout (5 s), so a wait the budget does not bound would be seen.
     let mut oldest = 0.0_f64;
     let watch = std::time::Instant::now();
     while watch.elapsed() < Duration::from_secs(8) {

@@ -161,6 +161,7 @@ fn skus_of(work: &[Work]) -> Vec<Sku> {
 type Judging<'a> =
     std::pin::Pin<Box<dyn Future<Output = Result<Option<Vec<Sku>>, SkeeloError>> + Send + 'a>>;
 
+/// A round without syncs gets its answer at once: it pays nothing for the catalogue.
 fn judging<'a>(app: &'a App, skus: &'a [Sku]) -> MaybeDone<Judging<'a>> {
     maybe_done(if skus.is_empty() {
         Box::pin(std::future::ready(Ok(None)))
@@ -233,7 +234,8 @@ async fn transact(
     skus: &[Sku],
 ) -> Result<(), Unwritten> {
     // Should the database fail before the catalogue answered, a refresh under way is
-    // dropped and the syncs fail with the database's error.
+    // dropped and the syncs fail with the database's error: a database failure costs
+    // no attempt, and the next round reads the catalogue again.
     let mut catalogue = judging(app, skus);
     let mut client = match meanwhile(app.store.begin(), &mut catalogue).await {
         Ok(c) => c,
@@ -257,8 +259,8 @@ async fn transact(
         Ok(l) => l,
         Err(error) => return Err(Unwritten { error, work, parks }),
     };
-    // The contracts are held from here: a catalogue read that does not answer holds
-    // them no longer than the round's calls could.
+    // The contracts are held from here: a catalogue read that does not answer adds at
+    // most one call budget to the time they are held (the calls have their own).
     let budget = app.settings.retry.call_budget;
     let answer = match tokio::time::timeout(budget, &mut catalogue).await {
         Ok(()) => std::pin::Pin::new(&mut catalogue)
@@ -268,6 +270,9 @@ async fn transact(
             "Skeelo's catalogue did not answer within the call budget ({budget:?})"
         ))),
     };
+    // A read given up must not keep the catalogue's refresh lock, or a rate slot, while
+    // the round goes on: other rounds would wait for it in turn.
+    drop(catalogue);
     // The contracts of syncs that fail here were locked too (a new one's row is
     // created, empty, if the rest of the round commits), as those of failed calls are.
     let (work, unknown) = judged(app, work, skus, answer, round);
