@@ -119,8 +119,17 @@ pub(super) async fn run(
     }
     let skus = skus_of(&work);
     let id = uuid::Uuid::new_v4();
-    match transact(app, msgs, work, parks, id, &mut round, &skus).await {
-        Ok(()) => {}
+    let mut catalogue = judging(app, &skus);
+    let mut ended = transact(app, msgs, work, parks, id, &mut round, &mut catalogue).await;
+    // Once: the answer is there when the round begins again.
+    while let Ok(Ended::CatalogueSlow { work, parks }) = ended {
+        // The contracts are released: the read is waited for holding nothing, as
+        // long as it takes, and the round begins again on its answer.
+        (&mut catalogue).await;
+        ended = transact(app, msgs, work, parks, id, &mut round, &mut catalogue).await;
+    }
+    match ended {
+        Ok(_) => {}
         Err(Unwritten { error, work, parks }) => {
             // Nothing of the round was committed: everything fails the same way.
             let n = work.len() + parks.len();
@@ -192,7 +201,6 @@ async fn meanwhile<T>(step: impl Future<Output = T>, side: &mut MaybeDone<Judgin
 fn judged(
     app: &App,
     work: Vec<Work>,
-    skus: &[Sku],
     answer: Result<Option<Vec<Sku>>, SkeeloError>,
     round: &mut Round,
 ) -> (Vec<Work>, BTreeSet<Sku>) {
@@ -202,7 +210,7 @@ fn judged(
             if e.failure() == Failure::PartnerUnavailable {
                 app.skeelo_health.failure(&e.to_string());
             }
-            let stale = app.catalogue.unknown_now(skus);
+            let stale = app.catalogue.unknown_now(&skus_of(&work));
             let (cannot, can): (Vec<Work>, Vec<Work>) = work.into_iter().partition(|w| {
                 w.event
                     .sync
@@ -215,6 +223,17 @@ fn judged(
             (can, BTreeSet::new())
         }
     }
+}
+
+/// How a transaction that did not fail ended.
+enum Ended {
+    /// Committed (or nothing to write).
+    Done,
+    /// The catalogue's answer did not come within a call budget after the contracts
+    /// were locked: the transaction was given up, nothing of it written, to wait for
+    /// the answer without holding the contracts (a slow partner, or a rate so low that
+    /// the read waits long for its slot).
+    CatalogueSlow { work: Vec<Work>, parks: Vec<Park> },
 }
 
 /// The round's transaction failed before its commit: nothing of it was written.
@@ -231,17 +250,16 @@ async fn transact(
     parks: Vec<Park>,
     round_id: uuid::Uuid,
     round: &mut Round,
-    skus: &[Sku],
-) -> Result<(), Unwritten> {
+    catalogue: &mut MaybeDone<Judging<'_>>,
+) -> Result<Ended, Unwritten> {
     // Should the database fail before the catalogue answered, a refresh under way is
-    // dropped and the syncs fail with the database's error: a database failure costs
-    // no attempt, and the next round reads the catalogue again.
-    let mut catalogue = judging(app, skus);
-    let mut client = match meanwhile(app.store.begin(), &mut catalogue).await {
+    // dropped with the round and the syncs fail with the database's error: a database
+    // failure costs no attempt, and the next round reads the catalogue again.
+    let mut client = match meanwhile(app.store.begin(), catalogue).await {
         Ok(c) => c,
         Err(error) => return Err(Unwritten { error, work, parks }),
     };
-    let tx = match meanwhile(client.transaction(), &mut catalogue).await {
+    let tx = match meanwhile(client.transaction(), catalogue).await {
         Ok(tx) => tx,
         Err(e) => {
             return Err(Unwritten {
@@ -255,31 +273,28 @@ async fn transact(
     let ids: Vec<&str> = ids.into_iter().collect();
     let event_ids: Vec<uuid::Uuid> = work.iter().map(|w| w.event.event_id).collect();
     let locking = store::lock(&tx, &ids, &event_ids);
-    let mut locked = match meanwhile(locking, &mut catalogue).await {
+    let mut locked = match meanwhile(locking, catalogue).await {
         Ok(l) => l,
         Err(error) => return Err(Unwritten { error, work, parks }),
     };
-    // The contracts are held from here: a catalogue read that does not answer adds at
-    // most one call budget to the time they are held (the calls have their own).
+    // The contracts are held from here: a catalogue read that does not answer holds
+    // them one call budget at most (the round's calls have their own).
     let budget = app.settings.retry.call_budget;
-    let answer = match tokio::time::timeout(budget, &mut catalogue).await {
-        Ok(()) => std::pin::Pin::new(&mut catalogue)
-            .take_output()
-            .expect("the catalogue's answer was awaited just above"),
-        Err(_) => Err(SkeeloError::Transient(format!(
-            "Skeelo's catalogue did not answer within the call budget ({budget:?})"
-        ))),
-    };
-    // A read given up must not keep the catalogue's refresh lock, or a rate slot, while
-    // the round goes on: other rounds would wait for it in turn.
-    drop(catalogue);
+    if tokio::time::timeout(budget, &mut *catalogue).await.is_err() {
+        drop(locked);
+        drop(tx);
+        return Ok(Ended::CatalogueSlow { work, parks });
+    }
+    let answer = std::pin::Pin::new(catalogue)
+        .take_output()
+        .expect("the catalogue's answer was awaited just above");
     // The contracts of syncs that fail here were locked too (a new one's row is
     // created, empty, if the rest of the round commits), as those of failed calls are.
-    let (work, unknown) = judged(app, work, skus, answer, round);
+    let (work, unknown) = judged(app, work, answer, round);
     let unknown = &unknown;
     if work.is_empty() && parks.is_empty() {
         // Every event failed with the catalogue: nothing to write.
-        return Ok(());
+        return Ok(Ended::Done);
     }
 
     // One contract at a time, its events in delivery order.
@@ -615,7 +630,7 @@ async fn transact(
     app.db_health.success();
     round.told = ended.into_iter().map(|(w, r, ..)| (w.index, r)).collect();
     round.parked = parked.into_iter().map(|(r, p)| (p.index, r, p)).collect();
-    Ok(())
+    Ok(Ended::Done)
 }
 
 /// Reads Skeelo back for the contracts whose last calls went unrecorded. A contract
