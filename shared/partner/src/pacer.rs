@@ -294,6 +294,10 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// The slot it was given (`None` without a rate).
+    pub fn slot(&self) -> Option<Instant> {
+        self.slot
+    }
     /// The slot has passed by more than a slot may be late: the task was woken late
     /// (a busy runtime), and a call sent now could bunch with the fleet's next second
     /// at the partner. Checked right before the call leaves, since the wake-up after
@@ -415,7 +419,8 @@ impl Pacer {
             weights,
             fates: Fates::default(),
         });
-        tokio::spawn(dispatch(Arc::downgrade(&inner)));
+        // On the partner's thread: its timers fire on time however busy the process.
+        crate::wire::spawn(dispatch(Arc::downgrade(&inner)));
         Pacer {
             inner: Some(inner),
             paused_until,
