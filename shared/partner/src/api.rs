@@ -849,14 +849,12 @@ mod tests {
         assert!(refusal(StatusCode::BAD_GATEWAY, &Value::Null).is_transient());
     }
 
-    /// A call given up while it waits for its turn never leaves, not even when its
-    /// turn comes after (it waits on the partner's thread, which the caller's drop
-    /// reaches only through the task's abort and the given-up flag), and the count
-    /// of requests that may land says so.
-    #[tokio::test]
-    async fn a_call_given_up_before_its_turn_is_never_sent() {
-        use std::sync::atomic::AtomicU64;
-        let seen = Arc::new(AtomicU64::new(0));
+    /// A partner that answers every request (a token, an empty catalogue) and counts
+    /// them, and a client of it paced by `pacer`.
+    async fn counted_partner(
+        pacer: crate::pacer::Pacer,
+    ) -> (SkeeloClient, Arc<std::sync::atomic::AtomicU64>) {
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = seen.clone();
         let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let counted = counted.clone();
@@ -884,9 +882,22 @@ mod tests {
                 timeout: Duration::from_secs(5),
             },
             Metrics::new().expect("metrics"),
-            crate::pacer::Pacer::local(std::num::NonZeroU32::new(1).expect("non-zero")),
+            pacer,
         )
         .expect("a client");
+        (client, seen)
+    }
+
+    /// A call given up while it waits for its turn never leaves, not even when its
+    /// turn comes after (it waits on the partner's thread, which the caller's drop
+    /// reaches only through the task's abort and the given-up flag), and the count
+    /// of requests that may land says so.
+    #[tokio::test]
+    async fn a_call_given_up_before_its_turn_is_never_sent() {
+        let (client, seen) = counted_partner(crate::pacer::Pacer::local(
+            std::num::NonZeroU32::new(1).expect("non-zero"),
+        ))
+        .await;
         // At 1 call a second, the token takes the first slot and the catalogue waits
         // a second for the next: it is given up long before.
         let sent = Arc::new(AtomicUsize::new(0));
@@ -904,6 +915,29 @@ mod tests {
             1,
             "only the token reached the partner"
         );
+    }
+
+    /// The flag alone: a call whose caller gave it up just as its turn came neither
+    /// counts itself as sent nor leaves.
+    #[tokio::test]
+    async fn a_call_given_up_as_its_turn_comes_neither_counts_nor_leaves() {
+        let (client, seen) = counted_partner(crate::pacer::Pacer::unlimited()).await;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let request = client
+            .inner
+            .http
+            .get(format!("{}/v1/products", client.inner.base));
+        let left = client
+            .leave(
+                request,
+                Some(sent.clone()),
+                Arc::new(std::sync::Mutex::new(true)),
+            )
+            .await;
+        assert!(left.is_none(), "nothing left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 0);
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! an open connection left within 0.4 ms (packet captures, docs/performance.md, "Where
 //! a call's lateness comes from"). A runtime that does nothing else notices at once.
 //! The pacer's dispatcher runs here too, so that its timers fire on time however
-//! busy the rest of the process is (the ledger's database connection is still driven
-//! by the main runtime: how long its answers take sets the lead of a lease).
+//! busy the rest of the process is (the ledger's database connection, opened at
+//! start-up, is driven by the main runtime: how long its answers take sets the lead
+//! of a lease; one a lease reopens later is driven here).
 
 use std::future::Future;
 use std::sync::OnceLock;
