@@ -248,10 +248,10 @@ fn stamped(request: reqwest::RequestBuilder, turn: &crate::pacer::Turn) -> reqwe
     let (now, wall) = (Instant::now(), std::time::SystemTime::now());
     let epoch_us = |at: Instant| {
         let at = match at.checked_duration_since(now) {
-            Some(ahead) => wall + ahead,
-            None => wall - now.duration_since(at),
+            Some(ahead) => wall.checked_add(ahead),
+            None => wall.checked_sub(now.duration_since(at)),
         };
-        at.duration_since(std::time::UNIX_EPOCH)
+        at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_micros())
     };
     request.header(
