@@ -10,4 +10,3 @@ mod lenient;
 pub mod pacer;
 pub mod schedule;
 mod token;
-mod wire;
