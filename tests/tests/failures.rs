@@ -437,3 +437,104 @@ async fn a_body_whose_text_the_database_cannot_hold_is_parked_once() {
     );
     w.close().await.expect("cleanup");
 }
+
+#[tokio::test]
+async fn a_letter_parked_again_before_its_requeue_is_marked_stays_in_sight() {
+    // A requeue publishes a letter's copy, then marks the letter requeued once the
+    // broker has confirmed it. A fleet quicker than that mark parks the copy again
+    // first (its cause is not cleared): the copy must be a parked letter of its own,
+    // and the mark, coming after, must mark the letter it sent back and name who.
+    let mut w = World::new().await.expect("world");
+    let settings = w.settings();
+    w.start_fleet(settings).await.expect("fleet");
+    let stuck = sample::event(Sync, "RQ1", 1, &["SKEELO-KIDS"]);
+    w.publish(&stuck).await.expect("published");
+    w.wait_for_events(std::slice::from_ref(&stuck), WAIT)
+        .await
+        .expect("a result");
+    assert_eq!(
+        w.result_for(&stuck).map(|r| r.outcome),
+        Some(Outcome::DeadLettered)
+    );
+    let db = w.db().await.expect("db");
+    let row = db
+        .query_one(
+            "SELECT id, routing_key, body FROM dead_letters
+             WHERE contract_id = 'RQ1' AND state = 'parked'",
+            &[],
+        )
+        .await
+        .expect("the letter");
+    let (letter, routing_key, body): (i64, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+    let parked_at: time::OffsetDateTime = db
+        .query_one(
+            "SELECT last_failed_at FROM dead_letters WHERE id = $1",
+            &[&letter],
+        )
+        .await
+        .expect("when")
+        .get(0);
+
+    // The requeue's first half: the copy, confirmed by the broker; no mark yet.
+    let connection = skeelo_broker::connect(&w.amqp_url, "operator")
+        .await
+        .expect("broker");
+    let publisher = skeelo_broker::Publisher::open(&connection)
+        .await
+        .expect("publisher");
+    let event_id = stuck["event_id"].as_str().expect("an event id");
+    skeelo_broker::requeue_letter(&publisher, letter, &routing_key, event_id, &body)
+        .await
+        .expect("the copy confirmed");
+    // The fleet parks the copy again: a new letter, or (the fault) the old one's
+    // row updated in place.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let seen: i64 = db
+            .query_one(
+                "SELECT count(*) FROM dead_letters
+                 WHERE contract_id = 'RQ1' AND (id <> $1 OR last_failed_at > $2)",
+                &[&letter, &parked_at],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if seen > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy was not parked again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The requeue's second half.
+    let store = skeelo_store::Store::connect(&w.database_url, 1).expect("store");
+    assert!(
+        store
+            .mark_requeued(letter, "ana.ops")
+            .await
+            .expect("marked"),
+        "the letter sent back is marked requeued"
+    );
+    let rows = db
+        .query(
+            "SELECT id, state, requeued_by FROM dead_letters WHERE contract_id = 'RQ1' ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("letters");
+    let seen: Vec<(i64, String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        (seen[0].0, seen[0].1.as_str(), seen[0].2.as_deref()),
+        (letter, "requeued", Some("ana.ops"))
+    );
+    assert_eq!(seen[1].1, "parked", "the copy stays in sight: {seen:?}");
+    let _ = connection.close(200, "done".into()).await;
+    w.close().await.expect("cleanup");
+}

@@ -78,6 +78,8 @@ pub struct NewDeadLetter<'a> {
     pub attempts: i32,
     /// When it first failed (from its retry header), if before now.
     pub first_failed_at: Option<OffsetDateTime>,
+    /// The letter a requeue sent this message back from, when it is such a copy.
+    pub requeued_from: Option<i64>,
 }
 
 /// A stored dead letter.
@@ -348,14 +350,15 @@ impl Store {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Marks a parked letter requeued, once the broker confirmed the copy. `false` when
-    /// it was no longer parked (another operator got there first).
+    /// Marks a parked letter requeued, once the broker confirmed the copy (or names who
+    /// requeued it, when the fleet parked the copy again first and marked it then).
+    /// `false` when it was no longer parked (another operator got there first).
     pub async fn mark_requeued(&self, id: i64, operator: &str) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let n = client
             .execute(
                 "UPDATE dead_letters SET state = 'requeued', requeued_at = now(), requeued_by = $2
-                 WHERE id = $1 AND state = 'parked'",
+                 WHERE id = $1 AND (state = 'parked' OR (state = 'requeued' AND requeued_by IS NULL))",
                 &[&id, &operator],
             )
             .await?;
@@ -533,6 +536,20 @@ pub(super) async fn insert(
     d: &NewDeadLetter<'_>,
 ) -> Result<i64, StoreError> {
     let key = crate::text(d.message_key);
+    if let Some(from) = d.requeued_from {
+        // A requeue publishes the copy first and marks the letter requeued once the
+        // broker confirmed it; the fleet may park the copy again in between. The
+        // letter it came from is then marked requeued here (the requeue's own mark
+        // names who, after), so that the copy is a new parked letter rather than
+        // folded into the old one, which the mark would then take out of sight.
+        let st = client
+            .prepare_cached(
+                "UPDATE dead_letters SET state = 'requeued', requeued_at = now()
+                 WHERE id = $1 AND message_key = $2 AND state = 'parked'",
+            )
+            .await?;
+        client.execute(&st, &[&from, &key]).await?;
+    }
     let message_id = d.message_id.map(crate::text);
     let contract_id = d.contract_id.map(crate::text);
     let error = crate::text(d.last_error);

@@ -98,7 +98,8 @@ impl Store {
     }
 
     /// Marks a letter the fleet requeued (once the broker confirmed the copy) under
-    /// `token`. `false` when it was no longer parked (an operator, or another process,
+    /// `token` (also when the copy was parked again first, which marked it without a
+    /// name). `false` when it was no longer parked (an operator, or another process,
     /// got there first: the second copy is a duplicate the event path recognises).
     pub async fn mark_auto_requeued(
         &self,
@@ -111,7 +112,7 @@ impl Store {
             .execute(
                 "UPDATE dead_letters
                  SET state = 'requeued', requeued_at = now(), requeued_by = $3, auto_token = $2
-                 WHERE id = $1 AND state = 'parked'",
+                 WHERE id = $1 AND (state = 'parked' OR (state = 'requeued' AND requeued_by IS NULL))",
                 &[&id, &token, &by],
             )
             .await?;

@@ -525,6 +525,7 @@ async fn transact(
             last_error: &p.error,
             attempts: i32::try_from(p.attempts).unwrap_or(i32::MAX),
             first_failed_at: msg.envelope.first_failure,
+            requeued_from: msg.envelope.requeued_from,
         };
         match store::park(&tx, &letter).await {
             Ok(id) => {
