@@ -410,6 +410,63 @@ impl World {
         Ok(q.message_count())
     }
 
+    /// Closes this world's fleet connections at the broker, as an operator's force
+    /// close does (the ERP's stays); says how many it closed. The management API
+    /// lists a connection a few seconds after it opened: it waits up to 20 s for one.
+    pub async fn cut_fleet_connections(&self) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let cut = self.cut_listed_fleet_connections().await?;
+            if cut > 0 || Instant::now() > deadline {
+                return Ok(cut);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn cut_listed_fleet_connections(&self) -> anyhow::Result<usize> {
+        let mut base = reqwest::Url::parse(
+            &std::env::var("RABBITMQ_MANAGEMENT_URL")
+                .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into()),
+        )?;
+        let user = base.username().to_string();
+        let password = base.password().map(str::to_string);
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        let http = reqwest::Client::new();
+        let mut list = base.clone();
+        list.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("not a base URL: {base}"))?
+            .extend(["api", "vhosts", &self.vhost, "connections"]);
+        let connections: Vec<Value> = http
+            .get(list)
+            .basic_auth(&user, password.as_deref())
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let mut cut = 0;
+        for c in connections {
+            if c["user_provided_name"].as_str() != Some("skeelo-workers") {
+                continue;
+            }
+            let name = c["name"].as_str().context("a connection without a name")?;
+            let mut one = base.clone();
+            one.path_segments_mut()
+                .map_err(|()| anyhow::anyhow!("not a base URL: {base}"))?
+                .extend(["api", "connections", name]);
+            http.delete(one)
+                .basic_auth(&user, password.as_deref())
+                .header("X-Reason", "cut by a test")
+                .send()
+                .await?
+                .error_for_status()?;
+            cut += 1;
+        }
+        Ok(cut)
+    }
+
     /// A connection to this world's database.
     pub async fn db(&self) -> anyhow::Result<tokio_postgres::Client> {
         let (client, conn) =

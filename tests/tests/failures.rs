@@ -439,6 +439,87 @@ async fn a_body_whose_text_the_database_cannot_hold_is_parked_once() {
 }
 
 #[tokio::test]
+async fn a_lost_broker_connection_is_replaced_at_once_while_an_event_waits() {
+    // An event waits for its own unanswered call to stop mattering (seconds, up to a
+    // minute in production) when the fleet's broker connection is cut. The broker has
+    // that event back at once; the fleet connects again at once too, rather than after
+    // the wait, and takes new events; the waiting event, given out again, is applied
+    // once, with Skeelo read back once, as if no connection had been lost.
+    let mut w = World::new().await.expect("world");
+    let mut settings = w.settings();
+    settings.skeelo.timeout = Duration::from_millis(300);
+    settings.retry.call_budget = Duration::from_secs(30);
+    let fence = settings.retry.fence();
+    let addr = w.start_fleet(settings).await.expect("fleet");
+    let first = sample::event(Sync, "LC0", 1, &["SKEELO-EBOOKS"]);
+    w.publish(&first).await.expect("published");
+    w.wait_for_events(std::slice::from_ref(&first), WAIT)
+        .await
+        .expect("a result");
+
+    w.sim.set_faults(Faults {
+        latency_ms: 800,
+        ..faults(0.0, false, None)
+    });
+    let waits = sample::event(Sync, "LC1", 1, &["SKEELO-EBOOKS"]);
+    let published = std::time::Instant::now();
+    w.publish(&waits).await.expect("published");
+    let timed_out =
+        r#"skeelo_api_requests_total{operation="create_subscription",status="timeout"}"#;
+    let mut seen = false;
+    for _ in 0..100 {
+        if World::metric(addr, timed_out).await.expect("metric") >= 1.0 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the create timed out on the client's side");
+    w.sim.set_faults(faults(0.0, false, None));
+    // The round has ended and the event waits for its call's fence.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert!(w.cut_fleet_connections().await.expect("cut") >= 1);
+    let cut = std::time::Instant::now();
+    let next = sample::event(Sync, "LC2", 1, &["SKEELO-EBOOKS"]);
+    w.publish(&next).await.expect("published");
+    w.wait_for_events(std::slice::from_ref(&next), Duration::from_secs(8))
+        .await
+        .expect("an event published after the cut has its result at once");
+    assert!(
+        published.elapsed() < fence - Duration::from_secs(5),
+        "the new session did not wait for the old one's work: {:?} after the cut, the wait ends {:?} after the publish",
+        cut.elapsed(),
+        fence
+    );
+
+    w.wait_for_events(std::slice::from_ref(&waits), WAIT)
+        .await
+        .expect("the waiting event has its result");
+    assert_eq!(
+        w.result_for(&waits).map(|r| r.outcome),
+        Some(Outcome::Applied)
+    );
+    assert!(
+        published.elapsed() >= fence - Duration::from_millis(500),
+        "it still waited until the call could not land any more: {:?}",
+        published.elapsed()
+    );
+    assert_eq!(
+        w.sim.request_count("get_subscription", 404) + w.sim.request_count("get_subscription", 200),
+        1,
+        "Skeelo was read back once, by one session"
+    );
+    assert_eq!(w.sim.request_count("create_subscription", 409), 0);
+    assert_eq!(
+        w.sim.subscription("LC1").map(|s| s.status).as_deref(),
+        Some("active")
+    );
+    assert!(w.sim.anomalies().is_empty(), "{:?}", w.sim.anomalies());
+    w.close().await.expect("cleanup");
+}
+
+#[tokio::test]
 async fn a_letter_parked_again_before_its_requeue_is_marked_stays_in_sight() {
     // A requeue publishes a letter's copy, then marks the letter requeued once the
     // broker has confirmed it. A fleet quicker than that mark parks the copy again

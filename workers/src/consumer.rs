@@ -31,8 +31,13 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 
 /// One broker connection's life: topology, publisher, a consumer per queue. Returns
 /// `Ok` after a clean shutdown (in-flight work finished) and `Err` when the
-/// connection is lost and must be rebuilt.
-pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<()> {
+/// connection is lost and must be rebuilt. `earlier` holds the work of lost sessions
+/// that is still going on: a stop waits for it too.
+pub(crate) async fn session(
+    app: Arc<App>,
+    stop: CancellationToken,
+    earlier: &mut Vec<TaskTracker>,
+) -> anyhow::Result<()> {
     let url = &app.settings.amqp_url;
     let nodes = broker::nodes(url);
     let first = app.broker_node.load(Ordering::Relaxed);
@@ -126,23 +131,21 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
         }
     }
     tracker.close();
-    // A stop is bounded, also one that comes while a lost session's work finishes:
-    // what has not finished by the end of the grace goes back to the broker when the
-    // channels close, and the uncertainty marks of any calls it made are read back by
-    // whoever gets it next, as after a crash (the process exits right after).
-    let grace = async {
-        stop.cancelled().await;
-        tokio::time::sleep(app.settings.stop_grace).await;
-    };
-    tokio::select! {
-        _ = tracker.wait() => {}
-        _ = grace => {
-            tracing::error!(
-                grace_seconds = app.settings.stop_grace.as_secs(),
-                batches = tracker.len(),
-                "work still in flight at the end of the stop grace; its deliveries go back to the broker"
-            );
-        }
+    earlier.retain(|t| !t.is_empty());
+    earlier.push(tracker.clone());
+    if stop.is_cancelled() {
+        wait_for_work(&app, &stop, earlier).await;
+    } else if !tracker.is_empty() {
+        // Lost: the broker took this session's deliveries back with the connection,
+        // and no ack reaches it any more. The work in flight ends beside the next
+        // session rather than before it: a round under way records what its calls did
+        // (the redelivered events then find it), and nothing more of its batch starts
+        // (`event_path::handle`). Waiting for it here held the new connection for as
+        // long as the slowest of it (a wait for another attempt's calls: a minute).
+        tracing::info!(
+            batches = tracker.len(),
+            "the lost session's work in flight ends beside the next session"
+        );
     }
     relay_stop.cancel();
     // The results of the last events go out before the connection closes (or wait in
@@ -169,6 +172,35 @@ pub(crate) async fn session(app: Arc<App>, stop: CancellationToken) -> anyhow::R
         app.broker_node.store(node + 1, Ordering::Relaxed);
     }
     result
+}
+
+/// Waits for the work of the sessions in `trackers` (closed) to end, at most the stop
+/// grace after a stop: what has not finished by then goes back to the broker when the
+/// channels close (or went back with a lost connection), and the uncertainty marks of
+/// any calls it made are read back by whoever gets it next, as after a crash (the
+/// process exits right after). Sessions whose work ended are let go.
+pub(crate) async fn wait_for_work(
+    app: &App,
+    stop: &CancellationToken,
+    trackers: &mut Vec<TaskTracker>,
+) {
+    trackers.retain(|t| !t.is_empty());
+    let grace = async {
+        stop.cancelled().await;
+        tokio::time::sleep(app.settings.stop_grace).await;
+    };
+    tokio::select! {
+        _ = futures_util::future::join_all(trackers.iter().map(TaskTracker::wait)) => {}
+        _ = grace => {
+            tracing::error!(
+                grace_seconds = app.settings.stop_grace.as_secs(),
+                batches = trackers.iter().map(TaskTracker::len).sum::<usize>(),
+                "work still in flight at the end of the stop grace; its deliveries go back to the broker"
+            );
+        }
+    }
+    // Waited for once: a later call in the same stop does not start a second grace.
+    trackers.clear();
 }
 
 /// Ends the session when the connection stays down: the client's own recovery may
@@ -518,7 +550,7 @@ async fn consume_until_stopped(
                 next = deliveries.next() => match next {
                     Some(chunk) => {
                         received += chunk.len() as u64;
-                        if let Some(e) = dispatch(app, source, chunk, tracker, permit) {
+                        if let Some(e) = dispatch(app, source, chunk, tracker, lost, permit) {
                             tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
                             channel.wait_for_recovery(e).await?;
                         }
@@ -583,7 +615,9 @@ async fn consume_until_stopped(
                                 let Ok(permit) = batches.clone().acquire_owned().await else {
                                     break;
                                 };
-                                if dispatch(&app, source, chunk, &tracker_inner, permit).is_some() {
+                                if dispatch(&app, source, chunk, &tracker_inner, &lost, permit)
+                                    .is_some()
+                                {
                                     break;
                                 }
                             }
@@ -609,6 +643,7 @@ fn dispatch(
     source: Source,
     chunk: Vec<lapin::Result<Delivery>>,
     tracker: &TaskTracker,
+    lost: &CancellationToken,
     permit: OwnedSemaphorePermit,
 ) -> Option<lapin::Error> {
     let mut error = None;
@@ -620,7 +655,11 @@ fn dispatch(
         }
     }
     if !deliveries.is_empty() {
-        tracker.spawn(work(app.clone(), Batch::new(source, deliveries), permit));
+        tracker.spawn(work(
+            app.clone(),
+            Batch::new(source, deliveries, lost.clone()),
+            permit,
+        ));
     }
     error
 }
@@ -643,7 +682,15 @@ async fn work(app: Arc<App>, batch: Batch, permit: OwnedSemaphorePermit) {
     // Every delivery is settled by the event path; whatever it left (a bug) goes back,
     // and after enough deliveries RabbitMQ dead-letters it.
     let left = batch.requeue_rest().await;
-    if handled.is_err() || left > 0 {
+    if handled.is_ok() && batch.lost.is_cancelled() {
+        if left > 0 {
+            tracing::info!(
+                queue = %batch.source.queue(),
+                events = left,
+                "not started: the broker took them back with the lost session"
+            );
+        }
+    } else if handled.is_err() || left > 0 {
         tracing::error!(
             queue = %batch.source.queue(),
             events = left,

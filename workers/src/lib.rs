@@ -463,8 +463,11 @@ async fn count_parked(app: Arc<App>, stop: CancellationToken) {
 /// consumes; when the connection is lost for good, waits and starts over.
 async fn supervise(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<()> {
     let mut pause = Duration::from_millis(250);
+    // The work of lost sessions that is still going on.
+    let mut earlier = Vec::new();
     while !stop.is_cancelled() {
-        match consumer::session(app.clone(), stop.clone()).await {
+        let began = std::time::Instant::now();
+        match consumer::session(app.clone(), stop.clone(), &mut earlier).await {
             Ok(()) => break,
             // Before the first session, a failure that waiting cannot fix (TLS,
             // credentials, vhost, URL) stops the process, naming it; once it has run,
@@ -480,7 +483,13 @@ async fn supervise(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<()>
                 return Err(e.context("AMQP_URL cannot be used (waiting will not fix this)"));
             }
             Err(e) => {
-                app.broker_up.store(false, Ordering::Relaxed);
+                // A session that ran a while is followed at once; tries that fail, or
+                // sessions a flapping broker drops at once, slow down.
+                if app.broker_up.swap(false, Ordering::Relaxed)
+                    && began.elapsed() >= Duration::from_secs(10)
+                {
+                    pause = Duration::from_millis(250);
+                }
                 app.queues.session_ended();
                 // Logged once per try, and the tries slow down to one every 10 s.
                 tracing::error!(
@@ -497,6 +506,8 @@ async fn supervise(app: Arc<App>, stop: CancellationToken) -> anyhow::Result<()>
         }
     }
     app.broker_up.store(false, Ordering::Relaxed);
+    // A stop between sessions: a lost one's work may still be ending.
+    consumer::wait_for_work(&app, &stop, &mut earlier).await;
     tracing::info!("skeelo-workers stopped");
     Ok(())
 }

@@ -10,6 +10,7 @@ use skeelo_domain::lifecycle::{Facts, Held};
 use skeelo_partner::api::{self as skeelo, SkeeloError};
 use skeelo_partner::converge::converge;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::App;
 
@@ -181,8 +182,14 @@ impl InFlight {
 
 /// Waits until the calls behind a contract's mark can no longer land: woken at once
 /// by an owner in this process, otherwise asking the database at a pace that slows
-/// from 20 ms to half a second. Returns `false` if the fleet is stopping.
-pub(super) async fn wait_for(app: &App, contract_id: &str, at_most: Duration) -> bool {
+/// from 20 ms to half a second. Returns `false` if the fleet is stopping or `lost`
+/// (the broker session the event came on) is cancelled.
+pub(super) async fn wait_for(
+    app: &App,
+    lost: &CancellationToken,
+    contract_id: &str,
+    at_most: Duration,
+) -> bool {
     let deadline = tokio::time::Instant::now() + at_most;
     let mut pause = Duration::from_millis(20);
     let ended = loop {
@@ -198,6 +205,7 @@ pub(super) async fn wait_for(app: &App, contract_id: &str, at_most: Duration) ->
         let nap = tokio::time::sleep(pause.min(deadline - now));
         tokio::select! {
             _ = app.stop.cancelled() => break false,
+            _ = lost.cancelled() => break false,
             _ = nap => {}
             _ = async { if let Some(n) = notified { n.await } else { std::future::pending().await } } => {}
         }

@@ -26,6 +26,7 @@ use skeelo_domain::outcome::{EventResult, Outcome};
 use skeelo_domain::policy::{self, Failure, Next, ParkReason, Situation};
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 
 pub(crate) use calls::InFlight;
 use delivery::{Message, Park, Work};
@@ -68,16 +69,20 @@ pub(crate) struct Batch {
     pub(crate) deliveries: Vec<Delivery>,
     settled: Mutex<Vec<bool>>,
     started: Instant,
+    /// The broker session the deliveries came on is lost: the broker has them back,
+    /// and nothing more of the batch is started.
+    pub(crate) lost: CancellationToken,
 }
 
 impl Batch {
-    pub(crate) fn new(source: Source, deliveries: Vec<Delivery>) -> Batch {
+    pub(crate) fn new(source: Source, deliveries: Vec<Delivery>, lost: CancellationToken) -> Batch {
         let n = deliveries.len();
         Batch {
             source,
             deliveries,
             settled: Mutex::new(vec![false; n]),
             started: Instant::now(),
+            lost,
         }
     }
 
@@ -200,6 +205,11 @@ pub(crate) async fn handle(app: &App, batch: &Batch, permit: &mut Option<OwnedSe
     let mut one_by_one = false;
     let mut waiting: Vec<(Work, Duration)> = Vec::new();
     while !work.is_empty() || !parks.is_empty() || !waiting.is_empty() {
+        if batch.lost.is_cancelled() {
+            // The broker has these deliveries back and gives them out again: a round
+            // started now would do their work twice over.
+            return;
+        }
         if work.is_empty() && parks.is_empty() {
             // Only events waiting for another attempt's calls: the batch's slot goes
             // back, so the type's other batches do not wait behind this one.
@@ -409,13 +419,15 @@ async fn wait_for_calls(
             attempt = msgs[w.index].envelope.attempts + 1,
             "another attempt's calls to Skeelo may still land; waiting for them to end"
         );
-        let ended = calls::wait_for(app, w.event.contract_id.as_str(), at_most).await;
+        let ended = calls::wait_for(app, &batch.lost, w.event.contract_id.as_str(), at_most).await;
         (w, ended)
     });
     let mut again = Vec::new();
     for (w, ended) in futures_util::future::join_all(waits).await {
         if ended {
             again.push(w);
+        } else if batch.lost.is_cancelled() {
+            // Back with the broker, with the session.
         } else {
             // The fleet is stopping: back later through a delay queue, at no cost.
             let msg = &msgs[w.index];
@@ -482,7 +494,14 @@ async fn delay(
         .unwrap_or_else(OffsetDateTime::now_utc);
     let headers = broker::retry_headers(attempts, first, error, wait, msg.envelope.requeued_from);
     let message_id = msg.envelope.message_id.clone().unwrap_or_default();
-    let sent = match app.publisher().await {
+    let publisher = app.publisher().await;
+    // Only through the session the delivery came on (taken before this look, so it
+    // cannot be the next one's): once that is lost, the broker has the delivery back,
+    // and a copy sent through the next session would be a second event.
+    if batch.lost.is_cancelled() {
+        return None;
+    }
+    let sent = match publisher {
         Some(publisher) => publisher
             .publish(
                 DELAY_EXCHANGE,
@@ -521,10 +540,12 @@ async fn delay(
     }
 }
 
-/// Gives a delivery back to its queue after `after` (sooner if the fleet stops).
+/// Gives a delivery back to its queue after `after` (sooner if the fleet stops; at
+/// once if the session is lost, which gave it back already).
 async fn requeue_after(app: &App, batch: &Batch, index: usize, after: Duration) {
     tokio::select! {
         _ = app.stop.cancelled() => {}
+        _ = batch.lost.cancelled() => {}
         _ = tokio::time::sleep(after) => {}
     }
     batch.requeue(index).await;
