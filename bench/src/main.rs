@@ -70,7 +70,13 @@ fn opts() -> anyhow::Result<Opts> {
                      --quick                  small sizes, for a smoke run (figures not comparable)\n\
                      --throughput-events N    events for the throughput scenario (default 60000)\n\
                      --rss-events N           backlog for the memory scenario (default 100000)\n\
-                     --only NAME              one scenario: ceiling, throughput, rate, margin, memory, latency, wave"
+                     --only NAME              one scenario: ceiling, throughput, rate, margin, memory, latency, wave\n\n\
+                     environment:\n\
+                     BENCH_RATE_ROW=R/N/P     one rate row alone (e.g. 50/300/3: 50/s, 300 events, 3 processes)\n\
+                     BENCH_GAPS=1             the widest gaps, the tightest windows and each 429, in detail\n\
+                     BENCH_STAMPS=1           where each call's lateness came from (the workers built with\n\
+                     \x20                        `cargo build --release -p skeelo-workers --features slot-stamps`)\n\
+                     BENCH_LOGS=DIR           keep each worker's log there (BENCH_RUST_LOG sets its filter)"
                 );
                 std::process::exit(0);
             }
@@ -360,6 +366,9 @@ fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
     .iter()
     .map(|op| w.sim.request_count(op, 429))
     .sum();
+    if std::env::var_os("BENCH_STAMPS").is_some() {
+        print_stamps(&w.sim.stamped_calls(), times.len());
+    }
     if std::env::var_os("BENCH_GAPS").is_some() {
         let mut gaps: Vec<(usize, f64)> = times
             .windows(2)
@@ -453,6 +462,43 @@ fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
         tightest_ms: tightest * 1000.0,
         widest_gap_ms: widest * 1000.0,
         throttled,
+    }
+}
+
+/// Where the calls' lateness at the partner came from (BENCH_STAMPS=1, workers built
+/// with `--features slot-stamps`): from the slot to the request handed to the HTTP
+/// client (the pacer's timer and the turn), from there to the partner's router (the
+/// connection, both processes' runtimes), and in all; then the latest calls.
+fn print_stamps(stamped: &[skeelo_sim::StampedCall], calls: usize) {
+    if stamped.is_empty() {
+        eprintln!("stamps: no call carried its slot's timing (build the workers with `cargo build --release -p skeelo-workers --features slot-stamps`)");
+        return;
+    }
+    let ms = |from: u64, to: u64| (to as f64 - from as f64) / 1000.0;
+    let first = stamped.iter().map(|c| c.arrived_us).min().unwrap_or(0);
+    let figures = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        format!("{:.2}/{:.2}/{:.2}", at(0.5), at(0.99), v[v.len() - 1])
+    };
+    eprintln!(
+        "stamps: {} calls stamped ({calls} accepted); lateness after the slot, p50/p99/max ms: to the HTTP client {}, from there to the partner {}, in all {}",
+        stamped.len(),
+        figures(stamped.iter().map(|c| ms(c.slot_us, c.sent_us)).collect()),
+        figures(stamped.iter().map(|c| ms(c.sent_us, c.arrived_us)).collect()),
+        figures(stamped.iter().map(|c| ms(c.slot_us, c.arrived_us)).collect()),
+    );
+    let mut latest: Vec<&skeelo_sim::StampedCall> = stamped.iter().collect();
+    latest.sort_by_key(|c| std::cmp::Reverse(c.arrived_us.saturating_sub(c.slot_us)));
+    for c in latest.iter().take(3) {
+        eprintln!(
+            "stamps: {:.1} ms late at +{:.3} s ({:.1} to the HTTP client, {:.1} from there), answered {}",
+            ms(c.slot_us, c.arrived_us),
+            ms(first, c.arrived_us) / 1000.0,
+            ms(c.slot_us, c.sent_us),
+            ms(c.sent_us, c.arrived_us),
+            c.status
+        );
     }
 }
 

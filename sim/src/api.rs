@@ -41,7 +41,7 @@ pub(crate) fn router(sim: Sim) -> Router {
         .merge(admin::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(sim.clone(), log_request))
         .with_state(sim)
 }
 
@@ -176,10 +176,21 @@ async fn method_not_allowed() -> ApiError {
 
 /// One structured line per request. Neither path, body nor headers are logged,
 /// so no token, secret or personal data leaks into logs.
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(Shared(sim): Shared<Sim>, request: Request, next: Next) -> Response {
+    let arrived_us = crate::state::epoch_us(std::time::SystemTime::now());
+    let stamps = request
+        .headers()
+        .get("x-skeelo-slot-stamps")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let started = Instant::now();
     let method = request.method().clone();
     let response = next.run(request).await;
+    if let Some(call) = stamps
+        .and_then(|h| crate::state::StampedCall::read(&h, arrived_us, response.status().as_u16()))
+    {
+        sim.lock().stamp(call);
+    }
     let operation = response
         .extensions()
         .get::<OperationName>()

@@ -126,6 +126,12 @@ impl SimHandle {
         self.sim.lock().accepted_times()
     }
 
+    /// The calls that carried their client's slot timing, oldest first: where their
+    /// lateness at the partner came from (see [`crate::StampedCall`]).
+    pub fn stamped_calls(&self) -> Vec<crate::StampedCall> {
+        self.sim.lock().stamped()
+    }
+
     /// When calls were refused for the rate (429), oldest first.
     pub fn refused_times(&self) -> Vec<std::time::Instant> {
         self.sim.lock().refused_times()

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 pub use handle::SimHandle;
 pub use model::{default_catalogue, Faults, Product, SimConfig, Subscription};
+pub use state::StampedCall;
 
 use state::Sim;
 

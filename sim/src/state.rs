@@ -86,6 +86,43 @@ pub(crate) struct State {
     /// The contracts (external ids) a call for which was failed on purpose: a
     /// benchmark tells the events hit by an injected fault from the healthy ones.
     failed_subjects: BTreeSet<String>,
+    /// Calls that said when their slot was, oldest first (at most [`CALLS_KEPT`]).
+    stamped: Vec<StampedCall>,
+}
+
+/// A call that carried the client's timing of its slot (the
+/// `x-skeelo-slot-stamps` header of a client built with the `slot-stamps` feature):
+/// where a call's lateness at the partner comes from. Times are microseconds since
+/// the Unix epoch, on this machine's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StampedCall {
+    /// When the client's slot for it began.
+    pub slot_us: u64,
+    /// When the client handed the request to its HTTP stack (its turn came, and was
+    /// not stale).
+    pub sent_us: u64,
+    /// When the simulator's router saw it (where the rate is counted).
+    pub arrived_us: u64,
+    /// The answer's status (429: refused for the rate).
+    pub status: u16,
+}
+
+impl StampedCall {
+    /// Reads the header's `slot,sent` (`None`: not two numbers).
+    pub(crate) fn read(header: &str, arrived_us: u64, status: u16) -> Option<StampedCall> {
+        let mut parts = header.split(',').map(|p| p.trim().parse::<u64>().ok());
+        let (Some(Some(slot_us)), Some(Some(sent_us)), None) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        Some(StampedCall {
+            slot_us,
+            sent_us,
+            arrived_us,
+            status,
+        })
+    }
 }
 
 impl State {
@@ -108,6 +145,7 @@ impl State {
             accepted_times: VecDeque::new(),
             refused_times: Vec::new(),
             failed_subjects: BTreeSet::new(),
+            stamped: Vec::new(),
         }
     }
 
@@ -237,6 +275,19 @@ impl State {
         self.accepted_times.clear();
         self.refused_times.clear();
         self.failed_subjects.clear();
+        self.stamped.clear();
+    }
+
+    /// Keeps a stamped call (the oldest are kept when there are too many).
+    pub(crate) fn stamp(&mut self, call: StampedCall) {
+        if self.stamped.len() < CALLS_KEPT {
+            self.stamped.push(call);
+        }
+    }
+
+    /// The stamped calls, oldest first.
+    pub(crate) fn stamped(&self) -> Vec<StampedCall> {
+        self.stamped.clone()
     }
 
     /// Time from the first accepted call to the last.
@@ -283,6 +334,12 @@ impl Sim {
     }
 }
 
+/// Microseconds since the Unix epoch (0 before it).
+pub(crate) fn epoch_us(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +351,18 @@ mod tests {
             rate_per_second: rate,
             ..SimConfig::default()
         })
+    }
+
+    #[test]
+    fn slot_stamps_are_read_only_when_whole() {
+        let call = StampedCall::read("10, 13", 20, 429).expect("two numbers");
+        assert_eq!(
+            (call.slot_us, call.sent_us, call.arrived_us, call.status),
+            (10, 13, 20, 429)
+        );
+        for bad in ["", "1", "1,2,3", "1,x", "-1,2"] {
+            assert_eq!(StampedCall::read(bad, 20, 200), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -225,6 +225,41 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// The longest `Retry-After` honoured as given (a larger one is capped, not ignored).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// Set when the call it belongs to is given up (dropped), under the lock `leave`
+/// counts a request under.
+#[derive(Default)]
+struct GivenUp(Arc<std::sync::Mutex<bool>>);
+
+impl Drop for GivenUp {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+}
+
+/// Adds the call's timing (`slot,sent` in microseconds since the Unix epoch) as
+/// a header, for a benchmark's partner fake to tell where a call's lateness comes
+/// from (docs/performance.md, "Where a call's lateness comes from"). Only in builds
+/// with the `slot-stamps` feature: a real partner has no use for it.
+#[cfg(feature = "slot-stamps")]
+fn stamped(request: reqwest::RequestBuilder, turn: &crate::pacer::Turn) -> reqwest::RequestBuilder {
+    let Some(slot) = turn.slot() else {
+        return request;
+    };
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    let epoch_us = |at: Instant| {
+        let at = match at.checked_duration_since(now) {
+            Some(ahead) => wall.checked_add(ahead),
+            None => wall.checked_sub(now.duration_since(at)),
+        };
+        at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_micros())
+    };
+    request.header(
+        "x-skeelo-slot-stamps",
+        format!("{},{}", epoch_us(slot), epoch_us(now)),
+    )
+}
+
 impl SkeeloClient {
     /// Builds a client whose every request waits for a turn from `pacer`; fails only
     /// when the TLS backend cannot start.
@@ -465,25 +500,37 @@ impl SkeeloClient {
         operation: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Answer), SkeeloError> {
-        // A turn that went stale is given up for another, a few times at most: on a
-        // process too busy to send on time, calls go late rather than not at all
-        // (the margin grows by itself if the partner then throttles).
-        let mut turn = self.wait_turn(false).await;
-        for _ in 0..MAX_STALE_TURNS {
-            if !turn.stale() {
-                break;
+        // The turn is waited for and the request sent on the partner's own thread,
+        // where neither waits for this process's other work (see `crate::wire`): the
+        // call's lane and its count of requests sent go along.
+        let lane = crate::pacer::LANE
+            .try_with(|l| *l)
+            .unwrap_or(crate::pacer::OTHER);
+        let sent = SENT.try_with(Arc::clone).ok();
+        // Given up when this future is dropped (its round ran out of time): the task
+        // on the other thread, which an abort may not stop before its next await,
+        // then neither counts nor sends the request (see `leave`).
+        let given_up = GivenUp::default();
+        let client = self.clone();
+        let flag = given_up.0.clone();
+        let leaving =
+            crate::pacer::LANE.scope(lane, async move { client.leave(request, sent, flag).await });
+        let left = crate::wire::run(leaving).await;
+        drop(given_up);
+        let (started, result) = match left {
+            Ok(Some(left)) => left,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled otherwise (the partner's runtime is gone; a call is given up
+            // only once this future is dropped, so never here): had the request left,
+            // it stays counted as sent.
+            Ok(None) | Err(_) => {
+                self.count(operation, "error");
+                return Err(SkeeloError::Unavailable(format!(
+                    "{operation}: error: the call's task ended before it was answered"
+                )));
             }
-            self.inner.metrics.turns_stale.inc();
-            turn = self.wait_turn(true).await;
-        }
+        };
         let timer = self.inner.metrics.api_timer(operation);
-        let started = Instant::now();
-        // Counted down only when Skeelo's own answer came, or when the request never
-        // left (no connection): a request dropped on the way, timed out, cut, or answered
-        // by a gateway that gave up (502, 504) stays counted, since Skeelo may still act
-        // on it.
-        let _ = SENT.try_with(|n| n.fetch_add(1, Ordering::SeqCst));
-        let result = request.send().await;
         let may_land = match &result {
             Err(e) => !e.is_connect(),
             Ok(r) => matches!(
@@ -538,6 +585,46 @@ impl SkeeloClient {
             status,
             answer::read(status, content_type.as_deref(), &bytes),
         ))
+    }
+
+    /// Waits for the call's turn and sends the request: when it left, and what came of
+    /// it (`None`: the caller gave the call up first, and nothing was sent).
+    async fn leave(
+        &self,
+        request: reqwest::RequestBuilder,
+        sent: Option<Arc<AtomicUsize>>,
+        given_up: Arc<std::sync::Mutex<bool>>,
+    ) -> Option<(Instant, reqwest::Result<reqwest::Response>)> {
+        // A turn that went stale is given up for another, a few times at most: on a
+        // process too busy to send on time, calls go late rather than not at all
+        // (the margin grows by itself if the partner then throttles).
+        let mut turn = self.wait_turn(false).await;
+        for _ in 0..MAX_STALE_TURNS {
+            if !turn.stale() {
+                break;
+            }
+            self.inner.metrics.turns_stale.inc();
+            turn = self.wait_turn(true).await;
+        }
+        #[cfg(feature = "slot-stamps")]
+        let request = stamped(request, &turn);
+        // Counted down only when Skeelo's own answer came, or when the request never
+        // left (no connection): a request dropped on the way, timed out, cut, or answered
+        // by a gateway that gave up (502, 504) stays counted, since Skeelo may still act
+        // on it.
+        {
+            // Counted under the lock the caller takes to give the call up: either the
+            // caller, having given up, reads the count with this request in it, or
+            // the request never leaves.
+            let given_up = given_up.lock().unwrap_or_else(|p| p.into_inner());
+            if *given_up {
+                return None;
+            }
+            if let Some(n) = &sent {
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Some((Instant::now(), request.send().await))
     }
 
     fn count(&self, operation: &str, status: &str) {
@@ -760,6 +847,97 @@ mod tests {
         assert!(!e.is_transient());
         assert!(e.to_string().contains("unknown_product"));
         assert!(refusal(StatusCode::BAD_GATEWAY, &Value::Null).is_transient());
+    }
+
+    /// A partner that answers every request (a token, an empty catalogue) and counts
+    /// them, and a client of it paced by `pacer`.
+    async fn counted_partner(
+        pacer: crate::pacer::Pacer,
+    ) -> (SkeeloClient, Arc<std::sync::atomic::AtomicU64>) {
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = seen.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if request.uri().path() == "/oauth/token" {
+                    axum::Json(serde_json::json!({"access_token": "t", "expires_in": 300}))
+                } else {
+                    axum::Json(serde_json::json!({"products": []}))
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = SkeeloClient::new(
+            ClientConfig {
+                base_url: format!("http://{addr}"),
+                credentials: Credentials {
+                    client_id: "id".into(),
+                    client_secret: "secret".into(),
+                },
+                timeout: Duration::from_secs(5),
+            },
+            Metrics::new().expect("metrics"),
+            pacer,
+        )
+        .expect("a client");
+        (client, seen)
+    }
+
+    /// A call given up while it waits for its turn never leaves, not even when its
+    /// turn comes after (it waits on the partner's thread, which the caller's drop
+    /// reaches only through the task's abort and the given-up flag), and the count
+    /// of requests that may land says so.
+    #[tokio::test]
+    async fn a_call_given_up_before_its_turn_is_never_sent() {
+        let (client, seen) = counted_partner(crate::pacer::Pacer::local(
+            std::num::NonZeroU32::new(1).expect("non-zero"),
+        ))
+        .await;
+        // At 1 call a second, the token takes the first slot and the catalogue waits
+        // a second for the next: it is given up long before.
+        let sent = Arc::new(AtomicUsize::new(0));
+        let call = counting_sent(sent.clone(), client.products());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), call)
+                .await
+                .is_err(),
+            "the catalogue waited for its turn"
+        );
+        assert_eq!(sent.load(Ordering::SeqCst), 0, "nothing of it can land");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "only the token reached the partner"
+        );
+    }
+
+    /// The flag alone: a call whose caller gave it up just as its turn came neither
+    /// counts itself as sent nor leaves.
+    #[tokio::test]
+    async fn a_call_given_up_as_its_turn_comes_neither_counts_nor_leaves() {
+        let (client, seen) = counted_partner(crate::pacer::Pacer::unlimited()).await;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let request = client
+            .inner
+            .http
+            .get(format!("{}/v1/products", client.inner.base));
+        let left = client
+            .leave(
+                request,
+                Some(sent.clone()),
+                Arc::new(std::sync::Mutex::new(true)),
+            )
+            .await;
+        assert!(left.is_none(), "nothing left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 0);
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
     }
 
     #[test]

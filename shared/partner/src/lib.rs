@@ -10,3 +10,4 @@ mod lenient;
 pub mod pacer;
 pub mod schedule;
 mod token;
+mod wire;

@@ -294,6 +294,13 @@ pub struct Turn {
 }
 
 impl Turn {
+    /// The slot it was given (`None` without a rate), for the timing a benchmark's
+    /// build sends along (the `slot-stamps` feature).
+    #[cfg_attr(not(feature = "slot-stamps"), allow(dead_code))]
+    pub(crate) fn slot(&self) -> Option<Instant> {
+        self.slot
+    }
+
     /// The slot has passed by more than a slot may be late: the task was woken late
     /// (a busy runtime), and a call sent now could bunch with the fleet's next second
     /// at the partner. Checked right before the call leaves, since the wake-up after
@@ -415,7 +422,8 @@ impl Pacer {
             weights,
             fates: Fates::default(),
         });
-        tokio::spawn(dispatch(Arc::downgrade(&inner)));
+        // On the partner's thread: its timers fire on time however busy the process.
+        crate::wire::spawn(dispatch(Arc::downgrade(&inner)));
         Pacer {
             inner: Some(inner),
             paused_until,
