@@ -478,7 +478,12 @@ async fn show(id: i64, reveal: Option<String>, json: bool, db: &Db) -> anyhow::R
         when(d.first_failed_at),
         when(d.last_failed_at)
     );
-    if let (Some(t), Some(by)) = (d.requeued_at, &d.requeued_by) {
+    if let Some(t) = d.requeued_at {
+        // No name: its copy was parked again before the requeue named who sent it.
+        let by = d
+            .requeued_by
+            .as_deref()
+            .unwrap_or("(not named: its copy was parked again first)");
         println!("  requeued     {} by {by}", when(t));
     }
     if let (Some(t), Some(by)) = (d.archived_at, &d.archived_by) {
