@@ -440,11 +440,25 @@ async fn a_body_whose_text_the_database_cannot_hold_is_parked_once() {
 
 #[tokio::test]
 async fn a_lost_broker_connection_is_replaced_at_once_while_an_event_waits() {
-    // An event waits for its own unanswered call to stop mattering (seconds, up to a
-    // minute in production) when the fleet's broker connection is cut. The broker has
-    // that event back at once; the fleet connects again at once too, rather than after
-    // the wait, and takes new events; the waiting event, given out again, is applied
-    // once, with Skeelo read back once, as if no connection had been lost.
+    // The first session, which connects without the client's own recovery: the cut
+    // ends the session, and a new one begins.
+    cut_while_an_event_waits(false).await;
+}
+
+#[tokio::test]
+async fn a_connection_recovered_in_place_leaves_no_old_work_behind() {
+    // A later session, which the client recovers in place after the cut: the
+    // channels' deliveries are void all the same.
+    cut_while_an_event_waits(true).await;
+}
+
+/// An event waits for its own unanswered call to stop mattering (seconds, up to a
+/// minute in production) when the fleet's broker connection is cut (after a first cut,
+/// with `recovering`). The broker has that event back at once; the fleet takes new
+/// events at once too, rather than after the wait, and the old delivery's work ends
+/// (one event in work: its copy given out again); that copy is applied once, with
+/// Skeelo read back once, as if no connection had been lost.
+async fn cut_while_an_event_waits(recovering: bool) {
     let mut w = World::new().await.expect("world");
     let mut settings = w.settings();
     settings.skeelo.timeout = Duration::from_millis(300);
@@ -456,6 +470,14 @@ async fn a_lost_broker_connection_is_replaced_at_once_while_an_event_waits() {
     w.wait_for_events(std::slice::from_ref(&first), WAIT)
         .await
         .expect("a result");
+    if recovering {
+        assert!(w.cut_fleet_connections().await.expect("cut") >= 1);
+        let again = sample::event(Sync, "LC9", 1, &["SKEELO-EBOOKS"]);
+        w.publish(&again).await.expect("published");
+        w.wait_for_events(std::slice::from_ref(&again), WAIT)
+            .await
+            .expect("a result through the second session");
+    }
 
     w.sim.set_faults(Faults {
         latency_ms: 800,
@@ -481,7 +503,9 @@ async fn a_lost_broker_connection_is_replaced_at_once_while_an_event_waits() {
 
     assert!(w.cut_fleet_connections().await.expect("cut") >= 1);
     let cut = std::time::Instant::now();
-    let next = sample::event(Sync, "LC2", 1, &["SKEELO-EBOOKS"]);
+    // Of another type, so that it never shares a batch with the waiting event's copy
+    // (a batch is in work until its last event is done).
+    let next = sample::event(Suspend, "LC0", 2, &["SKEELO-EBOOKS"]);
     w.publish(&next).await.expect("published");
     w.wait_for_events(std::slice::from_ref(&next), Duration::from_secs(8))
         .await
@@ -491,6 +515,20 @@ async fn a_lost_broker_connection_is_replaced_at_once_while_an_event_waits() {
         "the new session did not wait for the old one's work: {:?} after the cut, the wait ends {:?} after the publish",
         cut.elapsed(),
         fence
+    );
+    let in_work = r#"skeelo_events_in_flight{type="sync"}"#;
+    let mut in_work_now = Vec::new();
+    for _ in 0..100 {
+        in_work_now.push(World::metric(addr, in_work).await.expect("metric"));
+        if in_work_now.last() == Some(&1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        in_work_now.last(),
+        Some(&1.0),
+        "only the copy given out again is in work, not the old delivery too: {in_work_now:?}"
     );
 
     w.wait_for_events(std::slice::from_ref(&waits), WAIT)

@@ -84,6 +84,7 @@ pub(crate) async fn session(
 
     let tracker = TaskTracker::new();
     let lost = CancellationToken::new();
+    let epoch = Epoch::new(&lost);
     let mut sources: Vec<Source> = app
         .settings
         .consumers
@@ -101,10 +102,16 @@ pub(crate) async fn session(
             stop.clone(),
             lost.clone(),
             tracker.clone(),
+            epoch.clone(),
         )));
     }
     let watcher = tokio::spawn(watch_queues(app.clone(), connection.clone(), lost.clone()));
     let watchdog = tokio::spawn(watch_connection(connection.clone(), lost.clone()));
+    let recoveries = tokio::spawn(watch_recoveries(
+        connection.events_listener(),
+        epoch.clone(),
+        lost.clone(),
+    ));
     // The relay stops after the work in flight, so the last events' results go out.
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn(crate::relay::run(
@@ -119,6 +126,7 @@ pub(crate) async fn session(
     }
     watcher.abort();
     watchdog.abort();
+    recoveries.abort();
     let mut result = Ok(());
     // The channels stay open until the work in flight is acked on them: closing a
     // channel hands its unacked deliveries back to the broker.
@@ -201,6 +209,65 @@ pub(crate) async fn wait_for_work(
     }
     // Waited for once: a later call in the same stop does not start a second grace.
     trackers.clear();
+}
+
+/// Which life of the session's connection deliveries came in. Their delivery tags end
+/// with it, also when the client recovers the connection in place: the work on them
+/// then stops, since the broker gives them out again (an ack or a retry copy from it
+/// would be void, or a second event).
+#[derive(Clone)]
+pub(crate) struct Epoch {
+    lost: CancellationToken,
+    current: Arc<std::sync::Mutex<CancellationToken>>,
+}
+
+impl Epoch {
+    fn new(lost: &CancellationToken) -> Epoch {
+        Epoch {
+            lost: lost.clone(),
+            current: Arc::new(std::sync::Mutex::new(lost.child_token())),
+        }
+    }
+
+    /// Cancelled when this life of the connection ends (or the session does).
+    fn token(&self) -> CancellationToken {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn end(&self) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        current.cancel();
+        *current = self.lost.child_token();
+    }
+}
+
+/// Ends the epoch at each recovery of the connection in place (the client says
+/// `Connected` again; its first `Connected` came before this listened).
+async fn watch_recoveries(
+    mut events: impl futures_util::Stream<Item = lapin::Event> + Unpin,
+    epoch: Epoch,
+    lost: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = lost.cancelled() => return,
+            event = events.next() => event,
+        };
+        match event {
+            Some(lapin::Event::Connected) => {
+                tracing::info!("the broker connection was recovered in place; the work on its earlier deliveries stops (the broker gives them out again)");
+                epoch.end();
+            }
+            Some(_) => {}
+            None => return,
+        }
+    }
 }
 
 /// Ends the session when the connection stays down: the client's own recovery may
@@ -384,6 +451,7 @@ async fn consume(
     stop: CancellationToken,
     lost: CancellationToken,
     tracker: TaskTracker,
+    epoch: Epoch,
 ) -> anyhow::Result<Vec<Channel>> {
     let queue = source.queue();
     let mut channels = Vec::new();
@@ -391,7 +459,8 @@ async fn consume(
     let mut pause = FIRST_PAUSE;
     loop {
         let started = std::time::Instant::now();
-        let ended = consume_until_stopped(&app, &connection, source, &stop, &lost, &tracker).await;
+        let ended =
+            consume_until_stopped(&app, &connection, source, &stop, &lost, &tracker, &epoch).await;
         // A consumer that ran a while before it ended starts again as quickly as a new one.
         if started.elapsed() > Duration::from_secs(60) {
             pause = FIRST_PAUSE;
@@ -462,6 +531,7 @@ async fn consume_until_stopped(
     stop: &CancellationToken,
     lost: &CancellationToken,
     tracker: &TaskTracker,
+    epoch: &Epoch,
 ) -> anyhow::Result<Ended> {
     let channel = connection.create_channel().await?;
     // Requeued dead letters are taken a few at a time: the bounded batch in which a
@@ -550,7 +620,7 @@ async fn consume_until_stopped(
                 next = deliveries.next() => match next {
                     Some(chunk) => {
                         received += chunk.len() as u64;
-                        if let Some(e) = dispatch(app, source, chunk, tracker, lost, permit) {
+                        if let Some(e) = dispatch(app, source, chunk, tracker, &epoch.token(), permit) {
                             tracing::warn!(queue = %queue, error = %e, "consumer interrupted; waiting for recovery");
                             channel.wait_for_recovery(e).await?;
                         }
@@ -608,15 +678,22 @@ async fn consume_until_stopped(
                 let drain = {
                     let (app, tracker_inner, batches) =
                         (app.clone(), tracker.clone(), batches.clone());
-                    let (stop, lost) = (stop.clone(), lost.clone());
+                    let (stop, lost, epoch) = (stop.clone(), lost.clone(), epoch.clone());
                     async move {
                         let drained = async {
                             while let Some(chunk) = deliveries.next().await {
                                 let Ok(permit) = batches.clone().acquire_owned().await else {
                                     break;
                                 };
-                                if dispatch(&app, source, chunk, &tracker_inner, &lost, permit)
-                                    .is_some()
+                                if dispatch(
+                                    &app,
+                                    source,
+                                    chunk,
+                                    &tracker_inner,
+                                    &epoch.token(),
+                                    permit,
+                                )
+                                .is_some()
                                 {
                                     break;
                                 }
@@ -643,7 +720,7 @@ fn dispatch(
     source: Source,
     chunk: Vec<lapin::Result<Delivery>>,
     tracker: &TaskTracker,
-    lost: &CancellationToken,
+    gone: &CancellationToken,
     permit: OwnedSemaphorePermit,
 ) -> Option<lapin::Error> {
     let mut error = None;
@@ -657,7 +734,7 @@ fn dispatch(
     if !deliveries.is_empty() {
         tracker.spawn(work(
             app.clone(),
-            Batch::new(source, deliveries, lost.clone()),
+            Batch::new(source, deliveries, gone.clone()),
             permit,
         ));
     }
@@ -687,7 +764,7 @@ async fn work(app: Arc<App>, batch: Batch, permit: OwnedSemaphorePermit) {
             tracing::info!(
                 queue = %batch.source.queue(),
                 events = left,
-                "not started: the broker took them back with the lost session"
+                "not started: the broker took them back with their lost channel"
             );
         }
     } else if handled.is_err() || left > 0 {

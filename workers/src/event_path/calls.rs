@@ -183,7 +183,7 @@ impl InFlight {
 /// Waits until the calls behind a contract's mark can no longer land: woken at once
 /// by an owner in this process, otherwise asking the database at a pace that slows
 /// from 20 ms to half a second. Returns `false` if the fleet is stopping or `lost`
-/// (the broker session the event came on) is cancelled.
+/// (the channel the event came on is gone) is cancelled.
 pub(super) async fn wait_for(
     app: &App,
     lost: &CancellationToken,

@@ -69,8 +69,9 @@ pub(crate) struct Batch {
     pub(crate) deliveries: Vec<Delivery>,
     settled: Mutex<Vec<bool>>,
     started: Instant,
-    /// The broker session the deliveries came on is lost: the broker has them back,
-    /// and nothing more of the batch is started.
+    /// The channel the deliveries came on is gone (its session lost, or replaced by
+    /// the client's recovery): the broker has them back, and nothing more of the
+    /// batch is started.
     pub(crate) lost: CancellationToken,
 }
 
