@@ -78,7 +78,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    skeelo_telemetry::logs::init();
+    // Held to the end of `main`: what is logged until then is written out.
+    let _logs = skeelo_telemetry::logs::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -132,9 +132,20 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// The sum of `skeelo_events_total` at a worker's `/metrics`.
+/// The sum of `skeelo_events_total` at a worker's `/metrics`. Bounded: a worker that
+/// stopped answering (every thread of it stuck) fails the read, and the waits below
+/// end at their limit instead of hanging the test.
 pub async fn events_handled(port: u16) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default()
+    });
+    let text = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
         .await?
         .text()
         .await?;

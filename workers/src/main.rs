@@ -7,7 +7,8 @@ use skeelo_workers::settings::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    skeelo_telemetry::logs::init();
+    // Held to the end of `main`: what is logged until then is written out.
+    let _logs = skeelo_telemetry::logs::init();
     let threads = cli.threads();
     let settings = match cli.settings() {
         Ok(s) => s,

@@ -101,3 +101,66 @@ async fn a_full_runs_logs_hold_no_personal_data_or_secret() {
     }
     w.close().await.expect("cleanup");
 }
+
+/// A reader of stderr that stops reading (a log collector that hangs, a pipe nobody
+/// drains) holds neither the fleet's events nor its exit: lines wait for the log
+/// writer's thread, or are dropped and counted, while the work goes on. Written where
+/// they were logged, the first lines past the pipe's 64 KiB stopped every thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_holds_no_event_and_no_exit() {
+    let w = World::with_sim(SimConfig::default()).await.expect("world");
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_skeelo-workers"));
+    // Piped and never read: the pipe fills and stays full.
+    let worker = WorkerProcess::start(binary, &w, &[("RUST_LOG", "debug")], Stdio::piped())
+        .await
+        .expect("skeelo-workers starts");
+    // Each sync logs a few lines of a few hundred bytes at debug level: these fill the
+    // pipe several times over.
+    let events: Vec<_> = (0..600)
+        .map(|i| sample::event(Sync, &format!("NR{i:04}"), 1, &["SKEELO-EBOOKS"]))
+        .collect();
+    let conn = broker::connect(&w.amqp_url, "erp-unread-logs")
+        .await
+        .expect("connect");
+    let publisher = Publisher::open(&conn).await.expect("publisher");
+    for e in &events {
+        let id = e["event_id"].as_str().unwrap_or_default();
+        publisher
+            .publish_json(
+                EVENTS_EXCHANGE,
+                "contract.sync",
+                id,
+                e.to_string().as_bytes(),
+            )
+            .await
+            .expect("published");
+    }
+    wait_handled(&[worker.port], events.len(), Duration::from_secs(60))
+        .await
+        .expect("every event handled while nobody reads the logs");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", worker.port))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("skeelo_log_lines_dropped_total ")),
+        "the dropped lines are counted"
+    );
+    let started = std::time::Instant::now();
+    let status = worker.stop().expect("exits");
+    assert!(
+        status.success(),
+        "SIGTERM ends it by itself, not the SIGKILL after 10 s: {status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = conn.close(200, "done".into()).await;
+    w.close().await.expect("cleanup");
+}

@@ -52,6 +52,9 @@ pub struct Metrics {
     /// `skeelo_partner_turns_stale_total`: turns given up because the call could not
     /// leave soon enough after its slot (a busy process); each costs one slot.
     pub turns_stale: IntCounter,
+    /// `skeelo_log_lines_dropped_total`: log lines dropped because stderr's reader
+    /// fell far behind (see [`crate::logs::init`]).
+    pub log_lines_dropped: IntCounter,
     /// `skeelo_results_published_total`: result messages confirmed by the broker.
     pub results_published: IntCounter,
     /// `skeelo_results_outbox_depth`: results written but not yet taken by the broker.
@@ -201,6 +204,10 @@ impl Metrics {
         let turns_stale = IntCounter::new(
             "skeelo_partner_turns_stale_total",
             "Partner-rate turns given up because the call could not leave soon enough after its slot.",
+        )?;
+        let log_lines_dropped = IntCounter::new(
+            "skeelo_log_lines_dropped_total",
+            "Log lines dropped because the reader of stderr fell too far behind.",
         )?;
         let results_published = IntCounter::new(
             "skeelo_results_published_total",
@@ -354,6 +361,7 @@ impl Metrics {
         registry.register(Box::new(rate_limit_wait.clone()))?;
         registry.register(Box::new(rate_margin.clone()))?;
         registry.register(Box::new(turns_stale.clone()))?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
         registry.register(Box::new(results_published.clone()))?;
         registry.register(Box::new(throttled.clone()))?;
         registry.register(Box::new(outbox_depth.clone()))?;
@@ -387,6 +395,7 @@ impl Metrics {
             rate_limit_wait,
             rate_margin,
             turns_stale,
+            log_lines_dropped,
             results_published,
             outbox_depth,
             outbox_oldest,
@@ -410,6 +419,12 @@ impl Metrics {
 
     /// The text exposition format served at `/metrics`.
     pub fn render(&self) -> String {
+        // The count lives with the log writer; a counter only moves up to meet it.
+        let dropped = u64::try_from(crate::logs::dropped_lines()).unwrap_or(u64::MAX);
+        let shown = self.log_lines_dropped.get();
+        if dropped > shown {
+            self.log_lines_dropped.inc_by(dropped - shown);
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for I/O; a malformed family would be a bug
         // here, and an empty page says so to whoever scrapes it.
