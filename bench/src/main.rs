@@ -369,6 +369,29 @@ fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
     if std::env::var_os("BENCH_STAMPS").is_some() {
         print_stamps(&w.sim.stamped_calls(), times.len());
     }
+    // BENCH_TIMES=FILE: every accepted call, ms after the first, and what it was.
+    if let (Some(path), Some(first)) = (std::env::var_os("BENCH_TIMES"), times.first()) {
+        let wall = SystemTime::now() - first.elapsed();
+        let header = format!(
+            "# first call at {:.6} s since the Unix epoch\n",
+            wall.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        );
+        let lines: String = std::iter::once(header)
+            .chain(accepted.iter().map(|(t, op)| {
+                format!(
+                    "{:.3} {op}\n",
+                    t.duration_since(*first).as_secs_f64() * 1000.0
+                )
+            }))
+            .collect();
+        if let Err(e) = std::fs::write(&path, lines) {
+            eprintln!(
+                "BENCH_TIMES: {}: {e}",
+                std::path::Path::new(&path).display()
+            );
+        }
+    }
     if std::env::var_os("BENCH_GAPS").is_some() {
         let mut gaps: Vec<(usize, f64)> = times
             .windows(2)
@@ -376,6 +399,26 @@ fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
             .map(|(i, w)| (i, w[1].duration_since(w[0]).as_secs_f64() * 1000.0))
             .collect();
         gaps.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // Where the span beyond a full row went: each gap's time over the floor's
+        // interval (a made-up gap's calls come closer and count below it), summed for
+        // the first second, the last second and the rest. A full row sums to zero.
+        let interval = 1000.0 / (f64::from(rate) * (1.0 - skeelo_partner::pacer::Margin::FLOOR));
+        let (mut head, mut middle, mut tail) = (0.0, 0.0, 0.0);
+        if let (Some(first), Some(last)) = (times.first(), times.last()) {
+            for pair in times.windows(2) {
+                let over = pair[1].duration_since(pair[0]).as_secs_f64() * 1000.0 - interval;
+                if pair[1].duration_since(*first) <= Duration::from_secs(1) {
+                    head += over;
+                } else if last.duration_since(pair[0]) <= Duration::from_secs(1) {
+                    tail += over;
+                } else {
+                    middle += over;
+                }
+            }
+        }
+        eprintln!(
+            "lost to a full row: first second {head:.0} ms, middle {middle:.0} ms, last second {tail:.0} ms (a call is {interval:.1} ms)"
+        );
         for (i, ms) in gaps.iter().take(4) {
             let around: Vec<&str> = accepted[i.saturating_sub(2)..(i + 3).min(accepted.len())]
                 .iter()
@@ -421,7 +464,7 @@ fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
         // Each 429: the calls accepted in the second before it, and how they were
         // spaced at both ends of that second (arrival jitter shows as a spacing far
         // from the interval).
-        for refused in w.sim.refused_times() {
+        for (refused, refused_op) in w.sim.refused_times() {
             let inside: Vec<Instant> = times
                 .iter()
                 .copied()
@@ -443,8 +486,14 @@ fn rate_figures(w: &World, rate: u32, started: Instant) -> RateFigures {
                 .into_iter()
                 .rev()
                 .collect();
+            // The first call of that second is the one that came late (or the refused
+            // one came early): what it was says whose call it was.
+            let first_op = accepted
+                .iter()
+                .find(|(t, _)| inside.first() == Some(t))
+                .map_or("none", |(_, op)| *op);
             eprintln!(
-                "429 at +{:.3} s: {} accepted in the second before it, the first {:.1} ms before; spacing around the first {:?}, at the end {:?}",
+                "429 at +{:.3} s ({refused_op}): {} accepted in the second before it, the first ({first_op}) {:.1} ms before; spacing around the first {:?}, at the end {:?}",
                 refused.duration_since(started).as_secs_f64(),
                 inside.len(),
                 inside.first().map_or(0.0, |f| ms(*f, refused)),

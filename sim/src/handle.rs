@@ -132,8 +132,8 @@ impl SimHandle {
         self.sim.lock().stamped()
     }
 
-    /// When calls were refused for the rate (429), oldest first.
-    pub fn refused_times(&self) -> Vec<std::time::Instant> {
+    /// When calls were refused for the rate (429) and their operation, oldest first.
+    pub fn refused_times(&self) -> Vec<(std::time::Instant, &'static str)> {
         self.sim.lock().refused_times()
     }
 

@@ -82,7 +82,7 @@ pub(crate) struct State {
     accepted_times: VecDeque<(Instant, &'static str)>,
     /// When calls were refused for the rate (at most [`CALLS_KEPT`]): a benchmark
     /// shows the calls of the second before each.
-    refused_times: Vec<Instant>,
+    refused_times: Vec<(Instant, &'static str)>,
     /// The contracts (external ids) a call for which was failed on purpose: a
     /// benchmark tells the events hit by an injected fault from the healthy ones.
     failed_subjects: BTreeSet<String>,
@@ -228,7 +228,7 @@ impl State {
         if let Some(limit) = self.faults.rate_per_second {
             if self.recent.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
                 if self.refused_times.len() < CALLS_KEPT {
-                    self.refused_times.push(now);
+                    self.refused_times.push((now, op));
                 }
                 return Err(ApiError::rate_limited(self.faults.retry_after.clone()));
             }
@@ -301,7 +301,7 @@ impl State {
     }
 
     /// When calls were refused for the rate, oldest first.
-    pub(crate) fn refused_times(&self) -> Vec<Instant> {
+    pub(crate) fn refused_times(&self) -> Vec<(Instant, &'static str)> {
         self.refused_times.clone()
     }
 

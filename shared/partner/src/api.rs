@@ -604,6 +604,7 @@ impl SkeeloClient {
                 break;
             }
             self.inner.metrics.turns_stale.inc();
+            tracing::debug!("a partner-rate turn went stale before its call left");
             turn = self.wait_turn(true).await;
         }
         #[cfg(feature = "slot-stamps")]

@@ -540,12 +540,12 @@ async fn dispatch(weak: std::sync::Weak<Inner>) {
             .unwrap_or(0);
         let now = Instant::now();
         let late = inner.late();
-        while slots.front().is_some_and(|s| now.duration_since(*s) > late) {
+        while let Some(slot) = slots.front().copied() {
+            if now.duration_since(slot) <= late {
+                break;
+            }
             slots.pop_front();
-            inner
-                .fates
-                .late
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            inner.thrown_away(&inner.fates.late, "late", slot);
         }
         inner.report_fates(&mut reported, waiting);
         // The next lease is asked for while the slots in hand last longer than it takes
@@ -628,7 +628,7 @@ async fn grant(inner: &Inner, slots: &mut VecDeque<Instant>) {
     };
     let now = Instant::now();
     if now.duration_since(slot) > inner.late() {
-        inner.fates.late.fetch_add(1, Relaxed);
+        inner.thrown_away(&inner.fates.late, "late", slot);
         return;
     }
     let paused = inner.paused_until.lock().ok().and_then(|p| *p);
@@ -639,7 +639,7 @@ async fn grant(inner: &Inner, slots: &mut VecDeque<Instant>) {
     inner.local_guard().await;
     // The local guard may have held it: late by now, it is dropped after all.
     if Instant::now().duration_since(slot) > inner.late() {
-        inner.fates.guard_late.fetch_add(1, Relaxed);
+        inner.thrown_away(&inner.fates.guard_late, "held by the local guard", slot);
         return;
     }
     // A waiter whose call was given up (its round ran out of time) is skipped: the
@@ -660,13 +660,24 @@ async fn grant(inner: &Inner, slots: &mut VecDeque<Instant>) {
                     grants.pop_front();
                 }
             }
-            inner.fates.granted.fetch_add(1, Relaxed)
+            inner.fates.granted.fetch_add(1, Relaxed);
         }
-        _ => inner.fates.unclaimed.fetch_add(1, Relaxed),
+        _ => inner.thrown_away(&inner.fates.unclaimed, "unclaimed", slot),
     };
 }
 
 impl Inner {
+    /// A slot leased and not used: counted, and told at debug level one by one (a
+    /// row that loses a slot in the middle loses it here).
+    fn thrown_away(&self, fate: &std::sync::atomic::AtomicU64, why: &str, slot: Instant) {
+        fate.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(
+            why,
+            late_ms = Instant::now().saturating_duration_since(slot).as_secs_f64() * 1000.0,
+            "a partner-rate slot went unused"
+        );
+    }
+
     /// Every 10 s while calls wait: what became of the slots (debug level).
     fn report_fates(&self, last: &mut Instant, waiting: usize) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -788,6 +799,21 @@ async fn lease(inner: &Inner, n: usize) -> Result<Vec<Instant>, LedgerError> {
     // Against the ledger's own clock: a skew between the two clocks shifts the slots
     // by as much, so it is rightly part of how far ahead they must begin.
     let took = wall.duration_since(lease.read_at).unwrap_or_default();
+    // One line a lease at debug level: with the partner's record of a run
+    // (`BENCH_TIMES`), where each slot went and how far ahead it was placed.
+    tracing::debug!(
+        asked = n,
+        took_ms = took.as_secs_f64() * 1000.0,
+        first_ahead_ms = lease
+            .slots
+            .first()
+            .map_or(f64::NAN, |t| match t.duration_since(wall) {
+                Ok(d) => d.as_secs_f64() * 1000.0,
+                Err(e) => -e.duration().as_secs_f64() * 1000.0,
+            }),
+        at = schedule::epoch_seconds(wall),
+        "lease"
+    );
     if let Ok(mut times) = inner.lease_took.lock() {
         times.push_back(took);
         while times.len() > LEASES_TIMED {
