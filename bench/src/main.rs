@@ -76,7 +76,8 @@ fn opts() -> anyhow::Result<Opts> {
                      BENCH_GAPS=1             the widest gaps, the tightest windows and each 429, in detail\n\
                      BENCH_STAMPS=1           where each call's lateness came from (the workers built with\n\
                      \x20                        `cargo build --release -p skeelo-workers --features slot-stamps`)\n\
-                     BENCH_LOGS=DIR           keep each worker's log there (BENCH_RUST_LOG sets its filter)"
+                     BENCH_LOGS=DIR           keep each worker's log there (BENCH_RUST_LOG sets its filter)\n\
+                     BENCH_TIMES=FILE         every call the partner accepted in a rate row: ms after the first, and what it was"
                 );
                 std::process::exit(0);
             }

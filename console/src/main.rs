@@ -78,8 +78,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    // Held to the end of `main`: what is logged until then is written out.
-    let _logs = skeelo_telemetry::logs::init();
+    // Held until the run is over: what is logged until then is written out.
+    let logs = skeelo_telemetry::logs::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,6 +123,12 @@ fn main() -> ExitCode {
         }
         skeelo_console::serve(settings, listener, stop).await
     });
+    drop(runtime);
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "skeelo-console failed");
+    }
+    // The log lines first, then the line for whoever started it by hand.
+    drop(logs);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -136,10 +136,13 @@ impl Drop for WorkerProcess {
 /// stopped answering (every thread of it stuck) fails the read, and the waits below
 /// end at their limit instead of hanging the test.
 pub async fn events_handled(port: u16) -> anyhow::Result<f64> {
+    // Shared by every test of a binary, each on a runtime of its own: it keeps no
+    // connection, since a pooled one belongs to the runtime that opened it.
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let client = CLIENT.get_or_init(|| {
         reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap_or_default()
     });

@@ -7,8 +7,8 @@ use skeelo_workers::settings::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Held to the end of `main`: what is logged until then is written out.
-    let _logs = skeelo_telemetry::logs::init();
+    // Held until the run is over: what is logged until then is written out.
+    let logs = skeelo_telemetry::logs::init();
     let threads = cli.threads();
     let settings = match cli.settings() {
         Ok(s) => s,
@@ -28,10 +28,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(skeelo_workers::run(settings, shutdown_signal())) {
+    let outcome = runtime.block_on(skeelo_workers::run(settings, shutdown_signal()));
+    drop(runtime);
+    if let Err(e) = &outcome {
+        tracing::error!(error = format!("{e:#}"), "skeelo-workers failed");
+    }
+    // The log lines first, then the line for whoever started it by hand.
+    drop(logs);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "skeelo-workers failed");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

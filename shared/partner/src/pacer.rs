@@ -633,7 +633,7 @@ async fn grant(inner: &Inner, slots: &mut VecDeque<Instant>) {
     }
     let paused = inner.paused_until.lock().ok().and_then(|p| *p);
     if paused.is_some_and(|p| p > now) {
-        inner.fates.paused.fetch_add(1, Relaxed);
+        inner.thrown_away(&inner.fates.paused, "inside a 429's pause", slot);
         return;
     }
     inner.local_guard().await;

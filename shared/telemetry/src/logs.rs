@@ -9,15 +9,17 @@ use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGua
 use tracing_subscriber::EnvFilter;
 
 /// Lines held for the writer's thread at most; beyond them lines are dropped (and
-/// counted) rather than making the process wait.
-const BUFFERED_LINES: usize = 128_000;
+/// counted) rather than making the process wait. The queue's slots are allocated at
+/// start (half a megabyte); at info level a worker writes a line an event, so this is
+/// seconds of a full-speed backlog, and minutes of a rate-limited one.
+const BUFFERED_LINES: usize = 16_384;
 
 /// The count of lines dropped because the writer's thread had fallen that far behind.
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
-/// Keeps the log writer's thread until the process ends: dropped last in `main`, it
-/// writes out what is buffered, waiting a second at most (a reader of stderr that
-/// never reads again does not hold the exit).
+/// Keeps the log writer's thread until the process ends: dropped at the end of
+/// `main`, it writes out what is buffered, waiting about a second at most (a reader
+/// of stderr that never reads again does not hold the exit).
 #[must_use = "logs are written until this is dropped"]
 pub struct Logs {
     _writer: Option<WorkerGuard>,
@@ -31,8 +33,9 @@ pub struct Logs {
 /// reader stalls (a log collector that is restarting, a full pipe) every thread of the
 /// process stops at its next line: the partner's thread with a call between its turn
 /// and the wire, which then reaches the partner late (docs/performance.md, "Lines
-/// written where they were logged"). A reader that stalls for good costs lines, told by
-/// `skeelo_log_lines_dropped_total`, never the fleet's work.
+/// written where they were logged"). A reader that stalls for good costs lines
+/// (those dropped for a full queue are counted in `skeelo_log_lines_dropped_total`),
+/// never the fleet's work.
 pub fn init() -> Logs {
     let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
     let filter =

@@ -55,6 +55,8 @@ pub struct Metrics {
     /// `skeelo_log_lines_dropped_total`: log lines dropped because stderr's reader
     /// fell far behind (see [`crate::logs::init`]).
     pub log_lines_dropped: IntCounter,
+    /// The writer's count as far as `log_lines_dropped` has been moved to it.
+    log_lines_synced: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// `skeelo_results_published_total`: result messages confirmed by the broker.
     pub results_published: IntCounter,
     /// `skeelo_results_outbox_depth`: results written but not yet taken by the broker.
@@ -396,6 +398,7 @@ impl Metrics {
             rate_margin,
             turns_stale,
             log_lines_dropped,
+            log_lines_synced: std::sync::Arc::default(),
             results_published,
             outbox_depth,
             outbox_oldest,
@@ -419,9 +422,12 @@ impl Metrics {
 
     /// The text exposition format served at `/metrics`.
     pub fn render(&self) -> String {
-        // The count lives with the log writer; a counter only moves up to meet it.
+        // The count lives with the log writer; the counter moves up to meet it, by
+        // what no concurrent render has added already.
         let dropped = u64::try_from(crate::logs::dropped_lines()).unwrap_or(u64::MAX);
-        let shown = self.log_lines_dropped.get();
+        let shown = self
+            .log_lines_synced
+            .fetch_max(dropped, std::sync::atomic::Ordering::AcqRel);
         if dropped > shown {
             self.log_lines_dropped.inc_by(dropped - shown);
         }
